@@ -1,0 +1,171 @@
+"""The `recipe-checks` command: lint recipes, explain rules, list GPUs and bundled models, print the schema.
+
+`check` runs the same engine as the pytest plugin (checks.engine), with the same options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from checks.options import Options, add_options, split_names
+
+EXIT_OK, EXIT_FINDINGS, EXIT_USAGE = 0, 1, 2
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from checks.discover import discover_recipes
+    from checks.engine import check_recipe
+    from checks.findings import Severity
+    from checks.gpus import GpuCatalog, GpuProfileError, UnknownGpuError
+    from checks.render import github_annotation, render_finding
+
+    try:
+        catalog = GpuCatalog.load(tuple(args.gpu_profiles))
+        gpus = split_names(args.gpu)
+        for name in gpus:
+            catalog.get(name)
+    except (GpuProfileError, UnknownGpuError) as exc:
+        print(f"recipe-checks: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    missing = [p for p in args.paths if not Path(p).exists()]
+    if missing:
+        print(f"recipe-checks: no such file or directory: {', '.join(missing)}", file=sys.stderr)
+        return EXIT_USAGE
+    options = Options(
+        gpus=gpus,
+        all_gpus=args.recipes_all_gpus,
+        allow_network=args.recipes_allow_network,
+        trust_remote_code=args.recipes_trust_remote_code,
+        strict=args.recipes_strict,
+        gpu_profiles=tuple(args.gpu_profiles),
+    )
+    failed = False
+    report: list[dict] = []
+    recipes = list(discover_recipes(args.paths))
+    for path in recipes:
+        state, results = check_recipe(path, options, catalog)
+        for result in results:
+            if result.error is not None:
+                failed = True
+                message = f"internal error in check '{result.check}': {type(result.error).__name__}: {result.error}"
+                print(f"{state.path}: {message}", file=sys.stderr)
+                continue
+            failed = failed or result.failed(options.strict)
+            shown = [f for f in result.findings if f.severity is not Severity.INFO or args.verbose]
+            for finding in shown:
+                if args.format == "json":
+                    report.append({**finding.to_dict(), "gpu": result.gpu})
+                elif args.format == "github":
+                    print(github_annotation(finding))
+                else:
+                    print(render_finding(finding, state.source_line(finding.location.line)))
+                    print()
+            if args.format == "text" and result.skipped and args.verbose:
+                print(f"{state.path}::{result.check}: skipped: {result.skipped}\n")
+        if not results and args.format == "text":
+            print(f"{state.path}: not checked: declares {', '.join(state.declared_gpus())}, "
+                  f"not {', '.join(gpus)} (use --recipes-all-gpus)\n")
+    if args.format == "json":
+        print(json.dumps({"recipes": [str(p) for p in recipes], "findings": report, "failed": failed}, indent=2))
+    elif args.format == "text":
+        print(f"{len(recipes)} recipe(s) checked: {'FAILED' if failed else 'ok'}")
+    return EXIT_FINDINGS if failed else EXIT_OK
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from checks.rules import all_rules, rule_by_id
+
+    if not args.rule:
+        for rule in all_rules():
+            print(f"{rule.id}  {rule.name:<28} {rule.check:<15} {rule.severity.value:<8} {rule.why}")
+        return EXIT_OK
+    rule = rule_by_id(args.rule)
+    if rule is None:
+        from checks.suggest import did_you_mean
+
+        known = [r.id for r in all_rules()] + [r.name for r in all_rules()]
+        print(f"recipe-checks: no rule '{args.rule}'. {did_you_mean(args.rule, known)}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"# {rule.id} {rule.name} (check: {rule.check}, {rule.severity.value})\n")
+    print(rule.doc())
+    return EXIT_OK
+
+
+def _cmd_gpus(args: argparse.Namespace) -> int:
+    from checks.gpus import GIB, GpuCatalog
+
+    catalog = GpuCatalog.load(tuple(args.gpu_profiles))
+    print(f"{'name':<16}{'GPU':<34}{'GiB':>6}{'CC':>6}{'bf16':>6}{'fp8':>5}{'bf16 TFLOP/s':>14}{'GB/s':>7}")
+    for p in catalog:
+        tflops = f"{p.dense_bf16_tflops:g}" if p.dense_bf16_tflops else "-"
+        bandwidth = f"{p.memory_bandwidth_gbs:g}" if p.memory_bandwidth_gbs else "-"
+        print(f"{p.key:<16}{p.name[:33]:<34}{p.memory_bytes / GIB:>6.1f}{p.compute_capability:>6}"
+              f"{'yes' if p.bf16 else 'no':>6}{'yes' if p.fp8 else 'no':>5}{tflops:>14}{bandwidth:>7}")
+    return EXIT_OK
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from checks.models.resolve import bundled_index
+
+    seen = set()
+    for entry in bundled_index().values():
+        if entry.hub_id in seen:
+            continue
+        seen.add(entry.hub_id)
+        aliases = f"  (also: {', '.join(entry.aliases)})" if entry.aliases else ""
+        print(f"{entry.hub_id}{aliases}")
+    return EXIT_OK
+
+
+def _cmd_schema(args: argparse.Namespace) -> int:
+    from checks.recipe.jsonschema import recipe_json_schema
+
+    text = json.dumps(recipe_json_schema(), indent=2) + "\n"
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="recipe-checks", description="Check fine-tuning recipes against a target GPU before any GPU hour is spent."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    check = sub.add_parser("check", help="check recipes (files or directories) and print the findings")
+    check.add_argument("paths", nargs="+", help="recipe files or directories to search")
+    add_options(check.add_argument)
+    check.add_argument("--format", choices=("text", "json", "github"), default="text",
+                       help="text for people, json for tools, github for workflow annotations")
+    check.add_argument("-v", "--verbose", action="store_true", help="also print information and skipped checks")
+    check.set_defaults(func=_cmd_check)
+
+    explain = sub.add_parser("explain", help="print a rule's documentation (no argument: list the rules)")
+    explain.add_argument("rule", nargs="?", help="a rule id (RC301) or name (qlora-paged-optimizer)")
+    explain.set_defaults(func=_cmd_explain)
+
+    gpus = sub.add_parser("gpus", help="list the known GPU profiles")
+    gpus.add_argument("--gpu-profiles", action="append", default=[], metavar="FILE")
+    gpus.set_defaults(func=_cmd_gpus)
+
+    models = sub.add_parser("models", help="list the model configs bundled with recipe-checks")
+    models.set_defaults(func=_cmd_models)
+
+    schema = sub.add_parser("schema", help="print the JSON Schema of the recipe format")
+    schema.add_argument("--output", "-o", help="write it to this file")
+    schema.set_defaults(func=_cmd_schema)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""pytest collection nodes: one RecipeFile per recipe, one RecipeItem per recipe x check (x GPU).
+
+Node ids read `recipes/x.yaml::target-modules`, or `recipes/x.yaml::precision[t4]` when the
+recipe is checked against several GPUs in one run.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import pytest
+
+from checks.context import RecipeState
+from checks.engine import gpus_for, run_check
+from checks.findings import Finding, Severity
+from checks.gpus import GpuCatalog
+from checks.options import Options
+from checks.render import render_finding
+from checks.rules import CHECKS, GPU_CHECKS
+
+
+class RecipeWarning(UserWarning):
+    """A warning-level finding: shown in pytest's warnings summary, a failure with --recipes-strict."""
+
+
+@dataclass
+class RecipeSession:
+    options: Options
+    catalog: GpuCatalog
+    # recipe display path -> the GPUs it declares, for recipes this run does not check
+    not_for_this_gpu: dict[str, list[str]] = field(default_factory=dict)
+
+
+class RecipeCheckFailed(Exception):
+    def __init__(self, findings: list[Finding]) -> None:
+        super().__init__(f"{len(findings)} finding(s)")
+        self.findings = findings
+
+
+class RecipeFile(pytest.File):
+    def collect(self):
+        session: RecipeSession = self.config.stash[SESSION_KEY]
+        display = self.nodeid or str(self.path)
+        self.state = RecipeState.from_file(self.path, display, session.options, session.catalog)
+        gpus = gpus_for(self.state, session.options)
+        off_target = not gpus
+        if off_target:
+            session.not_for_this_gpu[display] = self.state.declared_gpus()
+            gpus = [None]
+        several = len(gpus) > 1
+        for check in CHECKS:
+            for gpu in gpus if check in GPU_CHECKS else [None]:
+                name = f"{check}[{gpu}]" if several and gpu is not None else check
+                item = RecipeItem.from_parent(self, name=name, check=check, gpu=gpu)
+                item.off_target = off_target
+                yield item
+
+
+class RecipeItem(pytest.Item):
+    def __init__(self, *, check: str, gpu: str | None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.check = check
+        self.gpu = gpu
+        self.off_target = False
+        self._failed_line = 0
+        self.add_marker(pytest.mark.recipe_check)
+
+    @property
+    def state(self) -> RecipeState:
+        return self.parent.state
+
+    def runtest(self) -> None:
+        result = run_check(self.state, self.check, self.gpu)
+        if result.error is not None:
+            raise result.error
+        if result.skipped is not None:
+            pytest.skip(result.skipped)
+        strict = self.state.options.strict
+        for info in result.infos:
+            text = info.message
+            self.user_properties.append((info.rule_id, text))
+            self.add_report_section("call", "recipe-checks", f"{info.rule_id} {text}")
+        for suppressed in result.suppressed:
+            self.user_properties.append((f"{suppressed.rule_id} (ignored)", suppressed.message))
+        failing = result.errors + (result.warnings if strict else [])
+        if not strict:
+            for warning in result.warnings:
+                warnings.warn_explicit(
+                    RecipeWarning(f"{warning.rule_id} {warning.message} -- help: {warning.help}"),
+                    RecipeWarning,
+                    filename=str(self.path),
+                    lineno=warning.location.line,
+                )
+        if failing:
+            self._failed_line = failing[0].location.line
+            raise RecipeCheckFailed(failing)
+
+    def repr_failure(self, excinfo, style=None):
+        if isinstance(excinfo.value, RecipeCheckFailed):
+            return "\n\n".join(
+                render_finding(f, self.state.source_line(f.location.line)) for f in excinfo.value.findings
+            )
+        return super().repr_failure(excinfo, style=style)
+
+    def reportinfo(self):
+        line = self._failed_line - 1 if self._failed_line else None
+        return self.path, line, f"{self.parent.name}::{self.name}"
+
+
+SESSION_KEY = pytest.StashKey[RecipeSession]()

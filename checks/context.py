@@ -1,0 +1,157 @@
+"""What rules see: one recipe file loaded and validated once, then viewed against each target GPU.
+
+The model config and meta-device skeleton are resolved lazily and at most once per recipe, so a
+check that does not need the model never pays for building it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from checks.findings import Finding
+from checks.gpus import GpuCatalog, GpuProfile, UnknownGpuError
+from checks.models.resolve import ModelResolutionError, ResolvedModel, resolve_model_config
+from checks.models.skeleton import ModelBuildError, build_meta_model
+from checks.options import Options
+from checks.recipe.load import LoadedRecipe, RecipeLoadError, load_recipe_file
+from checks.recipe.schema import Recipe
+from checks.recipe.validate import Validation, validate
+
+_UNSET: Any = object()
+
+
+@dataclass
+class RecipeState:
+    """A recipe file, loaded and validated; shared by all its checks and target GPUs."""
+
+    path: str  # as shown to the user
+    fs_path: Path
+    options: Options
+    catalog: GpuCatalog
+    loaded: LoadedRecipe | None = None
+    load_error: Finding | None = None
+    validation: Validation | None = None
+    _resolved: Any = field(default=_UNSET, repr=False)
+    _model: Any = field(default=_UNSET, repr=False)
+    results: dict[tuple[str, str | None], Any] = field(default_factory=dict, repr=False)
+    memo: dict[str, Any] = field(default_factory=dict, repr=False)  # analyses shared by several rules
+
+    @classmethod
+    def from_file(cls, fs_path: Path, display_path: str, options: Options, catalog: GpuCatalog) -> RecipeState:
+        state = cls(path=display_path, fs_path=fs_path, options=options, catalog=catalog)
+        try:
+            state.loaded = load_recipe_file(fs_path, display_path)
+        except RecipeLoadError as exc:
+            state.load_error = exc.finding
+            return state
+        state.validation = validate(state.loaded)
+        return state
+
+    @property
+    def recipe(self) -> Recipe | None:
+        return self.validation.recipe if self.validation else None
+
+    def source_line(self, line: int) -> str:
+        if self.loaded is not None:
+            return self.loaded.source_line(line)
+        try:
+            lines = self.fs_path.read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError:
+            return ""
+        return lines[line - 1] if 0 < line <= len(lines) else ""
+
+    @property
+    def schema_ok(self) -> bool:
+        return self.validation is not None and self.validation.ok
+
+    def declared_gpus(self) -> list[str]:
+        """The GPU names the recipe declares, as written; readable even when other keys are invalid."""
+        if self.recipe is not None:
+            return list(self.recipe.hardware.gpu)
+        hardware = (self.loaded.data.get("hardware") if self.loaded else None) or {}
+        gpu = hardware.get("gpu") if isinstance(hardware, dict) else None
+        if isinstance(gpu, str):
+            return [gpu]
+        if isinstance(gpu, list):
+            return [g for g in gpu if isinstance(g, str)]
+        return []
+
+    def gpu_profile(self, name: str) -> GpuProfile | UnknownGpuError:
+        try:
+            return self.catalog.get(name)
+        except UnknownGpuError as exc:
+            return exc
+
+    def resolved_model(self) -> ResolvedModel | ModelResolutionError:
+        if self._resolved is _UNSET:
+            recipe = self.recipe
+            assert recipe is not None
+            try:
+                self._resolved = resolve_model_config(
+                    recipe.model.id,
+                    recipe.model.config,
+                    revision=recipe.model.revision,
+                    base_dir=self.fs_path.parent,
+                    allow_network=self.options.allow_network,
+                )
+            except ModelResolutionError as exc:
+                self._resolved = exc
+        return self._resolved
+
+    def meta_model(self) -> Any | ModelBuildError | ModelResolutionError:
+        if self._model is _UNSET:
+            resolved = self.resolved_model()
+            if isinstance(resolved, ModelResolutionError):
+                self._model = resolved
+                return resolved
+            recipe = self.recipe
+            assert recipe is not None
+            trust = recipe.model.trust_remote_code and self.options.trust_remote_code
+            try:
+                task = recipe.lora.task_type if recipe.lora else "CAUSAL_LM"
+                self._model = build_meta_model(resolved, task, trust_remote_code=trust)
+            except ModelBuildError as exc:
+                self._model = exc
+        return self._model
+
+
+@dataclass
+class RecipeContext:
+    """A recipe seen against one target GPU (or none, for checks that do not depend on the GPU)."""
+
+    state: RecipeState
+    gpu_name: str | None = None
+
+    @property
+    def path(self) -> str:
+        return self.state.path
+
+    @property
+    def loaded(self) -> LoadedRecipe:
+        assert self.state.loaded is not None
+        return self.state.loaded
+
+    @property
+    def recipe(self) -> Recipe:
+        recipe = self.state.recipe
+        assert recipe is not None
+        return recipe
+
+    @property
+    def gpu(self) -> GpuProfile | None:
+        if self.gpu_name is None:
+            return None
+        profile = self.state.gpu_profile(self.gpu_name)
+        return profile if isinstance(profile, GpuProfile) else None
+
+    @property
+    def model(self) -> Any:
+        model = self.state.meta_model()
+        return None if isinstance(model, Exception) else model
+
+    @property
+    def model_type(self) -> str | None:
+        resolved = self.state.resolved_model()
+        return None if isinstance(resolved, Exception) else resolved.model_type

@@ -1,0 +1,104 @@
+"""Build the real transformers architecture on the meta device: the true module tree, no weights.
+
+Remote code is never run unless the user opted in (--recipes-trust-remote-code) and the recipe asks
+for it (model.trust_remote_code: true).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import io
+import json
+import logging
+from typing import Any
+
+from checks.models.resolve import ResolvedModel
+
+_AUTO_CLASS_BY_TASK = {
+    "CAUSAL_LM": "AutoModelForCausalLM",
+    "SEQ_CLS": "AutoModelForSequenceClassification",
+    "SEQ_2_SEQ_LM": "AutoModelForSeq2SeqLM",
+    "TOKEN_CLS": "AutoModelForTokenClassification",
+    "QUESTION_ANS": "AutoModelForQuestionAnswering",
+    "FEATURE_EXTRACTION": "AutoModel",
+}
+
+
+class ModelBuildError(RuntimeError):
+    def __init__(self, message: str, help: str, rule_id: str = "RC106") -> None:
+        super().__init__(message)
+        self.help = help
+        self.rule_id = rule_id
+
+
+def build_config(resolved: ResolvedModel, *, trust_remote_code: bool = False):
+    """The transformers config object for a resolved config.json."""
+    from transformers import AutoConfig
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    values = dict(resolved.config)
+    model_type = values.pop("model_type")
+    if model_type not in CONFIG_MAPPING:
+        if not trust_remote_code:
+            raise ModelBuildError(
+                f"model '{resolved.name}' has model_type '{model_type}', which transformers does not know: "
+                "building it would run the model repository's own Python code",
+                "review that code, then set model.trust_remote_code: true and pass --recipes-trust-remote-code",
+                rule_id="RC107",
+            )
+        raise ModelBuildError(
+            f"model '{resolved.name}' needs remote code for model_type '{model_type}', and recipe-checks only "
+            "builds architectures that transformers ships",
+            "check the recipe against a transformers-native port of the model, or upgrade transformers",
+            rule_id="RC107",
+        )
+    values.pop("auto_map", None)  # remote-code pointers; the native class is used instead
+    try:
+        return AutoConfig.for_model(model_type, **values)
+    except Exception as exc:  # a malformed user config must become a finding, not a crash
+        raise ModelBuildError(
+            f"model '{resolved.name}': transformers rejects its config: {exc}",
+            "use the config.json published with the model",
+        ) from None
+
+
+@functools.lru_cache(maxsize=16)
+def _build_cached(config_json: str, name: str, task_type: str, trust_remote_code: bool):
+    import torch
+    import transformers
+
+    resolved = ResolvedModel(name=name, config=json.loads(config_json), source="")
+    config = build_config(resolved, trust_remote_code=trust_remote_code)
+    auto_class = getattr(transformers, _AUTO_CLASS_BY_TASK.get(task_type, "AutoModelForCausalLM"))
+    # transformers logs and prints advice meant for real loads; a check run has no use for it.
+    quiet = logging.getLogger("transformers")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        with torch.device("meta"), contextlib.redirect_stdout(io.StringIO()):
+            model = auto_class.from_config(config)
+    except ValueError as exc:
+        raise ModelBuildError(
+            f"model '{name}' ({config.model_type}) has no {auto_class.__name__} architecture: {exc}",
+            "set lora.task_type to the task this model supports",
+        ) from None
+    except Exception as exc:
+        raise ModelBuildError(
+            f"model '{name}': building the architecture on the meta device failed: {exc}",
+            "use the config.json published with the model",
+        ) from None
+    finally:
+        quiet.setLevel(level)
+    model.eval()
+    return model
+
+
+def build_meta_model(resolved: ResolvedModel, task_type: str | None = "CAUSAL_LM", *, trust_remote_code: bool = False):
+    """The model on the meta device. Shared between recipes: callers must not modify it."""
+    key = json.dumps(resolved.config, sort_keys=True)
+    return _build_cached(key, resolved.name, task_type or "CAUSAL_LM", trust_remote_code)
+
+
+def describe_parameters(model: Any) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,82 @@
+"""Run options shared by the pytest plugin and the command line, declared once for both.
+
+`add_options` takes an `add` callable with argparse's signature, so pytest's option group and an
+argparse parser get the same flags, defaults and help.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+
+@dataclass(frozen=True)
+class Options:
+    gpus: tuple[str, ...] = ()  # --gpu; empty: each recipe's own GPUs
+    all_gpus: bool = False  # --recipes-all-gpus
+    allow_network: bool = False
+    trust_remote_code: bool = False
+    strict: bool = False  # warnings fail too
+    ignore: dict[str, str] = field(default_factory=dict)  # project-wide rule id -> reason
+    gpu_profiles: tuple[str, ...] = ()  # extra profile files
+
+
+def split_names(values: list[str] | None) -> tuple[str, ...]:
+    names: list[str] = []
+    for value in values or []:
+        names.extend(part.strip() for part in value.split(",") if part.strip())
+    return tuple(names)
+
+
+def add_options(add: Callable[..., Any], *, prefix_gpu: str = "--gpu") -> None:
+    add(
+        prefix_gpu,
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="check recipes against this target GPU (repeat or comma-separate for several); "
+        "recipes that declare other GPUs are deselected. `recipe-checks gpus` lists the names.",
+    )
+    add(
+        "--recipes-all-gpus",
+        action="store_true",
+        default=False,
+        help="with --gpu: check every recipe against the given GPU, whatever GPUs it declares",
+    )
+    add(
+        "--recipes-allow-network",
+        action="store_true",
+        default=False,
+        help="allow downloading a model's config.json from the hub when it is not local, cached or bundled",
+    )
+    add(
+        "--recipes-trust-remote-code",
+        action="store_true",
+        default=False,
+        help="allow building models whose recipe sets model.trust_remote_code (runs the repository's code)",
+    )
+    add(
+        "--recipes-strict",
+        action="store_true",
+        default=False,
+        help="fail on warnings too (e.g. fp16 on a family known to overflow)",
+    )
+    add(
+        "--gpu-profiles",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="extra GPU profiles (YAML, same format as the shipped profiles.yaml)",
+    )
+
+
+def parse_ignore_lines(lines: list[str]) -> dict[str, str]:
+    """'RC301: reason' lines (the pytest ini form) into rule id -> reason."""
+    ignores: dict[str, str] = {}
+    for line in lines:
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        rule_id, _, reason = line.partition(":")
+        ignores[rule_id.strip().upper()] = reason.strip() or "ignored for the whole project"
+    return ignores

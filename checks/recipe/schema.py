@@ -1,0 +1,204 @@
+"""The typed recipe: pydantic models whose fields are the keyword arguments users already write.
+
+Sections mirror transformers.BitsAndBytesConfig, peft.LoraConfig and transformers.TrainingArguments;
+the fields typed here carry the ranges that make sense, the rest of each library's kwargs are
+accepted by name (see checks.recipe.library) so a recipe can be copied from a training script.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+TORCH_DTYPES = ("auto", "float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2")
+ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
+
+
+class Method(str, enum.Enum):
+    FULL = "full"
+    LORA = "lora"
+    DORA = "dora"
+    QLORA = "qlora"
+    QDORA = "qdora"
+
+
+class _Section(BaseModel):
+    # strict: '2e-4' (a string to PyYAML) or 'true' in quotes must not turn into a number or a bool
+    # silently, since the training script that reads the same YAML would pass the string through.
+    model_config = ConfigDict(extra="forbid", strict=True, validate_default=False)
+
+
+class _LibrarySection(_Section):
+    """A section that also takes any other keyword argument of its library class, by name."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+
+class ModelSpec(_Section):
+    id: str | None = Field(None, min_length=1, description="Hub id, e.g. meta-llama/Llama-3.1-8B")
+    config: str | None = Field(
+        None, min_length=1, description="A config.json or a model directory, relative to the recipe file"
+    )
+    revision: str | None = None
+    torch_dtype: Literal[TORCH_DTYPES] | None = None  # type: ignore[valid-type]
+    attn_implementation: Literal[ATTN_IMPLEMENTATIONS] | None = None  # type: ignore[valid-type]
+    trust_remote_code: bool = False
+
+    @model_validator(mode="after")
+    def _needs_id_or_config(self) -> ModelSpec:
+        if self.id is None and self.config is None:
+            raise ValueError("model needs an 'id' (hub id) or a 'config' (path to a config.json)")
+        return self
+
+    @property
+    def name(self) -> str:
+        return self.id or self.config or "?"
+
+
+class Quantization(_LibrarySection):
+    """transformers.BitsAndBytesConfig kwargs (quant_method: fp8 selects FineGrainedFP8Config)."""
+
+    quant_method: Literal["bitsandbytes", "fp8"] = "bitsandbytes"
+    load_in_4bit: bool = False
+    load_in_8bit: bool = False
+    bnb_4bit_quant_type: str = "fp4"  # BitsAndBytesConfig's default; checked by rule RC503
+    bnb_4bit_compute_dtype: str | None = None  # None means float32 in bitsandbytes; checked by RC504
+    bnb_4bit_use_double_quant: bool = False
+    bnb_4bit_quant_storage: str | None = None
+    llm_int8_threshold: float = Field(6.0, ge=0)
+    llm_int8_skip_modules: list[str] | None = None
+    llm_int8_enable_fp32_cpu_offload: bool = False
+    llm_int8_has_fp16_weight: bool = False
+
+
+class Lora(_LibrarySection):
+    """peft.LoraConfig kwargs."""
+
+    r: int = Field(8, ge=1, le=4096)
+    lora_alpha: float = Field(8, gt=0)
+    lora_dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] | str | None = None
+    exclude_modules: list[str] | str | None = None
+    target_parameters: list[str] | None = None
+    layers_to_transform: list[int] | int | None = None
+    layers_pattern: list[str] | str | None = None
+    modules_to_save: list[str] | None = None
+    bias: Literal["none", "all", "lora_only"] = "none"
+    use_dora: bool = False
+    use_rslora: bool = False
+    fan_in_fan_out: bool = False
+    task_type: Literal[
+        "CAUSAL_LM", "SEQ_CLS", "SEQ_2_SEQ_LM", "TOKEN_CLS", "QUESTION_ANS", "FEATURE_EXTRACTION"
+    ] | None = "CAUSAL_LM"
+
+    @field_validator("target_modules", "exclude_modules", "layers_pattern", "target_parameters", "modules_to_save")
+    @classmethod
+    def _no_empty_names(cls, value: Any) -> Any:
+        names = [value] if isinstance(value, str) else (value or [])
+        if any(not name.strip() for name in names):
+            raise ValueError("module names must not be empty")
+        return value
+
+    @field_validator("layers_to_transform")
+    @classmethod
+    def _non_negative_layers(cls, value: Any) -> Any:
+        indexes = [value] if isinstance(value, int) else (value or [])
+        if any(i < 0 for i in indexes):
+            raise ValueError("layer indexes start at 0")
+        return value
+
+
+class Training(_LibrarySection):
+    """transformers.TrainingArguments kwargs, plus max_seq_length (the sequence length trained on)."""
+
+    per_device_train_batch_size: int = Field(8, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    learning_rate: float = Field(5e-5, gt=0, le=1)
+    num_train_epochs: float = Field(3.0, gt=0)
+    max_steps: int = Field(-1, ge=-1)
+    warmup_ratio: float = Field(0.0, ge=0, le=1)
+    warmup_steps: int | float = Field(0, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, ge=0)
+    bf16: bool = False
+    fp16: bool = False
+    tf32: bool | None = None
+    optim: str = "adamw_torch"
+    lr_scheduler_type: str = "linear"
+    gradient_checkpointing: bool = False
+    gradient_checkpointing_kwargs: dict[str, Any] | None = None
+    max_seq_length: int = Field(1024, ge=1, le=10_000_000)
+    seed: int = Field(42, ge=0)
+
+    @field_validator("max_steps")
+    @classmethod
+    def _max_steps_not_zero(cls, value: int) -> int:
+        if value == 0:
+            raise ValueError("max_steps 0 trains nothing; use -1 to train for num_train_epochs")
+        return value
+
+
+class Hardware(_Section):
+    gpu: list[str] = Field(default_factory=list, description="One GPU name or a list: the GPUs this recipe is for")
+    vram_budget_gib: float | None = Field(None, gt=0, le=4096)
+
+    @field_validator("gpu", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+
+class Expect(_Section):
+    tokens_per_second: float | None = Field(None, gt=0)
+
+
+class ChecksSection(_Section):
+    ignore: dict[str, str] = Field(default_factory=dict, description="rule id -> the reason it is ignored")
+
+    @field_validator("ignore")
+    @classmethod
+    def _reasons_given(cls, value: dict[str, str]) -> dict[str, str]:
+        for rule_id, reason in value.items():
+            if not reason.strip():
+                raise ValueError(f"ignoring {rule_id} needs a reason: {{{rule_id}: \"why this recipe is an exception\"}}")
+        return value
+
+
+class Recipe(_Section):
+    model: ModelSpec
+    quantization: Quantization | None = None
+    lora: Lora | None = None
+    training: Training = Field(default_factory=Training)
+    hardware: Hardware = Field(default_factory=Hardware)
+    expect: Expect = Field(default_factory=Expect)
+    checks: ChecksSection = Field(default_factory=ChecksSection)
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model_id_shorthand(cls, value: Any) -> Any:
+        return {"id": value} if isinstance(value, str) else value
+
+    @property
+    def method(self) -> Method:
+        if self.lora is None:
+            return Method.FULL
+        quantized = self.quantization is not None and (
+            self.quantization.load_in_4bit or self.quantization.load_in_8bit
+        )
+        if quantized:
+            return Method.QDORA if self.lora.use_dora else Method.QLORA
+        return Method.DORA if self.lora.use_dora else Method.LORA
+
+    @property
+    def is_4bit(self) -> bool:
+        return self.quantization is not None and self.quantization.load_in_4bit
+
+    @property
+    def training_dtype(self) -> str:
+        if self.training.bf16:
+            return "bfloat16"
+        if self.training.fp16:
+            return "float16"
+        return "float32"

@@ -1,0 +1,53 @@
+"""Render findings for people (ruff-style, with the source line) and for CI (GitHub annotations, JSON)."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+from checks.findings import Finding, Severity
+
+
+def _snippet(source_line: str, finding: Finding) -> list[str]:
+    loc = finding.location
+    if not loc.line or not source_line:
+        return []
+    gutter = " " * len(str(loc.line))
+    width = max(1, min(loc.end_column, len(source_line) + 1) - loc.column) if loc.end_column > loc.column else 1
+    return [
+        f"{gutter} |",
+        f"{loc.line} | {source_line}",
+        f"{gutter} | {' ' * (loc.column - 1)}{'^' * width}",
+    ]
+
+
+def render_finding(finding: Finding, source_line: str = "") -> str:
+    label = {Severity.ERROR: "", Severity.WARNING: " (warning)", Severity.INFO: " (info)"}[finding.severity]
+    lines = [f"{finding.rule_id}{label} {finding.message}", f"  --> {finding.location}"]
+    lines.extend(_snippet(source_line, finding))
+    for name, text in (("why", finding.why), ("help", finding.help)):
+        if text and finding.severity is not Severity.INFO:
+            wrapped = textwrap.wrap(text, width=100, subsequent_indent=" " * (len(name) + 2)) or [""]
+            lines.append(f"{name}: " + "\n".join(wrapped))
+    lines.extend(f"  {d}" for d in finding.details)
+    return "\n".join(lines)
+
+
+def render_findings(findings: list[Finding], source_lines: dict[int, str] | None = None) -> str:
+    source_lines = source_lines or {}
+    return "\n\n".join(render_finding(f, source_lines.get(f.location.line, "")) for f in findings)
+
+
+def github_annotation(finding: Finding) -> str:
+    """One `::error file=..,line=..::msg` workflow command (GitHub Actions annotations)."""
+    level = {Severity.ERROR: "error", Severity.WARNING: "warning", Severity.INFO: "notice"}[finding.severity]
+    message = finding.message + (f" -- help: {finding.help}" if finding.help else "")
+    message = message.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    return (
+        f"::{level} file={finding.location.path},line={finding.location.line},col={finding.location.column},"
+        f"title={finding.rule_id} {finding.check}::{message}"
+    )
+
+
+def to_json(findings: list[Finding]) -> str:
+    return json.dumps([f.to_dict() for f in findings], indent=2)

@@ -1,0 +1,35 @@
+"""The rules, one per module. The registry imports each module below and indexes it by rule id."""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import pkgutil
+
+from checks.rules.base import Rule
+
+CHECKS = ("schema", "target-modules", "quantization", "precision", "optimizer")
+GPU_CHECKS = frozenset({"precision", "optimizer"})
+
+
+@functools.cache
+def all_rules() -> tuple[type[Rule], ...]:
+    rules: list[type[Rule]] = []
+    for info in pkgutil.iter_modules(__path__):
+        if not info.name.startswith("rc"):
+            continue
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        rules.extend(
+            obj for obj in vars(module).values()
+            if isinstance(obj, type) and issubclass(obj, Rule) and obj is not Rule and obj.__module__ == module.__name__
+        )
+    return tuple(sorted(rules, key=lambda r: r.id))
+
+
+def rules_for(check: str) -> tuple[type[Rule], ...]:
+    return tuple(r for r in all_rules() if r.check == check)
+
+
+def rule_by_id(rule_id: str) -> type[Rule] | None:
+    wanted = rule_id.strip().upper()
+    return next((r for r in all_rules() if r.id == wanted or r.name == rule_id.strip().lower()), None)

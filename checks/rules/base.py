@@ -1,0 +1,66 @@
+"""The Rule base class: a stable id, the check it belongs to, its documentation, and `run`.
+
+A rule's docstring is its documentation (What it checks / Why it matters / Example / Use instead),
+printed by `recipe-checks explain RULE`.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, ClassVar
+
+from checks.findings import Finding, Severity
+from checks.recipe.load import KeyPath
+
+if TYPE_CHECKING:
+    from checks.context import RecipeContext
+
+
+class Rule:
+    id: ClassVar[str]
+    name: ClassVar[str]  # kebab-case, e.g. "qlora-needs-paged-optimizer"
+    check: ClassVar[str]  # the pytest item it reports under, e.g. "optimizer"
+    severity: ClassVar[Severity] = Severity.ERROR
+    why: ClassVar[str]  # one line: why it matters
+    # What the rule needs besides a valid recipe: "gpu" (a known target profile), "model" (the meta model).
+    needs: ClassVar[frozenset[str]] = frozenset()
+
+    def run(self, ctx: RecipeContext) -> Iterable[Finding]:
+        raise NotImplementedError
+
+    @classmethod
+    def doc(cls) -> str:
+        return inspect.cleandoc(cls.__doc__ or "")
+
+    def finding(
+        self,
+        ctx: RecipeContext,
+        message: str,
+        key_path: KeyPath = (),
+        *,
+        help: str,
+        why: str | None = None,
+        severity: Severity | None = None,
+        at_value: bool = True,
+        details: Iterable[str] = (),
+    ) -> Finding:
+        key = _dotted(key_path)
+        return Finding(
+            rule_id=self.id,
+            message=message,
+            location=ctx.loaded.location(key_path, at_value=at_value),
+            severity=severity or self.severity,
+            key=key,
+            why=why if why is not None else self.why,
+            help=help,
+            check=self.check,
+            details=tuple(details),
+        )
+
+
+def _dotted(key_path: KeyPath) -> str:
+    out = ""
+    for part in key_path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out

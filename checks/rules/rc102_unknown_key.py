@@ -1,0 +1,54 @@
+"""RC102: every key is one the recipe format, or the section's library class, accepts."""
+
+from __future__ import annotations
+
+from checks.recipe.library import library_class_name
+from checks.rules.base import Rule
+from checks.suggest import did_you_mean
+
+
+class UnknownKey(Rule):
+    """
+    ## What it checks
+    Every key is known: the top-level sections (model, quantization, lora, training, hardware, expect,
+    checks), and inside `lora`, `training` and `quantization` the keyword arguments of
+    peft.LoraConfig, transformers.TrainingArguments and transformers.BitsAndBytesConfig in the
+    installed versions.
+
+    ## Why it matters
+    A misspelt key is silently dropped by many loaders: `lora_alfa: 32` leaves lora_alpha at its
+    default of 8, and the run trains with a quarter of the intended scaling.
+
+    ## Example
+        lora:
+          lora_alfa: 32
+
+    ## Use instead
+        lora:
+          lora_alpha: 32
+    """
+
+    id = "RC102"
+    name = "unknown-key"
+    check = "schema"
+    why = "a misspelt key is silently dropped by many loaders, so the run trains with a default instead"
+
+    def run(self, ctx):
+        validation = ctx.state.validation
+        if validation is None:
+            return
+        for unknown in validation.unknown_keys:
+            *parent, key = unknown.key_path
+            where = ".".join(str(p) for p in parent) or "the top level"
+            hint = did_you_mean(str(key), unknown.known, cutoff=0.7)
+            if len(parent) == 1 and parent[0] in ("lora", "training", "quantization"):
+                takes = f"{parent[0]} takes the arguments of {library_class_name(parent[0])}"
+            else:
+                takes = f"{where} takes: {', '.join(unknown.known)}"
+            yield self.finding(
+                ctx,
+                f"unknown key '{key}' in {where}",
+                unknown.key_path,
+                at_value=False,
+                help=f"{hint} {takes}".strip() if hint else f"remove it or fix its name; {takes}",
+            )

@@ -1,0 +1,50 @@
+"""RC208: what the LoRA targets expand to and what share of the model they reach (information)."""
+
+from __future__ import annotations
+
+from checks.findings import Severity
+from checks.rules._targets_common import analysis
+from checks.rules.base import Rule
+
+
+class LoraCoverage(Rule):
+    """
+    ## What it checks
+    Nothing fails: it reports the modules the targets resolve to (what `all-linear` or peft's
+    default expands to), how many modules are wrapped, the share of the model's parameters those
+    modules hold, and the number of trainable adapter parameters.
+
+    ## Why it matters
+    "Which layers does this recipe train?" should have an answer before the run, in the report
+    and in JUnit, not after reading peft's print_trainable_parameters on the GPU.
+
+    ## Example
+        lora:
+          target_modules: all-linear
+
+    ## Use instead
+    Nothing to change; read the report (pytest -rA, or `recipe-checks check`).
+    """
+
+    id = "RC208"
+    name = "lora-coverage"
+    check = "target-modules"
+    severity = Severity.INFO
+    needs = frozenset({"model"})
+    why = "know which layers a recipe trains before the run"
+
+    def run(self, ctx):
+        result = analysis(ctx)
+        if result is None or not result.matched_modules:
+            return
+        leaves = sorted({m.rsplit(".", 1)[-1] for m in result.matched_modules if m not in result.unsupported})
+        share = result.targeted_params / result.total_params if result.total_params else 0.0
+        origin = f"{result.expanded_from} expands to" if result.expanded_from else "targets"
+        yield self.finding(
+            ctx,
+            f"{origin} {', '.join(leaves)}: {len(result.matched_modules)} modules in {len(set().union(*[m.blocks for m in result.matches]) or [])} "
+            f"of {result.num_blocks} blocks, holding {share:.1%} of {result.total_params / 1e9:.2f}B parameters; "
+            f"{result.adapter_params / 1e6:.1f}M trainable adapter parameters at r={ctx.recipe.lora.r}",
+            ("lora", "target_modules"),
+            help="",
+        )
