@@ -100,7 +100,16 @@ class RecipeState:
                 self._resolved = exc
         return self._resolved
 
-    def meta_model(self) -> Any | ModelBuildError | ModelResolutionError:
+    def meta_model(self, fresh: bool = False) -> Any | ModelBuildError | ModelResolutionError:
+        """The recipe's model on the meta device; `fresh`: an unshared copy that may be modified."""
+        if fresh:
+            shared = self.meta_model()
+            if isinstance(shared, Exception):
+                return shared
+            recipe = self.recipe
+            task = recipe.lora.task_type if recipe.lora else "CAUSAL_LM"
+            trust = recipe.model.trust_remote_code and self.options.trust_remote_code
+            return build_meta_model(self.resolved_model(), task, trust_remote_code=trust, fresh=True)
         if self._model is _UNSET:
             resolved = self.resolved_model()
             if isinstance(resolved, ModelResolutionError):

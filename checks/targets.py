@@ -39,7 +39,7 @@ class TargetAnalysis:
     expanded_from: str | None  # "all-linear" or "peft default for <model_type>"
     targeted_params: int
     total_params: int
-    adapter_params: int
+    adapter_params: int | None  # from peft's own injection on a meta copy; None when peft cannot inject
     fused_expert_params: list[str]  # names like "model.layers.0.mlp.experts.gate_up_proj"
 
 
@@ -96,7 +96,8 @@ def _matches(lora_config, key: str) -> bool:
     return bool(check_target_module_exists(lora_config, key))
 
 
-def analyse_targets(lora_config, model: Any) -> TargetAnalysis:
+def analyse_targets(lora_config, model: Any, fresh_model: Any = None) -> TargetAnalysis:
+    """`fresh_model`: an unshared meta copy that peft may inject into, to count adapter parameters."""
     import torch
     from peft.tuners.tuners_utils import _maybe_include_all_linear_layers
     from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
@@ -121,7 +122,10 @@ def analyse_targets(lora_config, model: Any) -> TargetAnalysis:
     matched = [n for n in names if config.target_modules is not None and _matches(config, n)]
 
     entries: list[TargetMatch] = []
-    if isinstance(config.target_modules, str):
+    if expanded_from == "all-linear":
+        # peft expands all-linear to full module names: one entry, judged as a whole
+        entries.append(TargetMatch("all-linear", matched, {block_index(n, block_list) for n in matched} - {None}))
+    elif isinstance(config.target_modules, str):
         entries.append(TargetMatch(config.target_modules, matched, {block_index(n, block_list) for n in matched} - {None}))
     elif config.target_modules is not None:
         for target in sorted(config.target_modules):
@@ -149,19 +153,15 @@ def analyse_targets(lora_config, model: Any) -> TargetAnalysis:
             wrappable.append(_leaf(name))
 
     total = sum(p.numel() for p in model.parameters())
-    targeted = 0
-    adapters = 0
-    for name in matched:
-        if name in unsupported:
-            continue
-        for p in modules[name].parameters(recurse=False):
-            targeted += p.numel()
-        weight = getattr(modules[name], "weight", None)
-        if weight is not None and weight.dim() == 2:
-            r = _rank_for(config, name)
-            adapters += r * (weight.shape[0] + weight.shape[1])
-            if config.use_dora:
-                adapters += weight.shape[0] if not config.fan_in_fan_out else weight.shape[1]
+    targeted = sum(
+        p.numel() for name in matched if name not in unsupported for p in modules[name].parameters(recurse=False)
+    )
+    if config.target_parameters:
+        targeted += sum(
+            p.numel() for n, p in model.named_parameters()
+            if any(n == t or n.endswith("." + t) for t in config.target_parameters)
+        )
+    adapters = count_adapter_parameters(config, fresh_model) if fresh_model is not None and not unsupported else None
 
     fused = [
         f"{mod_name}.{p_name}"
@@ -187,11 +187,15 @@ def analyse_targets(lora_config, model: Any) -> TargetAnalysis:
     )
 
 
-def _rank_for(config, name: str) -> int:
-    for pattern, rank in (config.rank_pattern or {}).items():
-        if re.search(pattern, name):
-            return int(rank)
-    return int(config.r)
+def count_adapter_parameters(lora_config, fresh_model: Any) -> int | None:
+    """Inject the adapters with peft into a meta-device copy and count them: peft's own shapes."""
+    from peft import inject_adapter_in_model
+
+    try:
+        injected = inject_adapter_in_model(lora_config, fresh_model, low_cpu_mem_usage=True)
+    except Exception:  # peft refuses the config for this model: the rules report why
+        return None
+    return sum(p.numel() for name, p in injected.named_parameters() if "lora_" in name)
 
 
 @functools.cache
@@ -235,5 +239,8 @@ def analysis_for(ctx) -> TargetAnalysis | Exception | None:
             memo["targets"] = None
         else:
             config = build_lora_config(recipe.lora)
-            memo["targets"] = config if isinstance(config, Exception) else analyse_targets(config, ctx.model)
+            if isinstance(config, Exception):
+                memo["targets"] = config
+            else:
+                memo["targets"] = analyse_targets(config, ctx.model, ctx.state.meta_model(fresh=True))
     return memo["targets"]

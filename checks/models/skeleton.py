@@ -63,8 +63,7 @@ def build_config(resolved: ResolvedModel, *, trust_remote_code: bool = False):
         ) from None
 
 
-@functools.lru_cache(maxsize=16)
-def _build_cached(config_json: str, name: str, task_type: str, trust_remote_code: bool):
+def _build(config_json: str, name: str, task_type: str, trust_remote_code: bool):
     import torch
     import transformers
 
@@ -94,10 +93,16 @@ def _build_cached(config_json: str, name: str, task_type: str, trust_remote_code
     return model
 
 
-def build_meta_model(resolved: ResolvedModel, task_type: str | None = "CAUSAL_LM", *, trust_remote_code: bool = False):
-    """The model on the meta device. Shared between recipes: callers must not modify it."""
+_build_cached = functools.lru_cache(maxsize=16)(_build)
+
+
+def build_meta_model(
+    resolved: ResolvedModel, task_type: str | None = "CAUSAL_LM", *, trust_remote_code: bool = False, fresh: bool = False
+):
+    """The model on the meta device. Shared between recipes unless `fresh`: callers must not modify a shared one."""
     key = json.dumps(resolved.config, sort_keys=True)
-    return _build_cached(key, resolved.name, task_type or "CAUSAL_LM", trust_remote_code)
+    build = _build if fresh else _build_cached
+    return build(key, resolved.name, task_type or "CAUSAL_LM", trust_remote_code)
 
 
 def describe_parameters(model: Any) -> int:

@@ -35,7 +35,8 @@ class PartialBlockCoverage(Rule):
     def run(self, ctx):
         lora = ctx.recipe.lora
         result = analysis(ctx)
-        if result is None or lora.layers_to_transform is not None or lora.exclude_modules or not result.block_list:
+        if (result is None or result.expanded_from or lora.layers_to_transform is not None or lora.exclude_modules
+                or not result.block_list):
             return
         module_names = [n for n, _ in ctx.model.named_modules()]
         for match in result.matches:

@@ -40,11 +40,17 @@ class LoraCoverage(Rule):
         leaves = sorted({m.rsplit(".", 1)[-1] for m in result.matched_modules if m not in result.unsupported})
         share = result.targeted_params / result.total_params if result.total_params else 0.0
         origin = f"{result.expanded_from} expands to" if result.expanded_from else "targets"
+        blocks = set().union(*[m.blocks for m in result.matches]) if result.matches else set()
+        params = f" and target_parameters {', '.join(ctx.recipe.lora.target_parameters)}" if ctx.recipe.lora.target_parameters else ""
+        adapters = (
+            f"{result.adapter_params / 1e6:.1f}M trainable adapter parameters (counted by peft)"
+            if result.adapter_params is not None else "adapter parameters not counted: peft cannot inject this config"
+        )
         yield self.finding(
             ctx,
-            f"{origin} {', '.join(leaves)}: {len(result.matched_modules)} modules in {len(set().union(*[m.blocks for m in result.matches]) or [])} "
-            f"of {result.num_blocks} blocks, holding {share:.1%} of {result.total_params / 1e9:.2f}B parameters; "
-            f"{result.adapter_params / 1e6:.1f}M trainable adapter parameters at r={ctx.recipe.lora.r}",
-            ("lora", "target_modules"),
+            f"{origin} {', '.join(leaves)}{params}: {len(result.matched_modules)} modules in {len(blocks)} of "
+            f"{result.num_blocks} blocks, holding {share:.1%} of {result.total_params / 1e9:.2f}B parameters; "
+            f"{adapters} at r={ctx.recipe.lora.r}",
+            ("lora", "target_modules") if ctx.recipe.lora.target_modules is not None else ("lora",),
             help="",
         )
