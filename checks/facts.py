@@ -21,6 +21,8 @@ def min_cc(section: str, entry: str) -> tuple[int, int]:
     return int(major), int(minor)
 
 
-def first_source(section: str, entry: str) -> str:
-    sources = precision_facts()[section][entry].get("sources") or []
+def first_source(section: str, entry: str | None = None) -> str:
+    """The first source URL of a facts entry (or of a flat section when `entry` is None)."""
+    node = precision_facts()[section]
+    sources = (node[entry] if entry else node).get("sources") or []
     return sources[0] if sources else ""

@@ -43,7 +43,7 @@ class QloraPagedOptimizer(Rule):
         optim = recipe.training.optim
         if optim.startswith("paged_"):
             return
-        source = first_source("paged_optimizers", next(iter(_paged_section())))
+        source = first_source("paged_optimizers")
         yield self.finding(
             ctx,
             f"{recipe.method.value.upper()} recipe uses optimizer '{optim}', which is not paged",
@@ -52,8 +52,3 @@ class QloraPagedOptimizer(Rule):
             + (f"; see {source}" if source else ""),
         )
 
-
-def _paged_section():
-    from checks.facts import precision_facts
-
-    return precision_facts().get("paged_optimizers") or {"": {}}

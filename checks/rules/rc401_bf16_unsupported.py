@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from checks.facts import first_source
 from checks.rules.base import Rule
 
 
@@ -34,7 +35,7 @@ class Bf16Unsupported(Rule):
         recipe = ctx.recipe
         if gpu is None or gpu.supports_bf16:
             return
-        source = _bf16_source()
+        source = first_source("bf16")
         if recipe.training.bf16:
             yield self.finding(
                 ctx,
@@ -51,9 +52,3 @@ class Bf16Unsupported(Rule):
                 help=f"load in float16 on {gpu.key}; see {source}",
             )
 
-
-def _bf16_source() -> str:
-    from checks.facts import precision_facts
-
-    sources = precision_facts()["bf16"].get("sources") or []
-    return sources[0] if sources else ""

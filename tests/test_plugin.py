@@ -1,0 +1,244 @@
+"""The pytest plugin, end to end through pytester: collection, node ids, GPU selection, reports."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from tests.conftest import GOOD_RECIPE, RECIPES
+
+CHECKS = ["schema", "target-modules", "quantization", "precision", "optimizer"]
+
+
+@pytest.fixture
+def shipped(pytester: pytest.Pytester):
+    """The shipped recipes, copied into the pytester directory."""
+    target = pytester.path / "recipes"
+    shutil.copytree(RECIPES, target)
+    return target
+
+
+def test_shipped_recipes_all_pass_against_their_own_gpus(pytester, shipped):
+    result = pytester.runpytest("recipes/", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=len(list(shipped.glob("*.yaml"))) * len(CHECKS) + 2)  # mistral: 2 GPUs
+    assert result.ret == 0
+
+
+def test_main_job_with_gpu_rtx4090_is_green_and_deselects_the_others(pytester, shipped):
+    result = pytester.runpytest("--gpu=rtx4090", "recipes/", "-p", "no:cacheprovider")
+    assert result.ret == 0
+    result.stdout.fnmatch_lines([
+        "*recipe-checks: recipes for other GPUs*",
+        "*declare other GPUs and were not checked against rtx4090:*",
+        "*t4: recipes/mistral-7b-qlora-t4-fp16.yaml  (check with --gpu=t4)*",
+        "*Check every recipe against rtx4090 with --recipes-all-gpus.*",
+    ])
+    outcomes = result.parseoutcomes()
+    assert outcomes["deselected"] > 0 and "failed" not in outcomes
+
+
+def test_collect_only_lists_one_item_per_recipe_and_check(pytester, shipped):
+    result = pytester.runpytest("--gpu=rtx4090", "recipes/", "--collect-only", "-q", "-p", "no:cacheprovider")
+    result.stdout.fnmatch_lines([f"recipes/llama3-8b-qlora-rtx4090.yaml::{check}" for check in CHECKS])
+    listed = [line for line in result.outlines if "::" in line]
+    assert len(listed) == len(set(listed))
+    assert "recipes/mistral-7b-qlora-r8-qkvo.yaml::precision" in listed  # one GPU selected: no [gpu] suffix
+
+
+def test_a_recipe_with_several_gpus_gets_the_gpu_in_gpu_dependent_ids(pytester):
+    pytester.makefile(".yaml", two=GOOD_RECIPE.replace("gpu: rtx4090", "gpu: [rtx4090, a100-80gb]"))
+    result = pytester.runpytest("--collect-only", "-q", "-p", "no:cacheprovider")
+    result.stdout.fnmatch_lines([
+        "two.yaml::schema",
+        "two.yaml::target-modules",
+        "two.yaml::quantization",
+        "two.yaml::precision[rtx4090]",
+        "two.yaml::precision[a100-80gb]",
+        "two.yaml::optimizer[rtx4090]",
+        "two.yaml::optimizer[a100-80gb]",
+    ])
+
+
+def test_k_selects_one_check(pytester):
+    pytester.makefile(".yaml", good=GOOD_RECIPE)
+    result = pytester.runpytest("-k", "target-modules", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, deselected=len(CHECKS) - 1)
+
+
+def test_failure_names_rule_file_line_and_fix(pytester):
+    pytester.makefile(".yaml", bad=GOOD_RECIPE.replace("optim: paged_adamw_8bit", "optim: adamw_torch"))
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=len(CHECKS) - 1, failed=1)
+    result.stdout.fnmatch_lines([
+        "*bad.yaml::optimizer*",
+        "RC301 QLORA recipe uses optimizer 'adamw_torch', which is not paged",
+        "  --> bad.yaml:14:10",
+        "14 |   optim: adamw_torch",
+        "   |          ^^^^^^^^^^^",
+        "why: QLoRA runs close to the memory limit*",
+        "help: set training.optim: paged_adamw_8bit*",
+        "FAILED bad.yaml::optimizer*",
+    ])
+    assert "Traceback" not in result.stdout.str()
+
+
+def test_malformed_yaml_is_a_finding_and_other_recipes_are_still_checked(pytester):
+    pytester.makefile(".yaml", good=GOOD_RECIPE)
+    pytester.makefile(".yaml", broken="model: x\nlora:\n  r: 16\n lora_alpha: 32\n")
+    result = pytester.runpytest("-p", "no:cacheprovider", "-rs")
+    result.assert_outcomes(passed=len(CHECKS), failed=1, skipped=len(CHECKS) - 1)
+    result.stdout.fnmatch_lines([
+        "RC101 the file is not valid YAML:*",
+        "  --> broken.yaml:4:*",
+        "*SKIPPED*not checked: broken.yaml has schema errors; fix those first (see broken.yaml::schema)*",
+    ])
+    assert "Traceback" not in result.stdout.str()
+
+
+@pytest.mark.parametrize(
+    ("replace", "by", "rule"),
+    [
+        ("lora_alpha: 32", "lora_alfa: 32", "RC102 unknown key 'lora_alfa' in lora"),
+        ("per_device_train_batch_size: 1", "per_device_train_batch_size: -1", "RC103 training.per_device_train_batch_size*"),
+        ("bf16: true", "bf16: 'true'", "RC103 training.bf16: input should be a valid boolean*"),
+        ("gpu: rtx4090", "gpu: rtx4099", "RC105 'rtx4099' is not a known GPU"),
+        ("model: meta-llama/Llama-3.1-8B", "model: meta-llama/Llama-3.1-8B-typo", "RC106 model 'meta-llama/Llama-3.1-8B-typo' has no config.json here*"),
+    ],
+)
+def test_bad_input_is_a_schema_finding_with_file_and_line(pytester, replace, by, rule):
+    pytester.makefile(".yaml", good=GOOD_RECIPE)
+    pytester.makefile(".yaml", bad=GOOD_RECIPE.replace(replace, by))
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.stdout.fnmatch_lines([rule, "  --> bad.yaml:*"])
+    assert "Traceback" not in result.stdout.str()
+    outcomes = result.parseoutcomes()
+    assert outcomes["failed"] == 1 and outcomes["passed"] >= len(CHECKS)  # good.yaml fully checked
+
+
+def test_unknown_gpu_option_is_a_usage_error_with_the_nearest_name(pytester):
+    pytester.makefile(".yaml", good=GOOD_RECIPE)
+    result = pytester.runpytest("--gpu=rtx4099", "-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--gpu: 'rtx4099' is not a known GPU; did you mean 'rtx4090'? Known: a100-40gb*"])
+
+
+def test_gpu_names_are_forgiving(pytester):
+    pytester.makefile(".yaml", good=GOOD_RECIPE)
+    result = pytester.runpytest("--gpu=RTX 4090", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=len(CHECKS))
+
+
+def test_all_gpus_checks_every_recipe_against_the_given_gpu(pytester):
+    pytester.makefile(".yaml", good=GOOD_RECIPE)
+    result = pytester.runpytest("--gpu=t4", "--recipes-all-gpus", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=4, failed=1)  # bf16 on a T4: precision fails; bitsandbytes runs there
+    result.stdout.fnmatch_lines(["RC401 bf16 training on t4*", "RC404 bnb_4bit_compute_dtype bfloat16 on t4*"])
+
+
+def test_a_recipe_without_gpu_skips_gpu_checks_with_the_way_to_fix_it(pytester):
+    pytester.makefile(".yaml", nogpu=GOOD_RECIPE.replace("hardware:\n  gpu: rtx4090\n", ""))
+    result = pytester.runpytest("-rs", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=3, skipped=2)
+    result.stdout.fnmatch_lines(["*names no target GPU; set hardware.gpu in the recipe or pass --gpu=NAME*"])
+
+
+def test_report_header_names_target_local_device_and_versions(pytester):
+    pytester.makefile(".yaml", good=GOOD_RECIPE)
+    result = pytester.runpytest("--gpu=rtx4090", "--collect-only", "-p", "no:cacheprovider")
+    result.stdout.fnmatch_lines([
+        "recipe-checks *: target GPU: rtx4090 (NVIDIA GeForce RTX 4090, 24.0 GiB, sm_89, bf16 yes, fp8 yes)",
+        "recipe-checks: local device: * (checks use the target profile, not this machine)",
+        "recipe-checks: torch *, transformers *, peft *, bitsandbytes *",
+    ])
+
+
+def test_warnings_show_in_the_summary_and_fail_with_strict(pytester):
+    fp16 = GOOD_RECIPE.replace("bf16: true", "fp16: true").replace("bfloat16", "float16")
+    pytester.makefile(".yaml", warn=fp16)
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=len(CHECKS), warnings=1)
+    result.stdout.fnmatch_lines(["*RecipeWarning: RC406 fp16 training on a llama model*"])
+    strict = pytester.runpytest("--recipes-strict", "-p", "no:cacheprovider")
+    strict.assert_outcomes(passed=len(CHECKS) - 1, failed=1)
+
+
+def test_recipe_ignore_with_reason_suppresses_and_is_recorded(pytester):
+    text = GOOD_RECIPE.replace("optim: paged_adamw_8bit", "optim: adamw_torch")
+    text += "checks:\n  ignore: {RC301: \"72 GB of host RAM is not available for paging on this box\"}\n"
+    pytester.makefile(".yaml", ignored=text)
+    result = pytester.runpytest("-p", "no:cacheprovider", "--junitxml=report.xml")
+    result.assert_outcomes(passed=len(CHECKS))
+    assert 'name="RC301 (ignored)"' in (pytester.path / "report.xml").read_text()
+
+
+def test_stale_and_misspelt_ignores_are_reported(pytester):
+    text = GOOD_RECIPE + "checks:\n  ignore: {RC301: \"no longer needed\", RC3O2: \"typo\"}\n"
+    pytester.makefile(".yaml", stale=text)
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.stdout.fnmatch_lines([
+        "RC109 ignoring RC301 (qlora-paged-optimizer) suppresses nothing in this recipe",
+        "RC109 ignored rule 'RC3O2' does not exist",
+        "help: did you mean 'RC302'*",
+    ])
+
+
+def test_project_wide_ignore_from_the_ini(pytester):
+    pytester.makefile(".yaml", bad=GOOD_RECIPE.replace("optim: paged_adamw_8bit", "optim: adamw_torch"))
+    pytester.makeini("[pytest]\nrecipe_checks_ignore =\n    RC301: our cluster nodes have no spare host RAM\n")
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=len(CHECKS))
+
+
+def test_junit_shows_one_testcase_per_recipe_and_check(pytester):
+    pytester.makefile(".yaml", good=GOOD_RECIPE)
+    pytester.runpytest("-p", "no:cacheprovider", "--junitxml=report.xml")
+    xml = (pytester.path / "report.xml").read_text()
+    for check in CHECKS:
+        assert f'classname="good.yaml" name="{check}"' in xml
+    assert 'name="RC208"' in xml  # the coverage report travels as a property
+
+
+def test_yaml_files_without_the_marker_key_are_not_recipes(pytester):
+    pytester.makefile(".yaml", other="name: ci\njobs: {}\n")
+    pytester.makefile(".yaml", good=GOOD_RECIPE)
+    result = pytester.runpytest("--collect-only", "-q", "-p", "no:cacheprovider")
+    assert "other.yaml" not in result.stdout.str()
+
+
+def test_the_marker_key_is_configurable(pytester):
+    pytester.makefile(".yaml", custom=GOOD_RECIPE.replace("model:", "base_model:", 1))
+    pytester.makeini("[pytest]\nrecipe_checks_key = base_model\n")
+    result = pytester.runpytest("--collect-only", "-q", "-p", "no:cacheprovider")
+    result.stdout.fnmatch_lines(["custom.yaml::schema"])
+
+
+def test_gpu_marker_skips_with_a_reason_without_cuda(pytester):
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.gpu
+        def test_needs_cuda():
+            pass
+        """
+    )
+    result = pytester.runpytest("-rs", "-p", "no:cacheprovider")
+    import torch
+
+    if torch.cuda.is_available():
+        result.assert_outcomes(passed=1)
+    else:
+        result.assert_outcomes(skipped=1)
+        result.stdout.fnmatch_lines(["*needs a CUDA GPU: torch.cuda.is_available() is False here*"])
+
+
+def test_trust_remote_code_needs_the_opt_in_flag(pytester):
+    pytester.makefile(
+        ".yaml",
+        remote=GOOD_RECIPE.replace("model: meta-llama/Llama-3.1-8B", "model: {id: meta-llama/Llama-3.1-8B, trust_remote_code: true}"),
+    )
+    refused = pytester.runpytest("-p", "no:cacheprovider")
+    refused.stdout.fnmatch_lines(["RC107 the recipe asks to run the model repository's code*"])
+    allowed = pytester.runpytest("--recipes-trust-remote-code", "-p", "no:cacheprovider")
+    allowed.assert_outcomes(passed=len(CHECKS))
