@@ -40,11 +40,11 @@ class LoadedRecipe:
     duplicate_keys: list[KeyPath] = field(default_factory=list)
 
     def location(self, key_path: KeyPath = (), *, at_value: bool = True) -> Location:
-        """The best position for a key path: the value (or key) itself, else its nearest parent."""
-        spans = (self.value_spans, self.key_spans) if at_value else (self.key_spans, self.value_spans)
+        """The best position for a key path: the value (or key) itself, else its nearest parent's key."""
         probe = tuple(key_path)
+        tables = (self.value_spans, self.key_spans) if at_value else (self.key_spans, self.value_spans)
         while True:
-            for table in spans:
+            for table in tables:
                 span = table.get(probe)
                 if span is not None:
                     end = span.end_column if span.end_line == span.line else span.column + 1
@@ -52,6 +52,7 @@ class LoadedRecipe:
             if not probe:
                 return Location(self.path, 1, 1, 1)
             probe = probe[:-1]
+            tables = (self.key_spans, self.value_spans)  # a missing key: point at the section it belongs in
 
     def source_line(self, line: int) -> str:
         lines = self.text.splitlines()
@@ -94,21 +95,24 @@ def looks_like_recipe(text: str, marker_key: str = "model") -> bool:
 
 
 def load_text(text: str, path: str) -> LoadedRecipe:
-    loader = yaml.SafeLoader(text)
+    loader = None
     try:
+        loader = yaml.SafeLoader(text)  # the reader rejects control characters here already
         node = loader.get_single_node()
         if node is None:
             raise RecipeLoadError(_not_a_mapping(path, "the file is empty"))
         data = loader.construct_document(node)
     except yaml.MarkedYAMLError as exc:
         raise RecipeLoadError(_syntax_finding(path, exc)) from None
-    except yaml.YAMLError as exc:  # unmarked errors are rare; still a finding, never a traceback
+    except yaml.YAMLError as exc:  # reader errors (control characters) carry a position, not a mark
+        line = text.count("\n", 0, getattr(exc, "position", 0) or 0) + 1
         raise RecipeLoadError(
-            Finding("RC101", f"the file is not valid YAML: {exc}", Location(path, 1, 1, 1), check="schema",
-                    help="fix the YAML syntax")
+            Finding("RC101", f"the file is not valid YAML: {str(exc).splitlines()[0]}", Location(path, line, 1, 1),
+                    check="schema", help="remove the control character, or save the file as plain UTF-8 text")
         ) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     if not isinstance(data, dict):
         raise RecipeLoadError(_not_a_mapping(path, f"the top level is a {type(data).__name__}"))
     loaded = LoadedRecipe(path=path, text=text, data=data)
