@@ -11,7 +11,7 @@ import functools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -65,29 +65,30 @@ def find_block_list(model: Any) -> tuple[str | None, int]:
     return best
 
 
-def _ask_peft(lora_config, module) -> tuple[bool, str]:
+def _ask_peft(lora_config, module, rank: int) -> tuple[bool, str, int | None]:
+    """Let peft wrap a meta-device module: whether it can, and how many adapter parameters it adds."""
     from peft.tuners.lora.model import LoraModel
 
     kwargs = dict(
-        r=lora_config.r,
+        r=rank,
         lora_alpha=lora_config.lora_alpha,
         lora_dropout=0.0,
         fan_in_fan_out=lora_config.fan_in_fan_out,
         init_lora_weights=True,
         use_rslora=lora_config.use_rslora,
-        use_dora=False,
-        lora_bias=False,
+        use_dora=lora_config.use_dora,
+        lora_bias=lora_config.lora_bias,
     )
     try:
-        LoraModel._create_new_module(lora_config, "default", module, **kwargs)
+        wrapped = LoraModel._create_new_module(lora_config, "default", module, **kwargs)
     except ValueError as exc:
         if "not supported" in str(exc):
             text = str(exc)
-            supported = text[text.find("Currently"):] if "Currently" in text else ""
-            return False, supported
+            return False, text[text.find("Currently"):] if "Currently" in text else "", None
+        return True, "", None
     except Exception:  # dispatch found a LoRA class; a later setup step needing real data failed
-        pass
-    return True, ""
+        return True, "", None
+    return True, "", sum(p.numel() for name, p in wrapped.named_parameters() if "lora_" in name)
 
 
 def _matches(lora_config, key: str) -> bool:
@@ -96,8 +97,8 @@ def _matches(lora_config, key: str) -> bool:
     return bool(check_target_module_exists(lora_config, key))
 
 
-def analyse_targets(lora_config, model: Any, fresh_model: Any = None) -> TargetAnalysis:
-    """`fresh_model`: an unshared meta copy that peft may inject into, to count adapter parameters."""
+def analyse_targets(lora_config, model: Any, fresh_model: Callable[[], Any] | None = None) -> TargetAnalysis:
+    """`fresh_model` builds an unshared meta copy that peft may inject into (for target_parameters)."""
     import torch
     from peft.tuners.tuners_utils import _maybe_include_all_linear_layers
     from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
@@ -134,17 +135,23 @@ def analyse_targets(lora_config, model: Any, fresh_model: Any = None) -> TargetA
             hit = [n for n in names if _matches(single, n)]
             entries.append(TargetMatch(target, hit, {block_index(n, block_list) for n in hit} - {None}))
 
+    # Blocks repeat: modules of the same type, shapes and rank get one answer from peft, reused.
     unsupported: dict[str, str] = {}
     supported_text = ""
-    verdict_by_type: dict[type, tuple[bool, str]] = {}
+    adapters: int | None = 0
+    verdicts: dict[tuple, tuple[bool, str, int | None]] = {}
     for name in matched:
         module = modules[name]
-        if type(module) not in verdict_by_type:
-            verdict_by_type[type(module)] = _ask_peft(config, module)
-        ok, text = verdict_by_type[type(module)]
+        rank = _rank_for(config, name)
+        signature = (type(module), rank, tuple(tuple(p.shape) for p in module.parameters(recurse=False)))
+        if signature not in verdicts:
+            verdicts[signature] = _ask_peft(config, module, rank)
+        ok, text, count = verdicts[signature]
         if not ok:
             unsupported[name] = type(module).__name__
             supported_text = supported_text or text
+        elif adapters is not None:
+            adapters = None if count is None else adapters + count
 
     wrappable: list[str] = []
     linear_types = _linear_types()
@@ -161,7 +168,12 @@ def analyse_targets(lora_config, model: Any, fresh_model: Any = None) -> TargetA
             p.numel() for n, p in model.named_parameters()
             if any(n == t or n.endswith("." + t) for t in config.target_parameters)
         )
-    adapters = count_adapter_parameters(config, fresh_model) if fresh_model is not None and not unsupported else None
+    if config.target_parameters and adapters is not None:
+        # parameter targets wrap whole modules in nested ParamWrappers: count them by injecting into a copy
+        param_adapters = count_adapter_parameters(
+            dataclasses.replace(config, target_modules=None), fresh_model() if fresh_model else None
+        )
+        adapters = None if param_adapters is None else adapters + param_adapters
 
     fused = [
         f"{mod_name}.{p_name}"
@@ -191,6 +203,8 @@ def count_adapter_parameters(lora_config, fresh_model: Any) -> int | None:
     """Inject the adapters with peft into a meta-device copy and count them: peft's own shapes."""
     from peft import inject_adapter_in_model
 
+    if fresh_model is None:
+        return None
     try:
         injected = inject_adapter_in_model(lora_config, fresh_model, low_cpu_mem_usage=True)
     except Exception:  # peft refuses the config for this model: the rules report why
@@ -242,5 +256,13 @@ def analysis_for(ctx) -> TargetAnalysis | Exception | None:
             if isinstance(config, Exception):
                 memo["targets"] = config
             else:
-                memo["targets"] = analyse_targets(config, ctx.model, ctx.state.meta_model(fresh=True))
+                memo["targets"] = analyse_targets(config, ctx.model, lambda: ctx.state.meta_model(fresh=True))
     return memo["targets"]
+
+
+def _rank_for(config, name: str) -> int:
+    """The rank peft gives this module: the first rank_pattern key matching its name, else r."""
+    for pattern, rank in (config.rank_pattern or {}).items():
+        if re.search(pattern, name):
+            return int(rank)
+    return int(config.r)

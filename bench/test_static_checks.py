@@ -1,0 +1,84 @@
+"""Benchmark: the static checks of 100 recipes (all five checks, every target GPU), libraries imported.
+
+Run:  pytest bench/ --benchmark-only
+The figure is written in the README. Each round starts with cold model caches, so the meta-device
+builds of the ten model families are included, as in a fresh pytest session.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+
+from checks.engine import check_recipe
+from checks.gpus import GpuCatalog
+from checks.models import skeleton
+from checks.options import Options
+
+MODELS = [
+    ("meta-llama/Llama-3.1-8B", "[q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj]"),
+    ("meta-llama/Llama-3.2-1B", "all-linear"),
+    ("mistralai/Mistral-7B-v0.1", "[q_proj, k_proj, v_proj, o_proj]"),
+    ("Qwen/Qwen2.5-1.5B", "all-linear"),
+    ("Qwen/Qwen2.5-7B", "[q_proj, v_proj]"),
+    ("Qwen/Qwen3-8B", "all-linear"),
+    ("google/gemma-2-9b", "[q_proj, k_proj, v_proj, o_proj]"),
+    ("microsoft/Phi-3-mini-4k-instruct", "[qkv_proj, o_proj, gate_up_proj, down_proj]"),
+    ("HuggingFaceTB/SmolLM2-1.7B", "all-linear"),
+    ("meta-llama/Llama-3.1-70B", "[q_proj, k_proj, v_proj, o_proj]"),
+]
+GPUS = ["rtx4090", "a100-80gb", "[rtx3090, l40s]", "h100"]
+
+TEMPLATE = """\
+model: {model}
+quantization:
+  load_in_4bit: {qlora}
+  bnb_4bit_quant_type: nf4
+  bnb_4bit_compute_dtype: bfloat16
+lora:
+  r: {r}
+  lora_alpha: {alpha}
+  target_modules: {targets}
+training:
+  per_device_train_batch_size: {batch}
+  bf16: true
+  optim: paged_adamw_8bit
+  gradient_checkpointing: true
+  max_seq_length: 2048
+hardware:
+  gpu: {gpu}
+"""
+
+
+@pytest.fixture(scope="module")
+def hundred_recipes(tmp_path_factory) -> list[Path]:
+    root = tmp_path_factory.mktemp("recipes")
+    combos = itertools.islice(itertools.cycle(itertools.product(MODELS, GPUS, (8, 16, 64))), 100)
+    paths = []
+    for i, ((model, targets), gpu, r) in enumerate(combos):
+        path = root / f"recipe-{i:03d}.yaml"
+        path.write_text(TEMPLATE.format(model=model, targets=targets, gpu=gpu, r=r, alpha=2 * r,
+                                        qlora=str(i % 2 == 0).lower(), batch=1 + i % 4))
+        paths.append(path)
+    return paths
+
+
+def _cold_caches():
+    skeleton._build_cached.cache_clear()
+
+
+def test_static_checks_of_100_recipes(benchmark, hundred_recipes):
+    catalog = GpuCatalog.load()
+    options = Options()
+
+    def run():
+        failed = 0
+        for path in hundred_recipes:
+            _, results = check_recipe(path, options, catalog)
+            failed += any(r.failed() or r.error for r in results)
+        return failed
+
+    failed = benchmark.pedantic(run, setup=_cold_caches, rounds=3, iterations=1)
+    assert failed == 0  # the generated recipes are valid: the benchmark measures the passing path

@@ -1,0 +1,90 @@
+"""The recipe-checks command: the same engine as the plugin, exit codes, formats, explain, schema."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from checks.cli import EXIT_FINDINGS, EXIT_OK, EXIT_USAGE, main
+from checks.recipe.jsonschema import recipe_json_schema
+from tests.conftest import GOOD_RECIPE, RECIPES, REPO
+
+
+def test_check_passes_the_shipped_recipes(capsys):
+    assert main(["check", str(RECIPES)]) == EXIT_OK
+    assert "recipe(s) checked: ok" in capsys.readouterr().out
+
+
+def test_check_reports_findings_and_exits_1(write, capsys):
+    path = write("bad.yaml", GOOD_RECIPE.replace("paged_adamw_8bit", "adamw_torch"))
+    assert main(["check", str(path)]) == EXIT_FINDINGS
+    out = capsys.readouterr().out
+    assert "RC301 QLORA recipe uses optimizer 'adamw_torch', which is not paged" in out
+    assert f"--> {path}:14:10" in out
+
+
+def test_json_format_is_machine_readable(write, capsys):
+    path = write("bad.yaml", GOOD_RECIPE.replace("nf4", "nf5"))
+    assert main(["check", str(path), "--format", "json"]) == EXIT_FINDINGS
+    report = json.loads(capsys.readouterr().out)
+    assert report["failed"] is True
+    assert [(f["rule"], f["line"], f["key"]) for f in report["findings"]] == [
+        ("RC503", 4, "quantization.bnb_4bit_quant_type")
+    ]
+
+
+def test_github_format_annotates_the_line(write, capsys):
+    path = write("bad.yaml", GOOD_RECIPE.replace("bf16: true", "bf16: true\n  fp16: true"))
+    main(["check", str(path), "--format", "github"])
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.startswith(f"::error file={path},line=14,") and "title=RC402 precision::" in line for line in lines)
+
+
+def test_unknown_gpu_is_a_usage_error(write, capsys):
+    path = write("good.yaml", GOOD_RECIPE)
+    assert main(["check", str(path), "--gpu", "rtx4099"]) == EXIT_USAGE
+    assert "did you mean 'rtx4090'" in capsys.readouterr().err
+
+
+def test_missing_path_is_a_usage_error(capsys):
+    assert main(["check", "does/not/exist.yaml"]) == EXIT_USAGE
+
+
+def test_explain_prints_the_rule_documentation(capsys):
+    assert main(["explain", "RC301"]) == EXIT_OK
+    out = capsys.readouterr().out
+    for heading in ("## What it checks", "## Why it matters", "## Example", "## Use instead"):
+        assert heading in out
+    assert main(["explain", "qlora-paged-optimizer"]) == EXIT_OK
+
+
+def test_explain_an_unknown_rule_suggests(capsys):
+    assert main(["explain", "RC3O1"]) == EXIT_USAGE
+    assert "did you mean 'RC301'" in capsys.readouterr().err
+
+
+def test_published_json_schema_is_current():
+    published = json.loads((REPO / "checks" / "schema" / "recipe.schema.json").read_text())
+    assert published == recipe_json_schema(), "regenerate: recipe-checks schema -o checks/schema/recipe.schema.json"
+
+
+def test_json_schema_rejects_unknown_keys_and_knows_library_kwargs():
+    schema = recipe_json_schema()
+    lora = schema["$defs"]["Lora"]
+    assert lora["additionalProperties"] is False
+    assert "lora_alpha" in lora["properties"] and "use_dora" in lora["properties"]
+    assert "max_seq_length" in schema["$defs"]["Training"]["properties"]
+
+
+@pytest.mark.parametrize("command", [["gpus"], ["models"], ["explain"]])
+def test_listing_commands_run(command, capsys):
+    assert main(command) == EXIT_OK
+    assert capsys.readouterr().out.strip()
+
+
+def test_console_script_is_installed():
+    done = subprocess.run([sys.executable, "-m", "checks.cli", "explain", "RC201"], capture_output=True, text=True)
+    assert done.returncode == 0 and "RC201 target-matches-nothing" in done.stdout
