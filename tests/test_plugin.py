@@ -133,7 +133,7 @@ def test_all_gpus_checks_every_recipe_against_the_given_gpu(pytester):
     pytester.makefile(".yaml", good=GOOD_RECIPE)
     result = pytester.runpytest("--gpu=t4", "--recipes-all-gpus", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=4, failed=1)  # bf16 on a T4: precision fails; bitsandbytes runs there
-    result.stdout.fnmatch_lines(["RC401 bf16 training on t4*", "RC404 bnb_4bit_compute_dtype bfloat16 on t4*"])
+    result.stdout.fnmatch_lines(["RC404 bnb_4bit_compute_dtype bfloat16 on t4*", "RC401 bf16 training on t4*"])
 
 
 def test_a_recipe_without_gpu_skips_gpu_checks_with_the_way_to_fix_it(pytester):
