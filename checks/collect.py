@@ -80,7 +80,7 @@ class RecipeItem(pytest.Item):
         for info in result.infos:
             text = info.message
             self.user_properties.append((info.rule_id, text))
-            self.add_report_section("call", "recipe-checks", f"{info.rule_id} {text}")
+            self.add_report_section("call", "recipe-checks", f"{info.rule_id} (info) {text}")
         for suppressed in result.suppressed:
             self.user_properties.append((f"{suppressed.rule_id} (ignored)", suppressed.message))
         failing = result.errors + (result.warnings if strict else [])

@@ -32,7 +32,7 @@ class RecipeState:
     catalog: GpuCatalog
     loaded: LoadedRecipe | None = None
     load_error: Finding | None = None
-    validation: Validation | None = None
+    _validation: Any = field(default=_UNSET, repr=False)
     _resolved: Any = field(default=_UNSET, repr=False)
     _model: Any = field(default=_UNSET, repr=False)
     results: dict[tuple[str, str | None], Any] = field(default_factory=dict, repr=False)
@@ -45,9 +45,14 @@ class RecipeState:
             state.loaded = load_recipe_file(fs_path, display_path)
         except RecipeLoadError as exc:
             state.load_error = exc.finding
-            return state
-        state.validation = validate(state.loaded)
         return state
+
+    @property
+    def validation(self) -> Validation | None:
+        """Validated on first use, not at collection: validating imports the libraries."""
+        if self._validation is _UNSET:
+            self._validation = validate(self.loaded) if self.loaded is not None else None
+        return self._validation
 
     @property
     def recipe(self) -> Recipe | None:
@@ -67,9 +72,7 @@ class RecipeState:
         return self.validation is not None and self.validation.ok
 
     def declared_gpus(self) -> list[str]:
-        """The GPU names the recipe declares, as written; readable even when other keys are invalid."""
-        if self.recipe is not None:
-            return list(self.recipe.hardware.gpu)
+        """The GPU names the recipe declares, as written; read from the raw file, so collection stays cheap."""
         hardware = (self.loaded.data.get("hardware") if self.loaded else None) or {}
         gpu = hardware.get("gpu") if isinstance(hardware, dict) else None
         if isinstance(gpu, str):

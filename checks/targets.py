@@ -243,6 +243,7 @@ def suggest_for(target: str, wrappable: list[str]) -> list[str]:
 
 
 def analysis_for(ctx) -> TargetAnalysis | Exception | None:
+    import warnings
     """The recipe's analysis, computed once per recipe; None when the recipe has no lora section."""
     from checks.rules.rc104_lora_config_rejected import build_lora_config
 
@@ -256,7 +257,10 @@ def analysis_for(ctx) -> TargetAnalysis | Exception | None:
             if isinstance(config, Exception):
                 memo["targets"] = config
             else:
-                memo["targets"] = analyse_targets(config, ctx.model, lambda: ctx.state.meta_model(fresh=True))
+                # peft warns about what the rules report (Conv1D fan_in_fan_out, unmatched parameters)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    memo["targets"] = analyse_targets(config, ctx.model, lambda: ctx.state.meta_model(fresh=True))
     return memo["targets"]
 
 

@@ -22,7 +22,7 @@ def test_check_reports_findings_and_exits_1(write, capsys):
     path = write("bad.yaml", GOOD_RECIPE.replace("paged_adamw_8bit", "adamw_torch"))
     assert main(["check", str(path)]) == EXIT_FINDINGS
     out = capsys.readouterr().out
-    assert "RC301 QLORA recipe uses optimizer 'adamw_torch', which is not paged" in out
+    assert "RC301 QLoRA recipe uses optimizer 'adamw_torch', which is not paged" in out
     assert f"--> {path}:14:10" in out
 
 

@@ -72,7 +72,7 @@ def test_failure_names_rule_file_line_and_fix(pytester):
     result.assert_outcomes(passed=len(CHECKS) - 1, failed=1)
     result.stdout.fnmatch_lines([
         "*bad.yaml::optimizer*",
-        "RC301 QLORA recipe uses optimizer 'adamw_torch', which is not paged",
+        "RC301 QLoRA recipe uses optimizer 'adamw_torch', which is not paged",
         "  --> bad.yaml:14:10",
         "14 |   optim: adamw_torch",
         "   |          ^^^^^^^^^^^",

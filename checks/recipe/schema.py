@@ -23,6 +23,10 @@ class Method(str, enum.Enum):
     QLORA = "qlora"
     QDORA = "qdora"
 
+    @property
+    def label(self) -> str:
+        return {"full": "full fine-tune", "lora": "LoRA", "dora": "DoRA", "qlora": "QLoRA", "qdora": "QDoRA"}[self.value]
+
 
 class _Section(BaseModel):
     # strict: '2e-4' (a string to PyYAML) or 'true' in quotes must not turn into a number or a bool
@@ -147,6 +151,8 @@ class Hardware(_Section):
     @field_validator("gpu", mode="before")
     @classmethod
     def _one_or_many(cls, value: Any) -> Any:
+        if value == []:
+            raise ValueError("an empty list names no GPU: name one (rtx4090) or remove the key")
         return [value] if isinstance(value, str) else value
 
 

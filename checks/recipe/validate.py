@@ -65,7 +65,9 @@ def _section_model(annotation: Any) -> Any:
 
 def validate(loaded: LoadedRecipe) -> Validation:
     result = Validation(recipe=None)
-    data = loaded.data
+    # Top-level `x-...` keys are extension fields (the docker-compose convention), e.g. holders of
+    # YAML anchors merged into sections with `<<: *base`; they are not part of the recipe.
+    data = {k: v for k, v in loaded.data.items() if not (isinstance(k, str) and k.startswith("x-"))}
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as exc:

@@ -69,6 +69,8 @@ def _help(problem) -> str:
         return f"remove the quotes: {value}"
     if isinstance(value, str) and value.lower() in ("true", "false"):
         return f"remove the quotes: {value.lower()}"
+    if problem.key_path == ("model",):
+        return "model takes a hub id (meta-llama/Llama-3.1-8B) or a mapping {id, config, revision, torch_dtype, ...}"
     if problem.error_type == "missing":
         return "add the key"
     if problem.error_type == "literal_error":

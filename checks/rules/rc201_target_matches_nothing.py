@@ -42,7 +42,15 @@ class TargetMatchesNothing(Rule):
             return
         fused_names = set(_fused_expert_leaves(result))
         projections = names_line(result.wrappable_names)
-        if not result.matches and ctx.recipe.lora.target_modules is None and not ctx.recipe.lora.target_parameters:
+        lora = ctx.recipe.lora
+        if lora.target_modules is not None and len(lora.target_modules) == 0 and not lora.target_parameters:
+            yield self.finding(
+                ctx, "target_modules is empty: peft adapts nothing and raises NoMatchingPeftModuleError",
+                ("lora", "target_modules"),
+                help=f"name the modules to adapt: {result.model_class} has {projections}; or use all-linear",
+            )
+            return
+        if not result.matches and lora.target_modules is None and not lora.target_parameters:
             yield self.finding(
                 ctx, f"lora sets no target_modules and peft has no default for model type '{result.model_type}'",
                 ("lora",), at_value=False,

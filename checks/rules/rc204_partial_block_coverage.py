@@ -24,7 +24,7 @@ class PartialBlockCoverage(Rule):
         lora:
           target_modules: 'model\.layers\.\d+\.self_attn\.(q|v)_proj'
           # or, on purpose: layers_to_transform: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
-    r"""
+    """
 
     id = "RC204"
     name = "partial-block-coverage"

@@ -46,7 +46,7 @@ class QloraPagedOptimizer(Rule):
         source = first_source("paged_optimizers")
         yield self.finding(
             ctx,
-            f"{recipe.method.value.upper()} recipe uses optimizer '{optim}', which is not paged",
+            f"{recipe.method.label} recipe uses optimizer '{optim}', which is not paged",
             ("training", "optim") if ("training", "optim") in ctx.loaded.value_spans else ("training",),
             help="set training.optim: paged_adamw_8bit (or paged_adamw_32bit to keep 32-bit states)"
             + (f"; see {source}" if source else ""),

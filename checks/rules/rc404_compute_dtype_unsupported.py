@@ -33,7 +33,7 @@ class ComputeDtypeUnsupported(Rule):
         q = ctx.recipe.quantization
         if gpu is None or q is None or not q.load_in_4bit or gpu.supports_bf16:
             return
-        if (q.bnb_4bit_compute_dtype or "").removeprefix("torch.") == "bfloat16":
+        if (q.bnb_4bit_compute_dtype or "") == "bfloat16":
             yield self.finding(
                 ctx,
                 f"bnb_4bit_compute_dtype bfloat16 on {gpu.key}, which has no bf16 support "

@@ -11,8 +11,8 @@ class ComputeDtypeMismatch(Rule):
     ## What it checks
     With `load_in_4bit`, `bnb_4bit_compute_dtype` matches the training precision: bfloat16 with
     `bf16: true`, float16 with `fp16: true`. A mismatch (float16 compute under bf16 training, or the
-    reverse) is an error; leaving it unset, so bitsandbytes computes in float32 under half-precision
-    training, is a warning.
+    reverse) is an error; float32 compute under half-precision training, set or left unset (the
+    default), is a warning.
 
     ## Why it matters
     The adapters and activations run in the training dtype while the base matmuls run in the compute
@@ -39,18 +39,19 @@ class ComputeDtypeMismatch(Rule):
         if q is None or not q.load_in_4bit:
             return
         training = recipe.training_dtype
-        compute = (q.bnb_4bit_compute_dtype or "float32").removeprefix("torch.")
+        compute = q.bnb_4bit_compute_dtype or "float32"
         if compute == training or compute not in ("float32", "float16", "bfloat16"):
             return
         if compute == "float32":
-            if q.bnb_4bit_compute_dtype is None:
-                yield self.finding(
-                    ctx,
-                    f"bnb_4bit_compute_dtype is not set, so 4-bit matmuls run in float32 while training is {training}",
-                    ("quantization", "load_in_4bit"),
-                    severity=Severity.WARNING,
-                    help=f"set bnb_4bit_compute_dtype: {training}",
-                )
+            unset = q.bnb_4bit_compute_dtype is None
+            yield self.finding(
+                ctx,
+                ("bnb_4bit_compute_dtype is not set, so" if unset else "bnb_4bit_compute_dtype is float32:")
+                + f" 4-bit matmuls run in float32 while training is {training}",
+                ("quantization", "load_in_4bit" if unset else "bnb_4bit_compute_dtype"),
+                severity=Severity.WARNING,
+                help=f"set bnb_4bit_compute_dtype: {training}",
+            )
             return
         if training == "float32":
             return  # fp32 training with half compute is a deliberate memory/speed trade

@@ -44,7 +44,7 @@ class Fp16OverflowFamily(Rule):
         uses = []
         if recipe.training.fp16:
             uses.append((("training", "fp16"), "fp16 training"))
-        if q is not None and q.load_in_4bit and (q.bnb_4bit_compute_dtype or "").removeprefix("torch.") == "float16":
+        if q is not None and q.load_in_4bit and (q.bnb_4bit_compute_dtype or "") == "float16":
             uses.append((("quantization", "bnb_4bit_compute_dtype"), "float16 4-bit compute"))
         if recipe.model.torch_dtype == "float16":
             uses.append((("model", "torch_dtype"), "float16 weights"))

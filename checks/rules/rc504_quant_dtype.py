@@ -12,7 +12,8 @@ class QuantDtype(Rule):
     """
     ## What it checks
     `bnb_4bit_compute_dtype` is float32, float16 or bfloat16, and `bnb_4bit_quant_storage` is
-    uint8, float16, bfloat16 or float32, spelt as torch names them.
+    uint8, float16, bfloat16 or float32, spelt as attribute names of the torch module (`bfloat16`,
+    not `bf16` nor `torch.bfloat16`).
 
     ## Why it matters
     transformers turns the string into a torch dtype with getattr(torch, ...): `bf16` or `int4`
@@ -41,10 +42,13 @@ class QuantDtype(Rule):
         ):
             if value is None:
                 continue
+            if value in valid:
+                continue
             name = value.removeprefix("torch.")
             if name in valid:
-                continue
-            hint = f"did you mean '{aliases[name]}'? " if aliases.get(name) in valid else ""
+                hint = f"write '{name}': transformers looks the name up on the torch module, so 'torch.' fails. "
+            else:
+                hint = f"did you mean '{aliases[name]}'? " if aliases.get(name) in valid else ""
             yield self.finding(
                 ctx,
                 f"{key} '{value}' is not a dtype bitsandbytes takes here",

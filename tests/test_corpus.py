@@ -1,0 +1,37 @@
+"""The broken-recipe corpus: each file fails through pytest with exactly the rule ids it declares.
+
+Each file in tests/corpus starts with `# expect: RC201 ...`: every rule id it must produce, errors
+and warnings alike (the run uses --recipes-strict so warnings are rendered as failures too).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+
+import pytest
+
+from tests.conftest import CORPUS
+
+FINDING_LINE = re.compile(r"^(RC\d{3})(?: \(warning\))? (?!\(info\))", re.MULTILINE)  # errors and warnings
+CORPUS_FILES = sorted(CORPUS.glob("*.yaml"))
+
+
+def expected_ids(path) -> set[str]:
+    match = re.search(r"^# expect: (.*)$", path.read_text(encoding="utf-8", errors="replace"), re.MULTILINE)
+    assert match, f"{path.name} has no '# expect:' line"
+    return set(match.group(1).split())
+
+
+def test_the_corpus_has_at_least_30_broken_recipes():
+    assert len(CORPUS_FILES) >= 30
+
+
+@pytest.mark.parametrize("path", CORPUS_FILES, ids=[p.stem for p in CORPUS_FILES])
+def test_broken_recipe_fails_with_its_expected_rules(pytester, path):
+    shutil.copy(path, pytester.path / path.name)
+    result = pytester.runpytest(path.name, "--recipes-strict", "-p", "no:cacheprovider")
+    output = result.stdout.str()
+    assert result.ret == pytest.ExitCode.TESTS_FAILED, output
+    assert "Traceback" not in output and "INTERNALERROR" not in output, output
+    assert set(FINDING_LINE.findall(output)) == expected_ids(path), output
