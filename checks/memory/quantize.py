@@ -1,0 +1,93 @@
+"""bitsandbytes 4-bit layers on fake tensors: bitsandbytes' own Linear4bit, with an emulated Params4bit.
+
+Params4bit cannot wrap a FakeTensor, so each quantized weight is a plain frozen Parameter with the
+exact packed layout ((N*K+1)//2 x 1 uint8) carrying bitsandbytes' QuantState (absmax, and with double
+quantization the 8-bit absmax, its fp32 second-level absmax, code and offset), so bitsandbytes'
+forward and backward run unchanged. Which layers are quantized is transformers' own decision.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+NF4_CODE_SIZE = 16  # bitsandbytes' NF4/FP4 code books have 16 fp32 entries
+DYNAMIC_CODE_SIZE = 256  # the 8-bit dynamic map that double quantization uses for absmax
+NESTED_BLOCKSIZE = 256
+
+
+def quant_state_for(shape: torch.Size, blocksize: int, quant_type: str, dtype: torch.dtype, nested: bool):
+    """A bitsandbytes QuantState of fake tensors, shaped as functional.quantize_4bit builds it."""
+    from bitsandbytes.functional import QuantState
+
+    n = math.prod(shape)
+    blocks = -(-n // blocksize)
+    code = torch.empty(NF4_CODE_SIZE, dtype=torch.float32)
+    if not nested:
+        return QuantState(torch.empty(blocks, dtype=torch.float32), shape=shape, code=code,
+                          blocksize=blocksize, quant_type=quant_type, dtype=dtype)
+    state2 = QuantState(
+        absmax=torch.empty(-(-blocks // NESTED_BLOCKSIZE), dtype=torch.float32),
+        code=torch.empty(DYNAMIC_CODE_SIZE, dtype=torch.float32),
+        blocksize=NESTED_BLOCKSIZE,
+        quant_type=None,
+        dtype=torch.float32,
+    )
+    return QuantState(torch.empty(blocks, dtype=torch.uint8), shape=shape, code=code, blocksize=blocksize,
+                      quant_type=quant_type, dtype=dtype, offset=torch.empty((), dtype=torch.float32), state2=state2)
+
+
+def quantize_model_4bit(model, quantization, compute_dtype: torch.dtype) -> int:
+    """Replace the Linear layers transformers would quantize by bitsandbytes Linear4bit; return how many."""
+    import bitsandbytes as bnb
+    from transformers import BitsAndBytesConfig
+    from transformers.integrations.bitsandbytes import replace_with_bnb_linear
+    from transformers.quantizers.base import get_keys_to_not_convert
+
+    config = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=quantization.bnb_4bit_quant_type,
+        bnb_4bit_compute_dtype=compute_dtype,
+        bnb_4bit_use_double_quant=quantization.bnb_4bit_use_double_quant,
+        bnb_4bit_quant_storage=quantization.bnb_4bit_quant_storage or "uint8",
+    )
+    skip = list(get_keys_to_not_convert(model)) + list(quantization.llm_int8_skip_modules or [])
+    replace_with_bnb_linear(model, modules_to_not_convert=skip, quantization_config=config)
+    count = 0
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            shape = torch.Size((module.out_features, module.in_features))
+            packed = torch.empty(((math.prod(shape) + 1) // 2, 1), dtype=torch.uint8)
+            weight = torch.nn.Parameter(packed, requires_grad=False)
+            weight.quant_state = quant_state_for(
+                shape, 64, quantization.bnb_4bit_quant_type, compute_dtype, quantization.bnb_4bit_use_double_quant
+            )
+            # the attributes of bitsandbytes' Params4bit that peft and bitsandbytes read
+            weight.bnb_quantized = True
+            weight.compress_statistics = quantization.bnb_4bit_use_double_quant
+            weight.quant_type = quantization.bnb_4bit_quant_type
+            weight.quant_storage = torch.uint8
+            weight.blocksize = 64
+            module.weight = weight
+            module.quant_state = weight.quant_state
+            if module.bias is not None:
+                module.bias = torch.nn.Parameter(torch.empty(shape[0], dtype=compute_dtype), requires_grad=False)
+            count += 1
+    model.is_loaded_in_4bit = True
+    model.is_quantized = True
+    return count
+
+
+PARAMS4BIT_ATTRIBUTES = ("quant_state", "bnb_quantized", "compress_statistics", "quant_type", "quant_storage", "blocksize")
+
+
+def quant_state_tensors(model) -> list[torch.Tensor]:
+    """The tensors of every 4-bit layer's QuantState (absmax, nested absmax, codes, offsets)."""
+    tensors: list[torch.Tensor] = []
+    for module in model.modules():
+        state = getattr(getattr(module, "weight", None), "quant_state", None)
+        while state is not None:
+            tensors.extend(t for t in (state.absmax, state.code, getattr(state, "offset", None)) if t is not None)
+            state = getattr(state, "state2", None)
+    return tensors

@@ -1,0 +1,324 @@
+"""Trace one real training step of a recipe's full-size model on fake tensors.
+
+The model is transformers' own architecture built under FakeTensorMode (shapes and dtypes, no data);
+quantization is bitsandbytes' own Linear4bit (see quantize.py), adapters are peft's, the optimizer is
+the one transformers' Trainer builds for `training.optim`. The step runs as the steady state of
+training: optimizer states exist (from earlier steps), gradients exist during the forward when
+gradient accumulation keeps them, then forward, backward, gradient clipping and the optimizer step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import logging
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+from checks.memory.tracker import MemoryTimeline, MemoryTracker
+
+_DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
+# Paged bitsandbytes optimizers put states of tensors with at least this many elements in CUDA
+# managed memory (bitsandbytes/optim/optimizer.py: get_state_buffer).
+PAGED_MIN_NUMEL = 100_000
+
+
+@dataclass(frozen=True)
+class StepSettings:
+    """Everything of a recipe that decides the memory of a training step."""
+
+    micro_batch: int
+    seq_len: int
+    gradient_accumulation: int = 1
+    gradient_checkpointing: bool = False
+    gradient_checkpointing_kwargs: tuple = ()
+    precision: str = "float32"  # training autocast dtype: bfloat16, float16 or float32
+    weights_dtype: str = "float32"
+    attn_implementation: str = "sdpa"
+    optim: str = "adamw_torch"
+    max_grad_norm: float = 1.0
+    learning_rate: float = 5e-5
+    weight_decay: float = 0.0
+    lora: tuple = ()  # sorted (key, value) of the LoraConfig kwargs; empty: full fine-tune
+    quant_4bit: tuple = ()  # sorted (key, value) of the 4-bit settings; empty: not quantized
+    quant_8bit: bool = False
+    chunked_loss: bool = False
+    notes: tuple[str, ...] = ()
+
+
+@dataclass
+class StepTrace:
+    timeline: MemoryTimeline
+    settings: StepSettings
+    trainable_params: int
+    total_params: int
+    quantized_layers: int
+    notes: list[str] = field(default_factory=list)
+
+
+class TraceError(RuntimeError):
+    """The step cannot be traced for this recipe (an unsupported optimizer, model or setting)."""
+
+
+def settings_from_recipe(recipe, config: dict) -> StepSettings:
+    """The memory-relevant settings of a recipe, with the defaults transformers would apply."""
+    t = recipe.training
+    notes = []
+    precision = recipe.training_dtype
+    q = recipe.quantization
+    quantized = q is not None and (q.load_in_4bit or q.load_in_8bit)
+    dtype = recipe.model.torch_dtype
+    if dtype in (None, "auto"):
+        config_dtype = config.get("torch_dtype") or config.get("dtype")
+        if config_dtype in _DTYPES:
+            dtype = config_dtype
+            notes.append(f"weights load in {dtype}, the dtype in the model's config.json")
+        elif quantized:
+            dtype = "float16"
+            notes.append("weights load in float16: the config names no dtype and bitsandbytes loading defaults to it")
+        else:
+            dtype = "float32"
+            notes.append("weights load in float32: neither model.torch_dtype nor the config names a dtype")
+    attn = recipe.model.attn_implementation or "sdpa"
+    if attn in ("flash_attention_2", "flash_attention_3"):
+        notes.append(f"{attn} is traced as sdpa: both keep no attention matrix, only the output and log-sum-exp")
+        attn = "sdpa"
+    lora = ()
+    if recipe.lora is not None:
+        from checks.recipe.validate import library_kwargs
+
+        lora = tuple(sorted((k, _freeze(v)) for k, v in library_kwargs(recipe.lora).items()))
+    quant = ()
+    if q is not None and q.load_in_4bit:
+        compute = q.bnb_4bit_compute_dtype or "float32"
+        quant = tuple(sorted({
+            "quant_type": q.bnb_4bit_quant_type,
+            "double_quant": q.bnb_4bit_use_double_quant,
+            "compute_dtype": compute,
+            "skip": tuple(q.llm_int8_skip_modules or ()),
+            "quant_storage": q.bnb_4bit_quant_storage or "uint8",
+        }.items()))
+    return StepSettings(
+        micro_batch=t.per_device_train_batch_size,
+        seq_len=t.max_seq_length,
+        gradient_accumulation=t.gradient_accumulation_steps,
+        gradient_checkpointing=t.gradient_checkpointing,
+        gradient_checkpointing_kwargs=tuple(sorted((t.gradient_checkpointing_kwargs or {}).items())),
+        precision=precision,
+        weights_dtype=dtype,
+        attn_implementation=attn,
+        optim=t.optim,
+        max_grad_norm=t.max_grad_norm,
+        learning_rate=t.learning_rate,
+        weight_decay=t.weight_decay,
+        lora=lora,
+        quant_4bit=quant,
+        quant_8bit=bool(q is not None and q.load_in_8bit and not q.load_in_4bit),
+        notes=tuple(notes),
+    )
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(_freeze(v) for v in value)
+    if isinstance(value, dict):
+        return tuple(sorted((k, _freeze(v)) for k, v in value.items()))
+    return value
+
+
+def _thaw(value: Any) -> Any:
+    if isinstance(value, tuple) and value and all(isinstance(v, tuple) and len(v) == 2 for v in value):
+        return {k: _thaw(v) for k, v in value}
+    if isinstance(value, tuple):
+        return [_thaw(v) for v in value]
+    return value
+
+
+@contextlib.contextmanager
+def _quiet():
+    loggers = [logging.getLogger(n) for n in ("transformers", "peft", "bitsandbytes")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def _optimizer(settings: StepSettings, params: list):
+    """The optimizer transformers' Trainer builds for this name, forced to CUDA's defaults."""
+    import torch
+    from transformers import Trainer, TrainingArguments
+
+    args = TrainingArguments(
+        output_dir="/nonexistent-recipe-checks", optim=settings.optim, learning_rate=settings.learning_rate,
+        weight_decay=settings.weight_decay, report_to=[], use_cpu=True,
+    )
+    try:
+        cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(args)
+    except Exception as exc:  # optimizers whose package is not installed (galore, apollo, ...)
+        raise TraceError(f"optimizer '{settings.optim}' cannot be built here: {exc}") from None
+    if cls.__module__.startswith("torch.optim") and "fused" not in kwargs:
+        kwargs = {**kwargs, "foreach": True}  # torch's default on CUDA: multi-tensor, with its temporaries
+    return cls(params, **kwargs)
+
+
+@dataclass
+class _QuantSettings:
+    bnb_4bit_quant_type: str
+    bnb_4bit_use_double_quant: bool
+    bnb_4bit_quant_storage: str
+    llm_int8_skip_modules: list
+
+
+def _materialize_fake(model, fake) -> None:
+    """Replace every meta parameter, buffer and 4-bit quant state tensor by a fake CPU tensor."""
+    import torch
+
+    from checks.memory.quantize import PARAMS4BIT_ATTRIBUTES
+
+    done: dict[int, Any] = {}
+
+    def convert(t):
+        if id(t) not in done:
+            with fake:
+                new = torch.empty(t.shape, dtype=t.dtype, device="cpu")
+            if isinstance(t, torch.nn.Parameter):
+                new = torch.nn.Parameter(new, requires_grad=t.requires_grad)
+                for attr in PARAMS4BIT_ATTRIBUTES:
+                    if hasattr(t, attr):
+                        setattr(new, attr, getattr(t, attr))
+            done[id(t)] = new
+        return done[id(t)]
+
+    for module in model.modules():
+        for name, param in list(module._parameters.items()):
+            if param is not None:
+                module._parameters[name] = convert(param)
+        for name, buf in list(module._buffers.items()):
+            if buf is not None:
+                module._buffers[name] = convert(buf)
+        state = getattr(module, "quant_state", None)
+        while state is not None:
+            for attr in ("absmax", "code", "offset"):
+                value = getattr(state, attr, None)
+                if isinstance(value, torch.Tensor):
+                    setattr(state, attr, convert(value))
+            state = getattr(state, "state2", None)
+
+
+def trace_training_step(resolved, settings: StepSettings, task_type: str = "CAUSAL_LM") -> StepTrace:
+    import torch
+    import transformers
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from checks.models.skeleton import _AUTO_CLASS_BY_TASK, build_config
+    from checks.memory.quantize import quant_state_tensors, quantize_model_4bit
+
+    notes = list(settings.notes)
+    config = build_config(resolved)
+    if settings.quant_8bit:
+        raise TraceError("8-bit (LLM.int8) loading is not traced yet; the estimate covers 4-bit, LoRA and full")
+    fake = FakeTensorMode(allow_non_fake_inputs=True)
+    auto_class = getattr(transformers, _AUTO_CLASS_BY_TASK.get(task_type, "AutoModelForCausalLM"))
+    weights_dtype = getattr(torch, settings.weights_dtype)
+    quantized = 0
+    with _quiet():
+        # Built on the meta device (module conversions like peft's .to() cannot swap fake
+        # parameters), then every parameter and buffer becomes a fake CPU tensor of its shape and dtype.
+        with torch.device("meta"):
+            model = auto_class.from_config(config, dtype=weights_dtype, attn_implementation=settings.attn_implementation)
+            if settings.quant_4bit:
+                quant = _thaw(settings.quant_4bit)
+                q = _QuantSettings(quant["quant_type"], quant["double_quant"], quant["quant_storage"], list(quant["skip"] or []))
+                quantized = quantize_model_4bit(model, q, getattr(torch, quant["compute_dtype"]))
+            if settings.lora:
+                from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+                if quantized:
+                    # TRL's SFTTrainer prepares quantized models this way: non-quantized weights to fp32
+                    model = prepare_model_for_kbit_training(
+                        model, use_gradient_checkpointing=settings.gradient_checkpointing,
+                        gradient_checkpointing_kwargs=_thaw(settings.gradient_checkpointing_kwargs) or None,
+                    )
+                model = get_peft_model(model, LoraConfig(**_thaw(settings.lora)))
+            if settings.gradient_checkpointing:
+                model.gradient_checkpointing_enable(
+                    gradient_checkpointing_kwargs=_thaw(settings.gradient_checkpointing_kwargs) or None
+                )
+                if settings.lora:
+                    model.enable_input_require_grads()
+            model.train()
+        _materialize_fake(model, fake)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        if not trainable:
+            raise TraceError("the model has no trainable parameter")
+        optimizer = _optimizer(settings, trainable)  # built outside fake mode: bitsandbytes builds real code maps
+        paged = settings.optim.startswith("paged_")
+
+        tracker = MemoryTracker()
+        for p in model.parameters():
+            tracker.tag(p, "adapters" if p.requires_grad and settings.lora else "weights")
+        for b in model.buffers():
+            tracker.tag(b, "weights")
+        for t in quant_state_tensors(model):
+            tracker.tag(t, "quant_state")
+
+        head = model.get_output_embeddings()
+        hooks = []
+        if head is not None:
+            hooks.append(head.register_forward_pre_hook(lambda *_: setattr(tracker, "region", "logits_loss")))
+            hooks.append(head.register_full_backward_hook(lambda *_: setattr(tracker, "region", "")))
+
+        autocast = (
+            torch.autocast("cpu", dtype=getattr(torch, settings.precision))
+            if settings.precision != "float32" else contextlib.nullcontext()
+        )
+        with fake, tracker:
+            # steady state: the optimizer has stepped before, so its states exist
+            tracker.phase = "init"
+            for p in trainable:
+                p.grad = torch.zeros_like(p)
+                tracker.tag(p.grad, "gradients")
+            tracker.phase = "optimizer"
+            optimizer.step()
+            tracker.phase = "init"
+            if settings.gradient_accumulation == 1:
+                optimizer.zero_grad(set_to_none=True)
+            input_ids = torch.zeros((settings.micro_batch, settings.seq_len), dtype=torch.long)
+            labels = torch.zeros((settings.micro_batch, settings.seq_len), dtype=torch.long)
+            tracker.phase = "forward"
+            with autocast:
+                loss = model(input_ids=input_ids, labels=labels).loss
+            if settings.gradient_accumulation > 1:
+                loss = loss / settings.gradient_accumulation
+            tracker.region = ""
+            tracker.phase = "backward"
+            tracker.region = "logits_loss"
+            loss.backward()
+            del loss
+            tracker.region = ""
+            for p in trainable:
+                tracker.tag(p.grad, "gradients")
+            tracker.phase = "optimizer"
+            if settings.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(trainable, settings.max_grad_norm, foreach=True)
+            optimizer.step()
+            if paged:
+                for p in trainable:
+                    if p.numel() >= PAGED_MIN_NUMEL:
+                        for value in optimizer.state[p].values():
+                            if isinstance(value, torch.Tensor) and value.numel() > 1:
+                                tracker.tag(value, "optimizer_state_paged")
+            tracker.phase = "end"
+        for hook in hooks:
+            hook.remove()
+    timeline = tracker.timeline()
+    total = sum(p.numel() * (2 if p.dtype == torch.uint8 and quantized else 1) for p in model.parameters())
+    return StepTrace(timeline, settings, sum(p.numel() for p in trainable), total, quantized, notes)
