@@ -38,8 +38,12 @@ def quant_state_for(shape: torch.Size, blocksize: int, quant_type: str, dtype: t
                       quant_type=quant_type, dtype=dtype, offset=torch.empty((), dtype=torch.float32), state2=state2)
 
 
-def quantize_model_4bit(model, quantization, compute_dtype: torch.dtype) -> int:
-    """Replace the Linear layers transformers would quantize by bitsandbytes Linear4bit; return how many."""
+def quantize_model_4bit(model, quantization, compute_dtype: torch.dtype, real: bool = False) -> int:
+    """Replace the Linear layers transformers would quantize by bitsandbytes Linear4bit; return how many.
+
+    `real`: quantize the model's actual weights with bitsandbytes' Params4bit (for validating the
+    emulation on small models); otherwise emulate Params4bit with tensors of the same layout.
+    """
     import bitsandbytes as bnb
     from transformers import BitsAndBytesConfig
     from transformers.integrations.bitsandbytes import replace_with_bnb_linear
@@ -53,10 +57,22 @@ def quantize_model_4bit(model, quantization, compute_dtype: torch.dtype) -> int:
         bnb_4bit_quant_storage=quantization.bnb_4bit_quant_storage or "uint8",
     )
     skip = list(get_keys_to_not_convert(model)) + list(quantization.llm_int8_skip_modules or [])
+    originals = {name: m for name, m in model.named_modules() if type(m) is torch.nn.Linear}
     replace_with_bnb_linear(model, modules_to_not_convert=skip, quantization_config=config)
     count = 0
-    for module in model.modules():
-        if isinstance(module, bnb.nn.Linear4bit):
+    for name, module in model.named_modules():
+        if isinstance(module, bnb.nn.Linear4bit) and real:
+            weight = bnb.nn.Params4bit(
+                originals[name].weight.data.to(compute_dtype), requires_grad=False, blocksize=64,
+                compress_statistics=quantization.bnb_4bit_use_double_quant,
+                quant_type=quantization.bnb_4bit_quant_type, quant_storage=torch.uint8, module=module,
+            )._quantize("cpu")
+            module.weight = weight
+            module.quant_state = weight.quant_state
+            if module.bias is not None:
+                module.bias = torch.nn.Parameter(originals[name].bias.data.to(compute_dtype), requires_grad=False)
+            count += 1
+        elif isinstance(module, bnb.nn.Linear4bit):
             shape = torch.Size((module.out_features, module.in_features))
             packed = torch.empty(((math.prod(shape) + 1) // 2, 1), dtype=torch.uint8)
             weight = torch.nn.Parameter(packed, requires_grad=False)

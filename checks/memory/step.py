@@ -137,6 +137,22 @@ def _thaw(value: Any) -> Any:
 
 
 @contextlib.contextmanager
+def _not_tracing():
+    """transformers keeps an explicit causal mask when it sees a FakeTensor ("tracing"), where a real
+    run on unpadded, unpacked batches passes is_causal to SDPA instead; we are not compiling, and
+    the traced batch is one unpadded sequence per row, so answer as a real run would."""
+    import transformers.masking_utils as masking
+
+    originals = masking.is_tracing, masking.find_packed_sequence_indices
+    masking.is_tracing = lambda tensor=None: False
+    masking.find_packed_sequence_indices = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        masking.is_tracing, masking.find_packed_sequence_indices = originals
+
+
+@contextlib.contextmanager
 def _quiet():
     loggers = [logging.getLogger(n) for n in ("transformers", "peft", "bitsandbytes")]
     levels = [lg.level for lg in loggers]
@@ -213,84 +229,98 @@ def _materialize_fake(model, fake) -> None:
             state = getattr(state, "state2", None)
 
 
-def trace_training_step(resolved, settings: StepSettings, task_type: str = "CAUSAL_LM") -> StepTrace:
+def build_step_model(resolved, settings: StepSettings, task_type: str = "CAUSAL_LM", *, real: bool = False):
+    """The model a recipe trains, as the training script builds it: (model, fake mode or None, 4-bit layers).
+
+    Fake (the default): built on the meta device (module conversions such as peft's .to() cannot
+    swap fake parameters), then every parameter and buffer becomes a fake CPU tensor. Real: built
+    with real CPU tensors and really quantized, to validate the fake trace on small models.
+    """
     import torch
     import transformers
     from torch._subclasses.fake_tensor import FakeTensorMode
 
+    from checks.memory.quantize import quantize_model_4bit
     from checks.models.skeleton import _AUTO_CLASS_BY_TASK, build_config
-    from checks.memory.quantize import quant_state_tensors, quantize_model_4bit
 
-    notes = list(settings.notes)
     config = build_config(resolved)
     if settings.quant_8bit:
         raise TraceError("8-bit (LLM.int8) loading is not traced yet; the estimate covers 4-bit, LoRA and full")
-    fake = FakeTensorMode(allow_non_fake_inputs=True)
     auto_class = getattr(transformers, _AUTO_CLASS_BY_TASK.get(task_type, "AutoModelForCausalLM"))
     weights_dtype = getattr(torch, settings.weights_dtype)
     quantized = 0
-    with _quiet():
-        # Built on the meta device (module conversions like peft's .to() cannot swap fake
-        # parameters), then every parameter and buffer becomes a fake CPU tensor of its shape and dtype.
-        with torch.device("meta"):
-            model = auto_class.from_config(config, dtype=weights_dtype, attn_implementation=settings.attn_implementation)
-            if settings.quant_4bit:
-                quant = _thaw(settings.quant_4bit)
-                q = _QuantSettings(quant["quant_type"], quant["double_quant"], quant["quant_storage"], list(quant["skip"] or []))
-                quantized = quantize_model_4bit(model, q, getattr(torch, quant["compute_dtype"]))
-            if settings.lora:
-                from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    with _quiet(), torch.device("cpu" if real else "meta"):
+        model = auto_class.from_config(config, dtype=weights_dtype, attn_implementation=settings.attn_implementation)
+        if settings.quant_4bit:
+            quant = _thaw(settings.quant_4bit)
+            q = _QuantSettings(quant["quant_type"], quant["double_quant"], quant["quant_storage"], list(quant["skip"] or []))
+            quantized = quantize_model_4bit(model, q, getattr(torch, quant["compute_dtype"]), real=real)
+        if settings.lora:
+            from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-                if quantized:
-                    # TRL's SFTTrainer prepares quantized models this way: non-quantized weights to fp32
-                    model = prepare_model_for_kbit_training(
-                        model, use_gradient_checkpointing=settings.gradient_checkpointing,
-                        gradient_checkpointing_kwargs=_thaw(settings.gradient_checkpointing_kwargs) or None,
-                    )
-                model = get_peft_model(model, LoraConfig(**_thaw(settings.lora)))
-            if settings.gradient_checkpointing:
-                model.gradient_checkpointing_enable(
-                    gradient_checkpointing_kwargs=_thaw(settings.gradient_checkpointing_kwargs) or None
+            if quantized:
+                # TRL's SFTTrainer prepares quantized models this way: non-quantized weights to fp32
+                model = prepare_model_for_kbit_training(
+                    model, use_gradient_checkpointing=settings.gradient_checkpointing,
+                    gradient_checkpointing_kwargs=_thaw(settings.gradient_checkpointing_kwargs) or None,
                 )
-                if settings.lora:
-                    model.enable_input_require_grads()
-            model.train()
+            model = get_peft_model(model, LoraConfig(**_thaw(settings.lora)))
+        if settings.gradient_checkpointing:
+            model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs=_thaw(settings.gradient_checkpointing_kwargs) or None
+            )
+            if settings.lora:
+                model.enable_input_require_grads()
+        model.train()
+    fake = None
+    if not real:
+        fake = FakeTensorMode(allow_non_fake_inputs=True)
         _materialize_fake(model, fake)
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        if not trainable:
-            raise TraceError("the model has no trainable parameter")
-        optimizer = _optimizer(settings, trainable)  # built outside fake mode: bitsandbytes builds real code maps
-        paged = settings.optim.startswith("paged_")
+    return model, fake, quantized
 
-        tracker = MemoryTracker()
-        for p in model.parameters():
-            tracker.tag(p, "adapters" if p.requires_grad and settings.lora else "weights")
-        for b in model.buffers():
-            tracker.tag(b, "weights")
-        for t in quant_state_tensors(model):
-            tracker.tag(t, "quant_state")
 
-        head = model.get_output_embeddings()
-        hooks = []
-        if head is not None:
-            hooks.append(head.register_forward_pre_hook(lambda *_: setattr(tracker, "region", "logits_loss")))
-            hooks.append(head.register_full_backward_hook(lambda *_: setattr(tracker, "region", "")))
+def run_step(model, settings: StepSettings, fake=None, quantized: int = 0) -> StepTrace:
+    """Run the steady-state training step under the memory tracker (on fake or real tensors)."""
+    import torch
 
-        autocast = (
-            torch.autocast("cpu", dtype=getattr(torch, settings.precision))
-            if settings.precision != "float32" else contextlib.nullcontext()
-        )
-        with fake, tracker:
+    from checks.memory.quantize import quant_state_tensors
+
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if not trainable:
+        raise TraceError("the model has no trainable parameter")
+    with _quiet():
+        optimizer = _optimizer(settings, trainable)  # outside fake mode: bitsandbytes builds real code maps
+    paged = settings.optim.startswith("paged_")
+    tracker = MemoryTracker()
+    for p in model.parameters():
+        tracker.tag(p, "adapters" if p.requires_grad and settings.lora else "weights")
+    for b in model.buffers():
+        tracker.tag(b, "weights")
+    for t in quant_state_tensors(model):
+        tracker.tag(t, "quant_state")
+    head = model.get_output_embeddings()
+    hooks = []
+    if head is not None:
+        hooks.append(head.register_forward_pre_hook(lambda *_: setattr(tracker, "region", "logits_loss")))
+        hooks.append(head.register_full_backward_hook(lambda *_: setattr(tracker, "region", "")))
+    autocast = (
+        torch.autocast("cpu", dtype=getattr(torch, settings.precision))
+        if settings.precision != "float32" else contextlib.nullcontext()
+    )
+    try:
+        with _quiet(), _not_tracing(), (fake or contextlib.nullcontext()), tracker:
             # steady state: the optimizer has stepped before, so its states exist
             tracker.phase = "init"
             for p in trainable:
                 p.grad = torch.zeros_like(p)
-                tracker.tag(p.grad, "gradients")
             tracker.phase = "optimizer"
             optimizer.step()
             tracker.phase = "init"
             if settings.gradient_accumulation == 1:
                 optimizer.zero_grad(set_to_none=True)
+            else:
+                for p in trainable:  # gradients of the earlier micro-batches are live during this one
+                    tracker.tag(p.grad, "gradients")
             input_ids = torch.zeros((settings.micro_batch, settings.seq_len), dtype=torch.long)
             labels = torch.zeros((settings.micro_batch, settings.seq_len), dtype=torch.long)
             tracker.phase = "forward"
@@ -298,7 +328,6 @@ def trace_training_step(resolved, settings: StepSettings, task_type: str = "CAUS
                 loss = model(input_ids=input_ids, labels=labels).loss
             if settings.gradient_accumulation > 1:
                 loss = loss / settings.gradient_accumulation
-            tracker.region = ""
             tracker.phase = "backward"
             tracker.region = "logits_loss"
             loss.backward()
@@ -317,8 +346,15 @@ def trace_training_step(resolved, settings: StepSettings, task_type: str = "CAUS
                             if isinstance(value, torch.Tensor) and value.numel() > 1:
                                 tracker.tag(value, "optimizer_state_paged")
             tracker.phase = "end"
+    finally:
         for hook in hooks:
             hook.remove()
     timeline = tracker.timeline()
     total = sum(p.numel() * (2 if p.dtype == torch.uint8 and quantized else 1) for p in model.parameters())
-    return StepTrace(timeline, settings, sum(p.numel() for p in trainable), total, quantized, notes)
+    return StepTrace(timeline, settings, sum(p.numel() for p in trainable), total, quantized, list(settings.notes))
+
+
+def trace_training_step(resolved, settings: StepSettings, task_type: str = "CAUSAL_LM") -> StepTrace:
+    """One training step of the full-size model on fake tensors: the peak and what is live at it."""
+    model, fake, quantized = build_step_model(resolved, settings, task_type)
+    return run_step(model, settings, fake, quantized)

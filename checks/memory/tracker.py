@@ -38,6 +38,7 @@ class _Allocation:
     phase: str  # init, forward, backward, optimizer
     region: str  # "", "logits_loss", "dequant"
     tag: str | None = None  # set explicitly (weights, adapters, gradients, ...) or decided at the end
+    op: str = ""  # the op that allocated it, for reading a trace
     freed_in: str | None = None  # phase in which it was freed; None: alive at the end
 
 
@@ -78,7 +79,7 @@ class MemoryTracker(TorchDispatchMode):
         try:
             for value in tree_flatten(out)[0]:
                 if isinstance(value, torch.Tensor):
-                    self.track(value)
+                    self.track(value, op=name)
         finally:
             self.region = region
         return out
@@ -105,7 +106,7 @@ class MemoryTracker(TorchDispatchMode):
         self.track(out)
         return out
 
-    def track(self, tensor: torch.Tensor, tag: str | None = None) -> _Allocation | None:
+    def track(self, tensor: torch.Tensor, tag: str | None = None, op: str = "") -> _Allocation | None:
         storage = tensor.untyped_storage()
         known = self._by_storage.get(id(storage))
         if known is not None and known[0]() is storage:
@@ -114,7 +115,7 @@ class MemoryTracker(TorchDispatchMode):
                 allocation.tag = tag
             return allocation
         nbytes = allocation_bytes(storage.nbytes())
-        allocation = _Allocation(len(self.allocations), nbytes, self.phase, self.region, tag)
+        allocation = _Allocation(len(self.allocations), nbytes, self.phase, self.region, tag, op=op)
         self.allocations.append(allocation)
         self.log.append((1, allocation.index))
         self._by_storage[id(storage)] = (weakref.ref(storage, self._freed(id(storage), allocation)), allocation)
