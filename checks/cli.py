@@ -75,6 +75,86 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return EXIT_FINDINGS if failed else EXIT_OK
 
 
+def _cmd_estimate(args: argparse.Namespace) -> int:
+    """Trace one training step of the recipe's full-size model and print the memory it needs."""
+    from checks.context import RecipeState
+    from checks.engine import run_check
+    from checks.gpus import GIB, GpuCatalog, GpuProfileError, UnknownGpuError
+    from checks.memory.estimate import TraceError, estimate
+    from checks.recipe.schema import Method
+    from checks.render import render_finding
+    from checks.throughput import ceiling
+
+    def bad_input(message: str) -> int:
+        if args.json:
+            print(json.dumps({"error": message}))
+        else:
+            print(f"recipe-checks: {message}", file=sys.stderr)
+        return EXIT_USAGE
+
+    path = Path(args.recipe)
+    if not path.is_file():
+        return bad_input(f"no such recipe file: {path}")
+    try:
+        catalog = GpuCatalog.load(tuple(args.gpu_profiles))
+    except GpuProfileError as exc:
+        return bad_input(str(exc))
+    state = RecipeState.from_file(path, str(path), Options(allow_network=args.recipes_allow_network), catalog)
+    schema = run_check(state, "schema")
+    if schema.errors or state.recipe is None:
+        for finding in schema.errors:
+            print(render_finding(finding, state.source_line(finding.location.line)), file=sys.stderr)
+        return bad_input(f"{path} has schema errors; `recipe-checks check {path}` lists them")
+    recipe = state.recipe
+    names = [args.gpu] if args.gpu else recipe.hardware.gpu
+    if not names:
+        return bad_input("the recipe names no GPU: pass --gpu NAME")
+    try:
+        gpu = catalog.get(names[0])
+    except UnknownGpuError as exc:
+        return bad_input(str(exc))
+    try:
+        result = estimate(recipe, state.resolved_model(), gpu, with_fixes=not args.no_fixes)
+    except TraceError as exc:
+        return bad_input(f"the training step cannot be traced: {exc}")
+    model = state.meta_model()
+    speed = ceiling(model, recipe.training.max_seq_length, trains_weights=recipe.method is Method.FULL,
+                    checkpointing=recipe.training.gradient_checkpointing, gpu=gpu, precision=recipe.training_dtype)
+    hours = speed.hours_per_epoch(args.dataset_tokens) if args.dataset_tokens else None
+    if args.json:
+        out = result.to_dict()
+        out.update({
+            "gpu": gpu.key,
+            "method": recipe.method.value,
+            "flops_per_token": speed.flops_per_token,
+            "ceiling_tokens_per_second": speed.tokens_per_second,
+            "hours_per_epoch_at_ceiling": hours,
+        })
+        print(json.dumps(out, indent=2))
+    else:
+        verdict = "fits" if result.fits else ("fits only if paged optimizer state spills to host memory"
+                                              if result.fits_with_paging else "does NOT fit")
+        print(f"{path} on {gpu.key} ({recipe.method.label}): peak {result.peak_bytes / GIB:.2f} GiB, "
+              f"budget {result.budget_bytes / GIB:.2f} GiB ({result.budget_source}): {verdict}")
+        print(f"breakdown at the peak ({result.peak_phase}):")
+        for category, nbytes in sorted(result.breakdown.items(), key=lambda kv: -kv[1]):
+            print(f"  {category:<24}{nbytes / GIB:>9.3f} GiB")
+        if result.paged_bytes:
+            print(f"  (of which paged optimizer state, can spill to host memory: {result.paged_bytes / GIB:.3f} GiB)")
+        for fix in result.fixes:
+            print(f"fix: {fix.name}: peak {fix.peak_bytes / GIB:.2f} GiB, saves {fix.saved_bytes / GIB:.2f} GiB"
+                  f"{' (fits)' if fix.fits else ''}  --  {fix.change}")
+        if speed.tokens_per_second:
+            line = (f"throughput ceiling: {speed.tokens_per_second:,.0f} tokens/s ({speed.flops_per_token / 1e9:.1f} GFLOP/token"
+                    f" at {speed.peak_tflops:g} dense TFLOP/s)")
+            if hours is not None:
+                line += f"; at least {hours:.2f} h per epoch of {args.dataset_tokens:,} tokens"
+            print(line)
+        for note in result.notes:
+            print(f"note: {note}")
+    return EXIT_OK if result.fits else EXIT_FINDINGS
+
+
 def _cmd_explain(args: argparse.Namespace) -> int:
     from checks.rules import all_rules, rule_by_id
 
@@ -144,6 +224,17 @@ def build_parser() -> argparse.ArgumentParser:
                        help="text for people, json for tools, github for workflow annotations")
     check.add_argument("-v", "--verbose", action="store_true", help="also print information and skipped checks")
     check.set_defaults(func=_cmd_check)
+
+    est = sub.add_parser("estimate", help="trace one training step of the full-size model: peak memory, "
+                         "breakdown, fixes, throughput ceiling (exit 0 fits, 1 does not, 2 bad input)")
+    est.add_argument("recipe", help="a recipe file")
+    est.add_argument("--gpu", help="the target GPU (default: the recipe's first hardware.gpu)")
+    est.add_argument("--json", action="store_true", help="print one JSON object")
+    est.add_argument("--dataset-tokens", type=int, default=0, help="tokens per epoch, for hours per epoch")
+    est.add_argument("--no-fixes", action="store_true", help="do not trace the fixes when it does not fit")
+    est.add_argument("--gpu-profiles", action="append", default=[], metavar="FILE")
+    est.add_argument("--recipes-allow-network", action="store_true", help="allow fetching config.json from the hub")
+    est.set_defaults(func=_cmd_estimate)
 
     explain = sub.add_parser("explain", help="print a rule's documentation (no argument: list the rules)")
     explain.add_argument("rule", nargs="?", help="a rule id (RC301) or name (qlora-paged-optimizer)")

@@ -13,7 +13,7 @@ from checks.context import RecipeContext, RecipeState
 from checks.findings import Finding, Severity
 from checks.gpus import GpuCatalog, GpuProfile
 from checks.options import Options
-from checks.rules import CHECKS, GPU_CHECKS, rules_for
+from checks.rules import CHECKS, GPU_CHECKS, TRACED_CHECKS, rules_for
 
 
 @dataclass
@@ -61,6 +61,12 @@ def _skip_reason(state: RecipeState, check: str, gpu: str | None) -> str | None:
             )
         if not isinstance(state.gpu_profile(gpu), GpuProfile):
             return f"not checked: '{gpu}' is not a known GPU (see {state.path}::schema)"
+    if check in TRACED_CHECKS:
+        # tracing a step of a recipe that will not start answers nothing: the static findings come first
+        failing = [c for c in CHECKS if c not in TRACED_CHECKS and c != "schema" and run_check(state, c, gpu).errors]
+        if failing:
+            names = ", ".join(f"{state.path}::{c}" for c in failing)
+            return f"not traced: the recipe has errors to fix first ({names})"
     rules = rules_for(check)
     if rules and all("model" in r.needs for r in rules) and isinstance(state.meta_model(), Exception):
         return f"not checked: the model of {state.path} could not be built (see {state.path}::schema)"
@@ -115,13 +121,16 @@ def _profile_key(catalog: GpuCatalog, name: str) -> str:
         return name.strip().lower()
 
 
-def check_recipe(path: Path, options: Options, catalog: GpuCatalog, display_path: str | None = None
-                 ) -> tuple[RecipeState, list[CheckResult]]:
-    """Every check of one recipe against every GPU it is checked against in this run."""
+def check_recipe(path: Path, options: Options, catalog: GpuCatalog, display_path: str | None = None,
+                 *, traced: bool = True) -> tuple[RecipeState, list[CheckResult]]:
+    """Every check of one recipe against every GPU it is checked against in this run
+    (`traced=False`: the static checks only, without tracing a training step)."""
     state = RecipeState.from_file(path, display_path or str(path), options, catalog)
     results: list[CheckResult] = []
     gpus = gpus_for(state, options)
     for check in CHECKS:
+        if not traced and check in TRACED_CHECKS:
+            continue
         for gpu in gpus if check in GPU_CHECKS else [None]:
             results.append(run_check(state, check, gpu))
     return state, results

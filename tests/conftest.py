@@ -51,6 +51,7 @@ training:
   learning_rate: 2.0e-4
   bf16: true
   optim: paged_adamw_8bit
+  gradient_checkpointing: true
   max_seq_length: 2048
 hardware:
   gpu: rtx4090

@@ -30,8 +30,11 @@ def test_the_corpus_has_at_least_30_broken_recipes():
 @pytest.mark.parametrize("path", CORPUS_FILES, ids=[p.stem for p in CORPUS_FILES])
 def test_broken_recipe_fails_with_its_expected_rules(pytester, path):
     shutil.copy(path, pytester.path / path.name)
-    result = pytester.runpytest(path.name, "--recipes-strict", "-p", "no:cacheprovider")
+    expected = expected_ids(path)
+    # the traced vram check takes seconds a recipe: run it where the corpus file is about it
+    select = [] if "RC601" in expected else ["-k", "not vram"]
+    result = pytester.runpytest(path.name, "--recipes-strict", "-p", "no:cacheprovider", *select)
     output = result.stdout.str()
     assert result.ret == pytest.ExitCode.TESTS_FAILED, output
     assert "Traceback" not in output and "INTERNALERROR" not in output, output
-    assert set(FINDING_LINE.findall(output)) == expected_ids(path), output
+    assert set(FINDING_LINE.findall(output)) == expected, output

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import io
 import logging
 import warnings
@@ -355,6 +356,19 @@ def run_step(model, settings: StepSettings, fake=None, quantized: int = 0) -> St
 
 
 def trace_training_step(resolved, settings: StepSettings, task_type: str = "CAUSAL_LM") -> StepTrace:
-    """One training step of the full-size model on fake tensors: the peak and what is live at it."""
+    """One training step of the full-size model on fake tensors: the peak and what is live at it.
+    Cached per (config, settings, task): recipes and GPUs that share them share one trace."""
+    import json
+
+    return _trace_cached(json.dumps(resolved.config, sort_keys=True), resolved.name, settings, task_type)
+
+
+@functools.lru_cache(maxsize=64)
+def _trace_cached(config_json: str, name: str, settings: StepSettings, task_type: str) -> StepTrace:
+    import json
+
+    from checks.models.resolve import ResolvedModel
+
+    resolved = ResolvedModel(name=name, config=json.loads(config_json), source="")
     model, fake, quantized = build_step_model(resolved, settings, task_type)
     return run_step(model, settings, fake, quantized)

@@ -8,8 +8,10 @@ import pkgutil
 
 from checks.rules.base import Rule
 
-CHECKS = ("schema", "target-modules", "quantization", "precision", "optimizer")
-GPU_CHECKS = frozenset({"precision", "optimizer"})
+CHECKS = ("schema", "target-modules", "quantization", "precision", "optimizer", "throughput", "vram")
+GPU_CHECKS = frozenset({"precision", "optimizer", "throughput", "vram"})
+# Checks that trace a training step (seconds, not milliseconds): deselect with -k "not vram".
+TRACED_CHECKS = frozenset({"vram"})
 
 
 @functools.cache

@@ -37,7 +37,7 @@ def unused_ignore_findings(state, run_check) -> list[Finding]:
     """Findings for the recipe's ignores that suppress nothing, over every check of this run."""
     from checks.context import RecipeContext
     from checks.engine import gpus_for
-    from checks.rules import CHECKS, GPU_CHECKS, all_rules
+    from checks.rules import CHECKS, GPU_CHECKS, TRACED_CHECKS, all_rules
     from checks.suggest import did_you_mean
 
     recipe = state.recipe
@@ -52,6 +52,8 @@ def unused_ignore_findings(state, run_check) -> list[Finding]:
         if check == "schema":
             continue
         for gpu in gpus_for(state, state.options) if check in GPU_CHECKS else [None]:
+            if check in TRACED_CHECKS and (check, gpu) not in state.results:
+                continue  # never trace a step just to judge an ignore; judged when the check ran first
             result = run_check(state, check, gpu)
             if result.skipped is None and result.error is None:
                 ran.add(check)
