@@ -1,0 +1,73 @@
+"""Invariants of the memory engine (hypothesis), traced on fake tensors of a small Llama-shaped model.
+
+The model is large enough that its Linear layers outweigh its embeddings, as in every real LLM: QLoRA
+upcasts the unquantized embeddings to fp32 (as TRL does), which on a toy model would outweigh what
+4-bit saves.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from checks.memory.step import StepSettings, trace_training_step
+from checks.models.resolve import ResolvedModel
+
+SMALL = ResolvedModel("small-llama", {
+    "model_type": "llama", "hidden_size": 1024, "intermediate_size": 2816, "num_hidden_layers": 2,
+    "num_attention_heads": 8, "num_key_value_heads": 4, "vocab_size": 4096, "max_position_embeddings": 4096,
+}, "test")
+LORA = (("lora_alpha", 16), ("r", 8), ("target_modules", ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                           "up_proj", "down_proj")), ("task_type", "CAUSAL_LM"))
+NF4 = (("compute_dtype", "bfloat16"), ("double_quant", True), ("quant_storage", "uint8"), ("quant_type", "nf4"),
+       ("skip", ()))
+
+methods = st.sampled_from(["full", "lora", "qlora"])
+batches = st.integers(1, 4)
+lengths = st.sampled_from([32, 64, 128, 256])
+flags = st.booleans()
+
+
+def step(method: str, batch: int, seq: int, checkpointing: bool = False, attn: str = "sdpa") -> StepSettings:
+    return StepSettings(
+        micro_batch=batch, seq_len=seq, precision="bfloat16", weights_dtype="bfloat16", optim="adamw_torch",
+        gradient_checkpointing=checkpointing, attn_implementation=attn,
+        lora=LORA if method != "full" else (), quant_4bit=NF4 if method == "qlora" else (),
+    )
+
+
+def peak(settings: StepSettings) -> int:
+    return trace_training_step(SMALL, settings).timeline.peak_bytes
+
+
+@settings(max_examples=8, deadline=None)
+@given(methods, batches, lengths, flags)
+def test_more_micro_batch_never_needs_less_memory(method, batch, seq, checkpointing):
+    base = step(method, batch, seq, checkpointing)
+    assert peak(dataclasses.replace(base, micro_batch=batch + 1)) >= peak(base)
+
+
+@settings(max_examples=8, deadline=None)
+@given(methods, batches, lengths, flags)
+def test_longer_sequences_never_need_less_memory(method, batch, seq, checkpointing):
+    base = step(method, batch, seq, checkpointing)
+    assert peak(dataclasses.replace(base, seq_len=seq * 2)) >= peak(base)
+
+
+@settings(max_examples=6, deadline=None)
+@given(batches, lengths, flags)
+def test_qlora_below_lora_below_full_fine_tune(batch, seq, checkpointing):
+    qlora, lora, full = (peak(step(m, batch, seq, checkpointing)) for m in ("qlora", "lora", "full"))
+    assert qlora < lora < full
+
+
+@settings(max_examples=6, deadline=None)
+@given(methods, batches, lengths, st.sampled_from(["sdpa", "eager"]))
+def test_checkpointing_never_keeps_more_activations(method, batch, seq, attn):
+    def activations(checkpointing):
+        return trace_training_step(SMALL, step(method, batch, seq, checkpointing, attn)).timeline.breakdown.get(
+            "activations", 0)
+
+    assert activations(True) <= activations(False)
