@@ -42,28 +42,40 @@ def peak(settings: StepSettings) -> int:
     return trace_training_step(SMALL, settings).timeline.peak_bytes
 
 
-@settings(max_examples=8, deadline=None)
+@settings(max_examples=8, deadline=None, derandomize=True)
 @given(methods, batches, lengths, flags)
 def test_more_micro_batch_never_needs_less_memory(method, batch, seq, checkpointing):
     base = step(method, batch, seq, checkpointing)
     assert peak(dataclasses.replace(base, micro_batch=batch + 1)) >= peak(base)
 
 
-@settings(max_examples=8, deadline=None)
+@settings(max_examples=8, deadline=None, derandomize=True)
 @given(methods, batches, lengths, flags)
 def test_longer_sequences_never_need_less_memory(method, batch, seq, checkpointing):
     base = step(method, batch, seq, checkpointing)
     assert peak(dataclasses.replace(base, seq_len=seq * 2)) >= peak(base)
 
 
-@settings(max_examples=6, deadline=None)
-@given(batches, lengths, flags)
+WIDE = ResolvedModel("wide-llama", {
+    "model_type": "llama", "hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 2,
+    "num_attention_heads": 16, "num_key_value_heads": 4, "vocab_size": 4096, "max_position_embeddings": 4096,
+}, "test")
+
+
+@settings(max_examples=12, deadline=None, derandomize=True)
+@given(st.integers(1, 2), st.sampled_from([32, 64, 128]), flags)
 def test_qlora_below_lora_below_full_fine_tune(batch, seq, checkpointing):
-    qlora, lora, full = (peak(step(m, batch, seq, checkpointing)) for m in ("qlora", "lora", "full"))
+    # Where weights dominate, as in real LLM fine-tunes. With TRL's preparation, QLoRA's fp32 norms
+    # make fp32 hidden states, so where activations dominate QLoRA can exceed LoRA (traced, and
+    # equal to a real execution: test_memory_exactness.py).
+    qlora, lora, full = (
+        trace_training_step(WIDE, step(m, batch, seq, checkpointing)).timeline.peak_bytes
+        for m in ("qlora", "lora", "full")
+    )
     assert qlora < lora < full
 
 
-@settings(max_examples=6, deadline=None)
+@settings(max_examples=6, deadline=None, derandomize=True)
 @given(methods, batches, lengths, st.sampled_from(["sdpa", "eager"]))
 def test_checkpointing_never_keeps_more_activations(method, batch, seq, attn):
     def activations(checkpointing):
