@@ -160,7 +160,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     for path, gpus in sorted(session.not_for_this_gpu.items()):
         by_gpu.setdefault(", ".join(gpus) or "?", []).append(path)
     asked = ", ".join(session.options.gpus)
-    terminalreporter.section("recipe-checks: recipes for other GPUs", sep="-")
+    terminalreporter.write_sep("-", "recipe-checks: recipes for other GPUs")
     total = len(session.not_for_this_gpu)
     terminalreporter.write_line(f"{total} recipe(s) declare other GPUs and were not checked against {asked}:")
     for gpus, paths in by_gpu.items():
