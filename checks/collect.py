@@ -13,7 +13,7 @@ import pytest
 
 from checks.context import RecipeState
 from checks.engine import gpus_for, run_check
-from checks.findings import Finding, Severity
+from checks.findings import Finding
 from checks.gpus import GpuCatalog
 from checks.options import Options
 from checks.render import render_finding

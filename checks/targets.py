@@ -99,7 +99,6 @@ def _matches(lora_config, key: str) -> bool:
 
 def analyse_targets(lora_config, model: Any, fresh_model: Callable[[], Any] | None = None) -> TargetAnalysis:
     """`fresh_model` builds an unshared meta copy that peft may inject into (for target_parameters)."""
-    import torch
     from peft.tuners.tuners_utils import _maybe_include_all_linear_layers
     from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 

@@ -10,7 +10,6 @@ gradient accumulation keeps them, then forward, backward, gradient clipping and 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import io
 import logging
@@ -20,7 +19,7 @@ from typing import Any
 
 from checks.memory.tracker import MemoryTimeline, MemoryTracker
 
-_DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
+_DTYPES = ("float32", "float16", "bfloat16")
 # Paged bitsandbytes optimizers put states of tensors with at least this many elements in CUDA
 # managed memory (bitsandbytes/optim/optimizer.py: get_state_buffer).
 PAGED_MIN_NUMEL = 100_000
@@ -45,7 +44,6 @@ class StepSettings:
     lora: tuple = ()  # sorted (key, value) of the LoraConfig kwargs; empty: full fine-tune
     quant_4bit: tuple = ()  # sorted (key, value) of the 4-bit settings; empty: not quantized
     quant_8bit: bool = False
-    chunked_loss: bool = False
     notes: tuple[str, ...] = ()
 
 
@@ -170,7 +168,6 @@ def _quiet():
 
 def _optimizer(settings: StepSettings, params: list):
     """The optimizer transformers' Trainer builds for this name, forced to CUDA's defaults."""
-    import torch
     from transformers import Trainer, TrainingArguments
 
     args = TrainingArguments(

@@ -151,13 +151,10 @@ class MemoryTracker(TorchDispatchMode):
 
     def timeline(self) -> MemoryTimeline:
         categories = [self._category(a) for a in self.allocations]
-        live = dict.fromkeys(CATEGORIES, 0)
         total = peak = 0
         peak_at = -1
         for position, (sign, index) in enumerate(self.log):
-            nbytes = self.allocations[index].nbytes
-            live[categories[index]] = live.get(categories[index], 0) + sign * nbytes
-            total += sign * nbytes
+            total += sign * self.allocations[index].nbytes
             if total > peak:
                 peak, peak_at = total, position
         # replay up to the peak for the breakdown

@@ -11,7 +11,6 @@ import functools
 import io
 import json
 import logging
-from typing import Any
 
 from checks.models.resolve import ResolvedModel
 
@@ -104,6 +103,3 @@ def build_meta_model(
     build = _build if fresh else _build_cached
     return build(key, resolved.name, task_type or "CAUSAL_LM", trust_remote_code)
 
-
-def describe_parameters(model: Any) -> int:
-    return sum(p.numel() for p in model.parameters())

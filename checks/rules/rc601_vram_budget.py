@@ -49,7 +49,6 @@ class VramBudget(Rule):
             yield self.finding(ctx, f"the training step cannot be traced: {exc}", ("training",), at_value=False,
                                help="the memory estimate does not cover this setting yet")
             return
-        ctx.state.memo[f"estimate:{gpu.key}"] = result
         shown = ", ".join(f"{k} {v / GIB:.2f}" for k, v in sorted(result.breakdown.items(), key=lambda kv: -kv[1]))
         if result.fits:
             yield self.finding(
