@@ -47,6 +47,10 @@ CASES = {
     "qwen2-qlora-sdpa-paged": ("tiny-org/tiny-qwen2", settings(lora=LORA, quant_4bit=NF4, optim="paged_adamw_8bit")),
     "qwen2-full-checkpointing-accumulation": ("tiny-org/tiny-qwen2", settings(gradient_checkpointing=True,
                                                                              gradient_accumulation=2)),
+    "llama-lora-chunked-loss": ("tiny-org/tiny-llama", settings(lora=LORA, chunked_loss=True)),
+    "qwen2-qlora-chunked-loss-checkpointing": ("tiny-org/tiny-qwen2", settings(lora=LORA, quant_4bit=NF4, chunked_loss=True,
+                                                                              optim="paged_adamw_8bit",
+                                                                              gradient_checkpointing=True)),
     "qwen2-full-fp32-eager": ("tiny-org/tiny-qwen2", settings(precision="float32", weights_dtype="float32",
                                                               attn_implementation="eager")),
 }
@@ -74,5 +78,4 @@ def test_fake_trace_matches_a_real_execution_within_one_percent(hub_cache, case)
 
 
 def _run(resolved, step, real):
-    model, fake_mode, quantized = build_step_model(resolved, step, real=real)
-    return run_step(model, step, fake_mode, quantized)
+    return run_step(build_step_model(resolved, step, real=real), step)

@@ -107,8 +107,10 @@ def estimate(recipe, resolved, gpu, *, with_fixes: bool = True) -> Estimate:
     return result
 
 
-def candidate_fixes(settings: StepSettings) -> list[tuple[str, str, StepSettings]]:
-    """(name, recipe change, settings) for each fix that applies to these settings."""
+def candidate_fixes(settings: StepSettings, model_type: str | None = None) -> list[tuple[str, str, StepSettings]]:
+    """(name, recipe change, settings) for each fix that applies to these settings and model."""
+    from checks.memory.chunked_loss import supports_chunked_loss
+
     out = []
     if not settings.gradient_checkpointing:
         out.append(("gradient checkpointing", "training.gradient_checkpointing: true",
@@ -133,12 +135,16 @@ def candidate_fixes(settings: StepSettings) -> list[tuple[str, str, StepSettings
     if settings.seq_len >= 256:
         out.append(("shorter sequences", f"training.max_seq_length: {settings.seq_len // 2}",
                     dataclasses.replace(settings, seq_len=settings.seq_len // 2)))
+    if not settings.chunked_loss and supports_chunked_loss(model_type):
+        out.append(("chunked loss (Liger's fused linear cross-entropy: no full logits)",
+                    "training.use_liger_kernel: true (needs the liger-kernel package)",
+                    dataclasses.replace(settings, chunked_loss=True)))
     return out
 
 
 def rank_fixes(resolved, settings: StepSettings, task: str, base: Estimate) -> list[Fix]:
     fixes = []
-    for name, change, changed in candidate_fixes(settings):
+    for name, change, changed in candidate_fixes(settings, resolved.config.get("model_type")):
         try:
             peak = _total(trace_training_step(resolved, changed, task))
         except Exception:  # a fix the trace cannot run is not offered

@@ -9,6 +9,7 @@ gradient accumulation keeps them, then forward, backward, gradient clipping and 
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import io
@@ -36,7 +37,7 @@ class StepSettings:
     gradient_checkpointing_kwargs: tuple = ()
     precision: str = "float32"  # training autocast dtype: bfloat16, float16 or float32
     weights_dtype: str = "float32"
-    attn_implementation: str = "sdpa"
+    attn_implementation: str | None = "sdpa"  # None: transformers' default for the model
     optim: str = "adamw_torch"
     max_grad_norm: float = 1.0
     learning_rate: float = 5e-5
@@ -44,6 +45,7 @@ class StepSettings:
     lora: tuple = ()  # sorted (key, value) of the LoraConfig kwargs; empty: full fine-tune
     quant_4bit: tuple = ()  # sorted (key, value) of the 4-bit settings; empty: not quantized
     quant_8bit: bool = False
+    chunked_loss: bool = False  # Liger's fused linear cross-entropy (use_liger_kernel)
     notes: tuple[str, ...] = ()
 
 
@@ -55,6 +57,7 @@ class StepTrace:
     total_params: int
     quantized_layers: int
     notes: list[str] = field(default_factory=list)
+    curve: list | None = None  # every event as (sign, bytes, category), when asked for
 
 
 class TraceError(RuntimeError):
@@ -80,7 +83,7 @@ def settings_from_recipe(recipe, config: dict) -> StepSettings:
         else:
             dtype = "float32"
             notes.append("weights load in float32: neither model.torch_dtype nor the config names a dtype")
-    attn = recipe.model.attn_implementation or "sdpa"
+    attn = recipe.model.attn_implementation
     if attn in ("flash_attention_2", "flash_attention_3"):
         notes.append(f"{attn} is traced as sdpa: both keep no attention matrix, only the output and log-sum-exp")
         attn = "sdpa"
@@ -99,6 +102,7 @@ def settings_from_recipe(recipe, config: dict) -> StepSettings:
             "skip": tuple(q.llm_int8_skip_modules or ()),
             "quant_storage": q.bnb_4bit_quant_storage or "uint8",
         }.items()))
+    chunked = _liger_chunked_loss(t, config.get("model_type"), notes)
     return StepSettings(
         micro_batch=t.per_device_train_batch_size,
         seq_len=t.max_seq_length,
@@ -115,8 +119,28 @@ def settings_from_recipe(recipe, config: dict) -> StepSettings:
         lora=lora,
         quant_4bit=quant,
         quant_8bit=bool(q is not None and q.load_in_8bit and not q.load_in_4bit),
+        chunked_loss=chunked,
         notes=tuple(notes),
     )
+
+
+def _liger_chunked_loss(training, model_type: str | None, notes: list[str]) -> bool:
+    """Whether `use_liger_kernel` gives this model Liger's fused (chunked) loss, as the Trainer
+    applies it; notes what the trace does not follow."""
+    from checks.memory.chunked_loss import liger_data, supports_chunked_loss
+
+    extra = training.model_extra or {}
+    if not extra.get("use_liger_kernel"):
+        return False
+    config = extra.get("liger_kernel_config") or {}
+    if not supports_chunked_loss(model_type):
+        notes.append(f"use_liger_kernel: Liger has no fused loss for model type '{model_type}'; traced without it")
+        return False
+    swapped = [k for k in liger_data()["other_default_kernels"] if config.get(k, True)]
+    if swapped:
+        notes.append(f"use_liger_kernel: Liger's {', '.join(swapped)} kernels are traced as transformers' own "
+                     "modules, which keep at least as much for the backward pass (an upper bound)")
+    return bool(config.get("fused_linear_cross_entropy", True))
 
 
 def _freeze(value: Any) -> Any:
@@ -227,12 +251,32 @@ def _materialize_fake(model, fake) -> None:
             state = getattr(state, "state2", None)
 
 
-def build_step_model(resolved, settings: StepSettings, task_type: str = "CAUSAL_LM", *, real: bool = False):
-    """The model a recipe trains, as the training script builds it: (model, fake mode or None, 4-bit layers).
+# A model with many identical decoder blocks is traced with four (two edges, two interior blocks
+# compared with each other) and replayed with block 1's events repeated for the blocks left out.
+TRACED_BLOCKS = 4
+TEMPLATE_BLOCK = 1
+
+
+@dataclass
+class StepModel:
+    """The model a recipe trains, ready for run_step."""
+
+    model: Any
+    fake: Any  # the FakeTensorMode its tensors belong to; None for real tensors
+    quantized: int  # 4-bit layers in the built model
+    blocks: Any = None  # the decoder blocks' ModuleList, when found
+    copies: int = 0  # how many more blocks like block 1 the full-size model has than the built one
+    notes: list[str] = field(default_factory=list)
+
+
+def build_step_model(resolved, settings: StepSettings, task_type: str = "CAUSAL_LM", *, real: bool = False,
+                     replicate_blocks: bool = False) -> StepModel:
+    """The model a recipe trains, as the training script builds it.
 
     Fake (the default): built on the meta device (module conversions such as peft's .to() cannot
     swap fake parameters), then every parameter and buffer becomes a fake CPU tensor. Real: built
     with real CPU tensors and really quantized, to validate the fake trace on small models.
+    `replicate_blocks`: when every decoder block is identical, keep only TRACED_BLOCKS of them.
     """
     import torch
     import transformers
@@ -247,8 +291,21 @@ def build_step_model(resolved, settings: StepSettings, task_type: str = "CAUSAL_
     auto_class = getattr(transformers, _AUTO_CLASS_BY_TASK.get(task_type, "AutoModelForCausalLM"))
     weights_dtype = getattr(torch, settings.weights_dtype)
     quantized = 0
+    notes = []
     with _quiet(), torch.device("cpu" if real else "meta"):
         model = auto_class.from_config(config, dtype=weights_dtype, attn_implementation=settings.attn_implementation)
+        if settings.attn_implementation is None and model.config._attn_implementation != "sdpa":
+            notes.append(f"{model.config._attn_implementation} attention traced: transformers' default for "
+                         f"{type(model).__name__}, which has no sdpa implementation")
+        blocks = decoder_blocks(model)
+        copies = 0
+        if replicate_blocks and blocks is not None and len(blocks) > TRACED_BLOCKS + 1:
+            different = first_different_block(blocks, model.config)
+            if different is None:
+                copies = len(blocks) - TRACED_BLOCKS
+                _keep_blocks(model, blocks, TRACED_BLOCKS)
+            else:
+                notes.append(f"all {len(blocks)} decoder blocks traced: block {different} differs from block 0")
         if settings.quant_4bit:
             quant = _thaw(settings.quant_4bit)
             q = _QuantSettings(quant["quant_type"], quant["double_quant"], quant["quant_storage"], list(quant["skip"] or []))
@@ -269,20 +326,81 @@ def build_step_model(resolved, settings: StepSettings, task_type: str = "CAUSAL_
             )
             if settings.lora:
                 model.enable_input_require_grads()
+        if settings.chunked_loss:
+            from checks.memory.chunked_loss import use_chunked_loss
+
+            # the Trainer patches the model under the peft wrapper (_apply_liger_kernel_to_instance)
+            use_chunked_loss(model.get_base_model() if hasattr(model, "get_base_model") else model)
         model.train()
     fake = None
     if not real:
         fake = FakeTensorMode(allow_non_fake_inputs=True)
         _materialize_fake(model, fake)
-    return model, fake, quantized
+    return StepModel(model, fake, quantized, blocks, copies, notes)
 
 
-def run_step(model, settings: StepSettings, fake=None, quantized: int = 0) -> StepTrace:
-    """Run the steady-state training step under the memory tracker (on fake or real tensors)."""
+def decoder_blocks(model):
+    """The ModuleList of the model's decoder blocks: the one list of num_hidden_layers modules of
+    one class; None when there is no such single list (encoder-decoder, vision towers, ...)."""
+    import torch
+
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    count = getattr(config, "num_hidden_layers", None)
+    found = [
+        m for m in model.modules()
+        if isinstance(m, torch.nn.ModuleList) and count and len(m) == count and len({type(b) for b in m}) == 1
+    ]
+    return found[0] if len(found) == 1 else None
+
+
+def _fingerprint(block) -> tuple:
+    """What decides a block's memory: its modules, their parameter and buffer shapes and dtypes,
+    and their plain attributes (sliding window, attention type, ...) except the block's index."""
+    parts = []
+    for name, module in block.named_modules():
+        attributes = tuple(sorted(
+            (k, v) for k, v in vars(module).items()
+            if not k.startswith("_") and k not in ("layer_idx", "layer_id", "layer_number")
+            and isinstance(v, (bool, int, float, str, type(None)))
+        ))
+        tensors = tuple(
+            (n, tuple(t.shape), t.dtype)
+            for n, t in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]
+        )
+        parts.append((name, type(module).__qualname__, attributes, tensors))
+    return tuple(parts)
+
+
+def first_different_block(blocks, config) -> int | None:
+    """The index of the first block that differs from block 0 (structure, attributes or the
+    config's per-layer type), or None when all are identical."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    layer_types = getattr(text, "layer_types", None)
+    first = _fingerprint(blocks[0])
+    for index, block in enumerate(blocks):
+        if layer_types is not None and index < len(layer_types) and layer_types[index] != layer_types[0]:
+            return index
+        if index and _fingerprint(block) != first:
+            return index
+    return None
+
+
+def _keep_blocks(model, blocks, count: int) -> None:
+    del blocks[count:]
+    text = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    text.num_hidden_layers = count
+    if isinstance(getattr(text, "layer_types", None), list):
+        text.layer_types = text.layer_types[:count]
+
+
+def run_step(built: StepModel, settings: StepSettings, *, keep_curve: bool = False) -> StepTrace:
+    """Run the steady-state training step under the memory tracker (on fake or real tensors);
+    `keep_curve`: keep every event of the memory curve in the result (for tests)."""
     import torch
 
     from checks.memory.quantize import quant_state_tensors
 
+    model, fake = built.model, built.fake
     trainable = [p for p in model.parameters() if p.requires_grad]
     if not trainable:
         raise TraceError("the model has no trainable parameter")
@@ -290,17 +408,23 @@ def run_step(model, settings: StepSettings, fake=None, quantized: int = 0) -> St
         optimizer = _optimizer(settings, trainable)  # outside fake mode: bitsandbytes builds real code maps
     paged = settings.optim.startswith("paged_")
     tracker = MemoryTracker()
+    block_of = _blocks_of_tensors(built.blocks)
+    if block_of:
+        optimizer.state = _SpanByParameter(optimizer.state, tracker, block_of)
     for p in model.parameters():
-        tracker.tag(p, "adapters" if p.requires_grad and settings.lora else "weights")
+        tracker.tag(p, "adapters" if p.requires_grad and settings.lora else "weights", block_of.get(id(p)))
     for b in model.buffers():
-        tracker.tag(b, "weights")
+        tracker.tag(b, "weights", block_of.get(id(b)))
     for t in quant_state_tensors(model):
-        tracker.tag(t, "quant_state")
-    head = model.get_output_embeddings()
+        tracker.tag(t, "quant_state", block_of.get(id(t)))
+    from checks.memory.chunked_loss import ChunkedLoss
+
+    head = next((m for m in model.modules() if isinstance(m, ChunkedLoss)), None) or model.get_output_embeddings()
     hooks = []
     if head is not None:
         hooks.append(head.register_forward_pre_hook(lambda *_: setattr(tracker, "region", "logits_loss")))
         hooks.append(head.register_full_backward_hook(lambda *_: setattr(tracker, "region", "")))
+    hooks.extend(_segment_hooks(built.blocks, tracker))
     autocast = (
         torch.autocast("cpu", dtype=getattr(torch, settings.precision))
         if settings.precision != "float32" else contextlib.nullcontext()
@@ -311,8 +435,13 @@ def run_step(model, settings: StepSettings, fake=None, quantized: int = 0) -> St
             tracker.phase = "init"
             for p in trainable:
                 p.grad = torch.zeros_like(p)
-            tracker.phase = "optimizer"
+            tracker.phase = "warmup"
             optimizer.step()
+            for p in trainable:
+                for value in optimizer.state[p].values():
+                    if isinstance(value, torch.Tensor):
+                        tracker.tag(value, None, block_of.get(id(p)))
+            tracker.forget_transients("warmup")
             tracker.phase = "init"
             if settings.gradient_accumulation == 1:
                 optimizer.zero_grad(set_to_none=True)
@@ -323,12 +452,16 @@ def run_step(model, settings: StepSettings, fake=None, quantized: int = 0) -> St
             labels = torch.zeros((settings.micro_batch, settings.seq_len), dtype=torch.long)
             tracker.phase = "forward"
             with autocast:
-                loss = model(input_ids=input_ids, labels=labels).loss
+                output = model(input_ids=input_ids, labels=labels)
+                tracker.segment = None  # before autocast's cache of cast weights and the output die
+                loss = output.loss
+                del output  # with use_cache, its past_key_values hold every block's keys and values
             if settings.gradient_accumulation > 1:
                 loss = loss / settings.gradient_accumulation
             tracker.phase = "backward"
             tracker.region = "logits_loss"
             loss.backward()
+            tracker.segment = None
             del loss
             tracker.region = ""
             for p in trainable:
@@ -337,6 +470,7 @@ def run_step(model, settings: StepSettings, fake=None, quantized: int = 0) -> St
             if settings.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(trainable, settings.max_grad_norm, foreach=True)
             optimizer.step()
+            tracker.segment = None
             if paged:
                 for p in trainable:
                     if p.numel() >= PAGED_MIN_NUMEL:
@@ -347,9 +481,92 @@ def run_step(model, settings: StepSettings, fake=None, quantized: int = 0) -> St
     finally:
         for hook in hooks:
             hook.remove()
-    timeline = tracker.timeline()
-    total = sum(p.numel() * (2 if p.dtype == torch.uint8 and quantized else 1) for p in model.parameters())
-    return StepTrace(timeline, settings, sum(p.numel() for p in trainable), total, quantized, list(settings.notes))
+    notes = list(settings.notes) + built.notes
+    copies = built.copies
+    if copies:
+        differs = tracker.periodic(TEMPLATE_BLOCK, TEMPLATE_BLOCK + 1)
+        if differs:
+            raise _NotPeriodic(differs)
+        notes.append(f"{TRACED_BLOCKS} of {TRACED_BLOCKS + copies} identical decoder blocks traced; "
+                     f"block {TEMPLATE_BLOCK}'s allocations stand for the other {copies}")
+    timeline = tracker.timeline(TEMPLATE_BLOCK, copies)
+
+    def count(params) -> int:  # a packed 4-bit weight holds two parameters per byte
+        return sum(p.numel() * (2 if p.dtype == torch.uint8 and built.quantized else 1) for p in params)
+
+    template = list(built.blocks[TEMPLATE_BLOCK].parameters()) if copies else []
+    quantized = built.quantized
+    if copies and quantized:
+        import bitsandbytes as bnb
+
+        quantized += copies * sum(isinstance(m, bnb.nn.Linear4bit) for m in built.blocks[TEMPLATE_BLOCK].modules())
+    return StepTrace(
+        timeline, settings,
+        trainable_params=sum(p.numel() for p in trainable) + copies * sum(p.numel() for p in template if p.requires_grad),
+        total_params=count(model.parameters()) + copies * count(template),
+        quantized_layers=quantized, notes=notes,
+        curve=tracker.memory_curve(TEMPLATE_BLOCK, copies) if keep_curve else None,
+    )
+
+
+class _SpanByParameter(collections.defaultdict):
+    """An optimizer's state that tells the tracker whose parameter is being updated: optimizers that
+    update one parameter at a time read `state[p]` first, and the span runs to the next read."""
+
+    def __init__(self, state, tracker, block_of: dict[int, int]):
+        super().__init__(dict, state)
+        self._tracker, self._block_of = tracker, block_of
+
+    def __getitem__(self, param):
+        if self._tracker.phase == "optimizer":
+            self._tracker.segment = self._block_of.get(id(param))
+        return super().__getitem__(param)
+
+
+class _NotPeriodic(Exception):
+    """Blocks that looked identical allocate differently: trace every block instead."""
+
+
+def _blocks_of_tensors(blocks) -> dict[int, int]:
+    """id(tensor) -> index of the decoder block holding it, for parameters, buffers and 4-bit states."""
+    from checks.memory.quantize import quant_state_tensors
+
+    out: dict[int, int] = {}
+    for index, block in enumerate(blocks if blocks is not None else []):
+        for t in [*block.parameters(), *block.buffers(), *quant_state_tensors(block)]:
+            out[id(t)] = index
+    return out
+
+
+def _segment_hooks(blocks, tracker) -> list:
+    """Tell the tracker which decoder block's span of the step is running. In the forward, block i's
+    span runs from its start to the next block's (the frees between them, such as the previous
+    block's output once block i has returned, recur between every pair of blocks; the last block's
+    span ends with the model's forward); in the backward, from the gradient of its output (its
+    backward starts) to the previous block's."""
+    if blocks is None:
+        return []
+
+    def enter(index):
+        def hook(*_):
+            if tracker.phase == "forward":
+                tracker.segment = index
+        return hook
+
+    def leave(index):
+        def hook(_module, _args, output):
+            if tracker.phase != "forward":
+                return
+            hidden = output[0] if isinstance(output, (tuple, list)) else output
+            if getattr(hidden, "requires_grad", False):
+                hidden.register_hook(lambda grad: setattr(tracker, "segment", index))
+        return hook
+
+    hooks = []
+    for index, block in enumerate(blocks):
+        hooks.append(block.register_forward_pre_hook(enter(index)))
+        hooks.append(block.register_forward_hook(leave(index)))
+    return hooks
 
 
 def trace_training_step(resolved, settings: StepSettings, task_type: str = "CAUSAL_LM") -> StepTrace:
@@ -367,5 +584,9 @@ def _trace_cached(config_json: str, name: str, settings: StepSettings, task_type
     from checks.models.resolve import ResolvedModel
 
     resolved = ResolvedModel(name=name, config=json.loads(config_json), source="")
-    model, fake, quantized = build_step_model(resolved, settings, task_type)
-    return run_step(model, settings, fake, quantized)
+    try:
+        return run_step(build_step_model(resolved, settings, task_type, replicate_blocks=True), settings)
+    except _NotPeriodic as exc:
+        trace = run_step(build_step_model(resolved, settings, task_type), settings)
+        trace.notes.append(f"all decoder blocks traced: {exc}")
+        return trace

@@ -5,6 +5,11 @@ allocator's 512-byte granularity) and is freed when its storage dies. The tracke
 and frees with the phase and region they happened in; categories are decided afterwards, when each
 storage's fate is known (saved for backward, became a gradient, optimizer state), and the log is
 replayed to find the peak and what was live at it.
+
+Identical decoder blocks: each allocation and each event carries the block it belongs to (the block
+whose forward or backward is running, else the block of the op's inputs), so a trace of a model with
+a few blocks can be replayed as the full model's, with block 1's events repeated where they occur
+(`timeline(copies=...)`), after `periodic()` has checked that blocks 1 and 2 logged the same events.
 """
 
 from __future__ import annotations
@@ -35,11 +40,20 @@ def allocation_bytes(nbytes: int) -> int:
 class _Allocation:
     index: int
     nbytes: int
-    phase: str  # init, forward, backward, optimizer
+    phase: str  # init, warmup, forward, backward, optimizer
     region: str  # "", "logits_loss", "dequant"
     tag: str | None = None  # set explicitly (weights, adapters, gradients, ...) or decided at the end
     op: str = ""  # the op that allocated it, for reading a trace
     freed_in: str | None = None  # phase in which it was freed; None: alive at the end
+    raw: int = 0  # bytes of the storage before rounding
+    block: int | None = None  # the decoder block it belongs to; None: embeddings, head, shared
+    # stack/cat over tensors of every block (clip_grad_norm's per-tensor norms): raw bytes per block
+    per_block: dict[int, int] | None = None
+
+    def bytes_with(self, template: int | None, copies: int) -> int:
+        if not copies or not self.per_block:
+            return self.nbytes
+        return allocation_bytes(self.raw + copies * self.per_block.get(template, 0))
 
 
 @dataclass
@@ -56,7 +70,10 @@ class MemoryTracker(TorchDispatchMode):
     phase: str = "init"
     region: str = ""
     allocations: list[_Allocation] = field(default_factory=list)
-    log: list[tuple[int, int]] = field(default_factory=list)  # (+1 alloc / -1 free, allocation index)
+    # (+1 alloc / -1 free, allocation index, the block running then or None)
+    log: list[tuple[int, int, int | None]] = field(default_factory=list)
+    segment: int | None = None  # the decoder block whose forward or backward is running
+    unscalable: str | None = None  # why this trace cannot stand for more blocks, if it cannot
     _by_storage: Any = field(default=None)
 
     def __post_init__(self) -> None:
@@ -67,6 +84,8 @@ class MemoryTracker(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         name = func.name()
+        if name.startswith("aten::_foreach_") and self.phase == "optimizer":
+            self.segment = None  # a multi-tensor optimizer: no one parameter's span, each output has its block
         if name == "bitsandbytes::gemm_4bit":
             # On CUDA, bitsandbytes runs training-size matmuls (more than 1536 rows) as
             # dequantize + F.linear (backends/cuda/ops.py: _dequant_linear_fallback); its fake
@@ -77,12 +96,49 @@ class MemoryTracker(TorchDispatchMode):
         if name in ("bitsandbytes::dequantize_4bit", "bitsandbytes::dequantize_blockwise"):
             self.region = "dequantized_weights"
         try:
-            for value in tree_flatten(out)[0]:
+            outputs = tree_flatten(out)[0]
+            for value, block in zip(outputs, self._output_blocks(name, args, kwargs, outputs)):
                 if isinstance(value, torch.Tensor):
-                    self.track(value, op=name)
+                    allocation = self.track(value, op=name, block=block)
+                    if allocation.block is _MIXED:
+                        self._aggregate(allocation, name, args, kwargs)
         finally:
             self.region = region
         return out
+
+    def _block_of(self, tensor: torch.Tensor) -> int | None:
+        known = self._by_storage.get(id(tensor.untyped_storage()))
+        return known[1].block if known is not None and known[0]() is tensor.untyped_storage() else None
+
+    def _output_blocks(self, name: str, args, kwargs, outputs: list) -> list:
+        """The block each output belongs to: the running block, else the block its inputs belong to."""
+        if self.segment is not None:
+            return [self.segment] * len(outputs)
+        if name.startswith("aten::_foreach_"):  # element i of the output comes from element i of the inputs
+            lists = [a for a in args if isinstance(a, (list, tuple)) and len(a) == len(outputs)]
+            return [
+                next((b for b in (self._block_of(lst[i]) for lst in lists if isinstance(lst[i], torch.Tensor))
+                      if b is not None), None)
+                for i in range(len(outputs))
+            ]
+        blocks = {self._block_of(t) for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)}
+        blocks.discard(None)
+        if len(blocks) > 1:
+            return [_MIXED] * len(outputs)
+        return [blocks.pop() if blocks else None] * len(outputs)
+
+    def _aggregate(self, allocation: _Allocation, name: str, args, kwargs) -> None:
+        """An op over tensors of several blocks: its size grows with the block count for stack and
+        cat (which the replay accounts); any other such op makes the trace stand for itself only."""
+        allocation.block = None
+        if name not in ("aten::stack", "aten::cat"):
+            self.unscalable = f"{name} combines tensors of several decoder blocks"
+            return
+        allocation.per_block = {}
+        for t in args[0]:
+            block = self._block_of(t)
+            if block is not None:
+                allocation.per_block[block] = allocation.per_block.get(block, 0) + t.numel() * t.element_size()
 
     def _gemm_4bit_as_cuda_fallback(self, A, B, shapeB, absmax, blocksize, quant_type, bias=None,
                                     absmax_8bit=None, absmax_code=None, absmax_offset=None):
@@ -106,7 +162,7 @@ class MemoryTracker(TorchDispatchMode):
         self.track(out)
         return out
 
-    def track(self, tensor: torch.Tensor, tag: str | None = None, op: str = "") -> _Allocation | None:
+    def track(self, tensor: torch.Tensor, tag: str | None = None, op: str = "", block=None) -> _Allocation:
         storage = tensor.untyped_storage()
         known = self._by_storage.get(id(storage))
         if known is not None and known[0]() is storage:
@@ -114,10 +170,13 @@ class MemoryTracker(TorchDispatchMode):
             if tag is not None:
                 allocation.tag = tag
             return allocation
-        nbytes = allocation_bytes(storage.nbytes())
-        allocation = _Allocation(len(self.allocations), nbytes, self.phase, self.region, tag, op=op)
+        if block is None:
+            block = self.segment
+        raw = storage.nbytes()
+        allocation = _Allocation(len(self.allocations), allocation_bytes(raw), self.phase, self.region, tag, op=op,
+                                 raw=raw, block=block)
         self.allocations.append(allocation)
-        self.log.append((1, allocation.index))
+        self.log.append((1, allocation.index, self.segment))
         self._by_storage[id(storage)] = (weakref.ref(storage, self._freed(id(storage), allocation)), allocation)
         return allocation
 
@@ -127,13 +186,22 @@ class MemoryTracker(TorchDispatchMode):
             if current is not None and current[1] is allocation:
                 del self._by_storage[key]
             allocation.freed_in = self.phase
-            self.log.append((-1, allocation.index))
+            self.log.append((-1, allocation.index, self.segment))
 
         return callback
 
-    def tag(self, tensor: torch.Tensor, tag: str) -> None:
-        """Name what a tensor is (weights, adapters, gradients, ...), whenever it was allocated."""
-        self.track(tensor, tag)
+    def tag(self, tensor: torch.Tensor, tag: str | None, block: int | None = None) -> None:
+        """Name what a tensor is (weights, adapters, gradients, ...) and the decoder block it belongs
+        to, whenever it was allocated."""
+        allocation = self.track(tensor, tag, block=block)
+        if block is not None:
+            allocation.block = block
+
+    def forget_transients(self, phase: str) -> None:
+        """Drop the events of what `phase` allocated and has freed again: the optimizer step that
+        creates the states of a steady-state step is set-up, not part of the step."""
+        gone = {a.index for a in self.allocations if a.phase == phase and a.freed_in is not None}
+        self.log = [event for event in self.log if event[1] not in gone]
 
     # -- results ----------------------------------------------------------------------------------
     def _category(self, a: _Allocation) -> str:
@@ -143,23 +211,95 @@ class MemoryTracker(TorchDispatchMode):
             return a.region
         if a.phase == "forward" and a.freed_in != "forward":
             return "activations"  # kept from the forward pass for the backward pass
-        if a.phase == "optimizer" and a.freed_in is None:
+        if a.phase in ("optimizer", "warmup") and a.freed_in is None:
             return "optimizer_state"
         if a.phase == "init":
             return "weights"
         return "temporaries"
 
-    def timeline(self) -> MemoryTimeline:
-        categories = [self._category(a) for a in self.allocations]
+    def _labelled_log(self) -> list[tuple[int, _Allocation, int | None]]:
+        """(sign, allocation, block) in log order, except that a run of consecutive frees is sorted by
+        block, size and category: memory only falls during it, so the order cannot move the peak, and
+        bulk frees (autocast's weight cache, a dying autograd graph) come in hash-map order."""
+        out: list[tuple[int, _Allocation, int | None]] = []
+        frees: list[tuple[int, _Allocation, int | None]] = []
+
+        def flush():
+            # aggregates last: their size depends on the block count, their place must not
+            frees.sort(key=lambda e: (-1 if e[2] is None else e[2], bool(e[1].per_block), e[1].nbytes,
+                                      self._category(e[1])))
+            out.extend(frees)
+            frees.clear()
+
+        for sign, index, segment in self.log:
+            allocation = self.allocations[index]
+            event = (sign, allocation, segment if segment is not None else allocation.block)
+            if sign < 0:
+                frees.append(event)
+                continue
+            flush()
+            out.append(event)
+        flush()
+        return out
+
+    def _events(self, template: int | None, copies: int):
+        """(sign, allocation) in log order; with copies, each run of the template block's events is
+        followed by `copies` repetitions of itself: the log of a model with that many more blocks."""
+        run: list[tuple[int, _Allocation]] = []
+        for sign, allocation, block in self._labelled_log():
+            if copies and block == template:
+                run.append((sign, allocation))
+                continue
+            if run:
+                yield from run * (copies + 1)
+                run = []
+            yield sign, allocation
+        yield from run * (copies + 1)
+
+    def periodic(self, template: int, other: int) -> str | None:
+        """None when the template block and another block logged the same events (sign, bytes,
+        category, in order); else what differs, and the trace cannot be replicated."""
+        if self.unscalable:
+            return self.unscalable
+        categories = {}
+        runs: dict[int, list[list]] = {template: [], other: []}
+        last = None
+        for sign, a, block in self._labelled_log():
+            if block in runs:
+                if block != last:
+                    runs[block].append([])
+                if a.index not in categories:
+                    categories[a.index] = self._category(a)
+                runs[block][-1].append((sign, a.nbytes, categories[a.index]))
+            last = block
+        if runs[template] != runs[other]:
+            return f"decoder blocks {template} and {other} allocate differently"
+        return None
+
+    def memory_curve(self, template: int | None = None, copies: int = 0) -> list[tuple[int, int, str]]:
+        """Every event as (sign, bytes, category): what tests compare to prove a replay exact."""
+        return [(sign, a.bytes_with(template, copies), self._category(a)) for sign, a in self._events(template, copies)]
+
+    def timeline(self, template: int | None = None, copies: int = 0) -> MemoryTimeline:
+        """The peak and what is live at it; with copies, for the model with `copies` more blocks
+        like `template`."""
+        categories = {}
         total = peak = 0
-        peak_at = -1
-        for position, (sign, index) in enumerate(self.log):
-            total += sign * self.allocations[index].nbytes
-            if total > peak:
-                peak, peak_at = total, position
-        # replay up to the peak for the breakdown
         breakdown = dict.fromkeys(CATEGORIES, 0)
-        for sign, index in self.log[: peak_at + 1]:
-            breakdown[categories[index]] = breakdown.get(categories[index], 0) + sign * self.allocations[index].nbytes
-        phase = self.allocations[self.log[peak_at][1]].phase if peak_at >= 0 else "init"
-        return MemoryTimeline(peak, phase, {k: v for k, v in breakdown.items() if v}, total, len(self.log))
+        at_peak = dict(breakdown)
+        peak_phase = "init"
+        events = 0
+        for sign, a in self._events(template, copies):
+            events += 1
+            nbytes = a.bytes_with(template, copies)
+            category = categories.get(a.index)
+            if category is None:
+                category = categories[a.index] = self._category(a)
+            total += sign * nbytes
+            breakdown[category] += sign * nbytes
+            if total > peak:
+                peak, peak_phase, at_peak = total, a.phase, dict(breakdown)
+        return MemoryTimeline(peak, peak_phase, {k: v for k, v in at_peak.items() if v}, total, events)
+
+
+_MIXED = object()  # an op's inputs come from several decoder blocks
