@@ -47,6 +47,8 @@ CASES = {
     "qwen2-qlora-sdpa-paged": ("tiny-org/tiny-qwen2", settings(lora=LORA, quant_4bit=NF4, optim="paged_adamw_8bit")),
     "qwen2-full-checkpointing-accumulation": ("tiny-org/tiny-qwen2", settings(gradient_checkpointing=True,
                                                                              gradient_accumulation=2)),
+    "llama-lora-int8": ("tiny-org/tiny-llama", settings(lora=LORA, weights_dtype="float16",
+                                                       quant_8bit=(("skip", ()), ("threshold", 6.0)))),
     "llama-lora-chunked-loss": ("tiny-org/tiny-llama", settings(lora=LORA, chunked_loss=True)),
     "qwen2-qlora-chunked-loss-checkpointing": ("tiny-org/tiny-qwen2", settings(lora=LORA, quant_4bit=NF4, chunked_loss=True,
                                                                               optim="paged_adamw_8bit",

@@ -92,3 +92,15 @@ def test_a_chunked_loss_never_needs_more_memory(method, batch, seq, checkpointin
     # keeps an input-sized gradient where the plain loss keeps vocabulary-sized logits
     base = step(method, batch, seq, checkpointing)
     assert peak(dataclasses.replace(base, chunked_loss=True)) <= peak(base)
+
+
+def test_full_size_8bit_lora_lies_between_qlora_and_lora():
+    # not on toy models: LLM.int8()'s backward dequantizes a whole fp16 weight, which only the
+    # savings of many int8 layers outweigh
+    from checks.models.resolve import resolve_model_config
+
+    llama = resolve_model_config("meta-llama/Meta-Llama-3-8B")
+    base = step("lora", 1, 1024, True)
+    int8 = dataclasses.replace(base, weights_dtype="float16", quant_8bit=(("skip", ()), ("threshold", 6.0)))
+    qlora, lora = (trace_training_step(llama, step(m, 1, 1024, True)).timeline.peak_bytes for m in ("qlora", "lora"))
+    assert qlora < trace_training_step(llama, int8).timeline.peak_bytes < lora

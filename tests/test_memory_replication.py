@@ -45,6 +45,9 @@ CASES = {
     "full-fp32-checkpointing": (DEEP_QWEN, dataclasses.replace(BASE, precision="float32", weights_dtype="float32",
                                                                gradient_checkpointing=True)),
     "qwen2-lora-sgd": (DEEP_QWEN, dataclasses.replace(BASE, lora=LORA, optim="sgd")),
+    "lora-int8-checkpointing": (DEEP, dataclasses.replace(BASE, lora=LORA, weights_dtype="float16",
+                                                          quant_8bit=(("skip", ()), ("threshold", 6.0)),
+                                                          gradient_checkpointing=True)),
     "lora-chunked-loss": (DEEP, dataclasses.replace(BASE, lora=LORA, chunked_loss=True)),
     "full-chunked-loss": (DEEP_QWEN, dataclasses.replace(BASE, chunked_loss=True)),
 }

@@ -95,13 +95,57 @@ def quantize_model_4bit(model, quantization, compute_dtype: torch.dtype, real: b
     return count
 
 
-PARAMS4BIT_ATTRIBUTES = ("quant_state", "bnb_quantized", "compress_statistics", "quant_type", "quant_storage", "blocksize")
+def quantize_model_8bit(model, threshold: float, skip_modules: list, real: bool = False) -> int:
+    """Replace the Linear layers transformers would quantize for LLM.int8() by bitsandbytes
+    Linear8bitLt; return how many. Frozen int8 weights (has_fp16_weights False, as for training
+    adapters): the row-major int8 weight (CB) and its fp32 row scales (SCB). `real`: quantize the
+    actual weights with bitsandbytes' Int8Params; otherwise tensors of the same layout."""
+    import bitsandbytes as bnb
+    from transformers import BitsAndBytesConfig
+    from transformers.integrations.bitsandbytes import replace_with_bnb_linear
+    from transformers.quantizers.base import get_keys_to_not_convert
+
+    config = BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=threshold)
+    skip = list(get_keys_to_not_convert(model)) + list(skip_modules or [])
+    originals = {name: m for name, m in model.named_modules() if type(m) is torch.nn.Linear}
+    replace_with_bnb_linear(model, modules_to_not_convert=skip, quantization_config=config)
+    count = 0
+    for name, module in model.named_modules():
+        if not isinstance(module, bnb.nn.Linear8bitLt):
+            continue
+        if real:
+            weight = bnb.nn.Int8Params(originals[name].weight.data, requires_grad=False,
+                                       has_fp16_weights=False)._quantize("cpu")
+        else:
+            weight = torch.nn.Parameter(torch.empty((module.out_features, module.in_features), dtype=torch.int8),
+                                        requires_grad=False)
+            weight.CB = weight.data
+            weight.SCB = torch.empty(module.out_features, dtype=torch.float32)
+            weight.has_fp16_weights = False
+        module.weight = weight
+        if module.bias is not None:
+            module.bias = torch.nn.Parameter(originals[name].bias.data.to(torch.float16) if real else
+                                             torch.empty(module.out_features, dtype=torch.float16), requires_grad=False)
+        module.init_8bit_state()  # state.CB and state.SCB, as the first forward would set them
+        count += 1
+    model.is_loaded_in_8bit = True
+    model.is_quantized = True
+    return count
+
+
+# the attributes of bitsandbytes' Params4bit and Int8Params that peft and bitsandbytes read
+BNB_PARAM_ATTRIBUTES = ("quant_state", "bnb_quantized", "compress_statistics", "quant_type", "quant_storage", "blocksize",
+                        "CB", "SCB", "has_fp16_weights")
 
 
 def quant_state_tensors(model) -> list[torch.Tensor]:
-    """The tensors of every 4-bit layer's QuantState (absmax, nested absmax, codes, offsets)."""
+    """The tensors of every 4-bit layer's QuantState (absmax, nested absmax, codes, offsets) and
+    every 8-bit layer's row scales (SCB)."""
     tensors: list[torch.Tensor] = []
     for module in model.modules():
+        scb = getattr(getattr(module, "state", None), "SCB", None)
+        if isinstance(scb, torch.Tensor):
+            tensors.append(scb)
         state = getattr(getattr(module, "weight", None), "quant_state", None)
         while state is not None:
             tensors.extend(t for t in (state.absmax, state.code, getattr(state, "offset", None)) if t is not None)

@@ -44,7 +44,7 @@ class StepSettings:
     weight_decay: float = 0.0
     lora: tuple = ()  # sorted (key, value) of the LoraConfig kwargs; empty: full fine-tune
     quant_4bit: tuple = ()  # sorted (key, value) of the 4-bit settings; empty: not quantized
-    quant_8bit: bool = False
+    quant_8bit: tuple = ()  # sorted (key, value) of the LLM.int8() settings; empty: not 8-bit
     chunked_loss: bool = False  # Liger's fused linear cross-entropy (use_liger_kernel)
     notes: tuple[str, ...] = ()
 
@@ -118,7 +118,10 @@ def settings_from_recipe(recipe, config: dict) -> StepSettings:
         weight_decay=t.weight_decay,
         lora=lora,
         quant_4bit=quant,
-        quant_8bit=bool(q is not None and q.load_in_8bit and not q.load_in_4bit),
+        quant_8bit=(
+            (("skip", tuple(q.llm_int8_skip_modules or ())), ("threshold", q.llm_int8_threshold))
+            if q is not None and q.load_in_8bit and not q.load_in_4bit else ()
+        ),
         chunked_loss=chunked,
         notes=tuple(notes),
     )
@@ -176,6 +179,28 @@ def _not_tracing():
 
 
 @contextlib.contextmanager
+def _int8_matmul_as_on_cuda():
+    """bitsandbytes trains 8-bit layers on a CPU tensor with MatMul8bitFp (dequantize, then matmul);
+    on CUDA, which the trace stands for, with MatMul8bitLt (int8 matmul)."""
+    import bitsandbytes as bnb
+    from bitsandbytes.autograd._functions import MatMul8bitLt, MatmulLtState
+
+    original = bnb.matmul
+
+    def matmul(A, B, out=None, state=None, threshold=0.0, bias=None):
+        state = state or MatmulLtState()
+        if threshold > 0.0:
+            state.threshold = threshold
+        return MatMul8bitLt.apply(A, B, out, bias, state)
+
+    bnb.matmul = matmul
+    try:
+        yield
+    finally:
+        bnb.matmul = original
+
+
+@contextlib.contextmanager
 def _quiet():
     loggers = [logging.getLogger(n) for n in ("transformers", "peft", "bitsandbytes")]
     levels = [lg.level for lg in loggers]
@@ -219,7 +244,7 @@ def _materialize_fake(model, fake) -> None:
     """Replace every meta parameter, buffer and 4-bit quant state tensor by a fake CPU tensor."""
     import torch
 
-    from checks.memory.quantize import PARAMS4BIT_ATTRIBUTES
+    from checks.memory.quantize import BNB_PARAM_ATTRIBUTES
 
     done: dict[int, Any] = {}
 
@@ -229,7 +254,7 @@ def _materialize_fake(model, fake) -> None:
                 new = torch.empty(t.shape, dtype=t.dtype, device="cpu")
             if isinstance(t, torch.nn.Parameter):
                 new = torch.nn.Parameter(new, requires_grad=t.requires_grad)
-                for attr in PARAMS4BIT_ATTRIBUTES:
+                for attr in BNB_PARAM_ATTRIBUTES:
                     if hasattr(t, attr):
                         setattr(new, attr, getattr(t, attr))
             done[id(t)] = new
@@ -249,6 +274,10 @@ def _materialize_fake(model, fake) -> None:
                 if isinstance(value, torch.Tensor):
                     setattr(state, attr, convert(value))
             state = getattr(state, "state2", None)
+        int8_state = getattr(module, "state", None)
+        if getattr(int8_state, "CB", None) is not None:  # LLM.int8(): CB is the weight's own storage
+            int8_state.CB = module.weight.data
+            int8_state.SCB = convert(int8_state.SCB)
 
 
 # A model with many identical decoder blocks is traced with four (two edges, two interior blocks
@@ -263,7 +292,7 @@ class StepModel:
 
     model: Any
     fake: Any  # the FakeTensorMode its tensors belong to; None for real tensors
-    quantized: int  # 4-bit layers in the built model
+    quantized: int  # 4-bit or 8-bit layers in the built model
     blocks: Any = None  # the decoder blocks' ModuleList, when found
     copies: int = 0  # how many more blocks like block 1 the full-size model has than the built one
     notes: list[str] = field(default_factory=list)
@@ -286,8 +315,6 @@ def build_step_model(resolved, settings: StepSettings, task_type: str = "CAUSAL_
     from checks.models.skeleton import _AUTO_CLASS_BY_TASK, build_config
 
     config = build_config(resolved)
-    if settings.quant_8bit:
-        raise TraceError("8-bit (LLM.int8) loading is not traced yet; the estimate covers 4-bit, LoRA and full")
     auto_class = getattr(transformers, _AUTO_CLASS_BY_TASK.get(task_type, "AutoModelForCausalLM"))
     weights_dtype = getattr(torch, settings.weights_dtype)
     quantized = 0
@@ -310,6 +337,14 @@ def build_step_model(resolved, settings: StepSettings, task_type: str = "CAUSAL_
             quant = _thaw(settings.quant_4bit)
             q = _QuantSettings(quant["quant_type"], quant["double_quant"], quant["quant_storage"], list(quant["skip"] or []))
             quantized = quantize_model_4bit(model, q, getattr(torch, quant["compute_dtype"]), real=real)
+        if settings.quant_8bit:
+            from checks.memory.quantize import quantize_model_8bit
+
+            quant = dict(settings.quant_8bit)
+            quantized = quantize_model_8bit(model, quant["threshold"], list(quant["skip"]), real=real)
+            if quant["threshold"] > 0:
+                notes.append("LLM.int8() outlier columns depend on the data: the trace takes none (their "
+                             "fp16 input slice, tokens x outlier columns, is not counted)")
         if settings.lora:
             from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
@@ -430,7 +465,7 @@ def run_step(built: StepModel, settings: StepSettings, *, keep_curve: bool = Fal
         if settings.precision != "float32" else contextlib.nullcontext()
     )
     try:
-        with _quiet(), _not_tracing(), (fake or contextlib.nullcontext()), tracker:
+        with _quiet(), _not_tracing(), _int8_matmul_as_on_cuda(), (fake or contextlib.nullcontext()), tracker:
             # steady state: the optimizer has stepped before, so its states exist
             tracker.phase = "init"
             for p in trainable:
@@ -499,7 +534,8 @@ def run_step(built: StepModel, settings: StepSettings, *, keep_curve: bool = Fal
     if copies and quantized:
         import bitsandbytes as bnb
 
-        quantized += copies * sum(isinstance(m, bnb.nn.Linear4bit) for m in built.blocks[TEMPLATE_BLOCK].modules())
+        quantized += copies * sum(isinstance(m, (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt))
+                                  for m in built.blocks[TEMPLATE_BLOCK].modules())
     return StepTrace(
         timeline, settings,
         trainable_params=sum(p.numel() for p in trainable) + copies * sum(p.numel() for p in template if p.requires_grad),

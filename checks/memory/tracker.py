@@ -91,6 +91,8 @@ class MemoryTracker(TorchDispatchMode):
             # dequantize + F.linear (backends/cuda/ops.py: _dequant_linear_fallback); its fake
             # kernel only returns the output, so run the same decomposition here.
             return self._gemm_4bit_as_cuda_fallback(*args, **kwargs)
+        if name in _INT8_OPS:
+            return getattr(self, _INT8_OPS[name])(*args, **kwargs)
         out = func(*args, **kwargs)
         region = self.region
         if name in ("bitsandbytes::dequantize_4bit", "bitsandbytes::dequantize_blockwise"):
@@ -160,6 +162,29 @@ class MemoryTracker(TorchDispatchMode):
             self.region = region
         out = torch.nn.functional.linear(A, weight, bias)
         self.track(out)
+        return out
+
+    # LLM.int8(): the outlier columns an input has depend on its values, which fake tensors do not
+    # have; the trace takes none (their fp16 slice, tokens x outlier columns, is not counted).
+    def _int8_quant_without_outliers(self, A, threshold=0.0):
+        out_row, row_stats, _ = torch.ops.bitsandbytes.int8_vectorwise_quant.default(A, 0.0)
+        self.track(out_row, op="bitsandbytes::int8_vectorwise_quant")
+        self.track(row_stats, op="bitsandbytes::int8_vectorwise_quant")
+        outliers = torch.empty(0, dtype=torch.int64) if threshold > 0.0 else None
+        return out_row, row_stats, outliers
+
+    def _int8_mixed_scaled_mm_without_outliers(self, A, CA, CB, SCA, SCB, outlier_cols=None, bias=None):
+        sub_a = torch.empty(0, dtype=A.dtype)  # what bitsandbytes returns when there is no outlier
+        self.track(sub_a, op="bitsandbytes::int8_mixed_scaled_mm")
+        return self._int8_scaled_mm(CA, CB, SCA, SCB, bias=bias, dtype=A.dtype), sub_a
+
+    def _int8_scaled_mm(self, A, B, row_stats, col_stats, bias=None, dtype=None):
+        # bitsandbytes' kernel for every device: an int32 product, then the dequantized output
+        ops = torch.ops.bitsandbytes
+        product = ops.int8_linear_matmul.default(A, B)
+        self.track(product, op="bitsandbytes::int8_linear_matmul")
+        out = ops.int8_mm_dequant.default(product, row_stats, col_stats, dtype=dtype or torch.float16, bias=bias)
+        self.track(out, op="bitsandbytes::int8_mm_dequant")
         return out
 
     def track(self, tensor: torch.Tensor, tag: str | None = None, op: str = "", block=None) -> _Allocation:
@@ -303,3 +328,8 @@ class MemoryTracker(TorchDispatchMode):
 
 
 _MIXED = object()  # an op's inputs come from several decoder blocks
+_INT8_OPS = {
+    "bitsandbytes::int8_vectorwise_quant": "_int8_quant_without_outliers",
+    "bitsandbytes::int8_mixed_scaled_mm": "_int8_mixed_scaled_mm_without_outliers",
+    "bitsandbytes::int8_scaled_mm": "_int8_scaled_mm",
+}
