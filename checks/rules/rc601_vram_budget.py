@@ -29,7 +29,8 @@ class VramBudget(Rule):
 
     ## Use instead
     The finding lists fixes ranked by the memory they save, each traced: gradient checkpointing, a
-    smaller micro-batch with more accumulation, QLoRA, a paged 8-bit optimizer, shorter sequences.
+    smaller micro-batch with more accumulation, QLoRA, a paged 8-bit optimizer, shorter sequences,
+    a chunked loss (`training.use_liger_kernel: true`, Liger's fused linear cross-entropy).
     """
 
     id = "RC601"
