@@ -30,7 +30,7 @@ BASE = {"micro_batch": 2, "seq_len": 512, "precision": "bfloat16", "weights_dtyp
 SETTINGS = {
     "lora": StepSettings(**BASE, lora=LORA),
     "lora-checkpointing": StepSettings(**BASE, lora=LORA, gradient_checkpointing=True),
-    "lora-eager": StepSettings(**{**BASE, "micro_batch": 1}, lora=LORA, attn_implementation="eager"),
+    "lora-eager": StepSettings(**{**BASE, "micro_batch": 1, "attn_implementation": "eager"}, lora=LORA),
     "qlora-paged-checkpointing": StepSettings(**{**BASE, "optim": "paged_adamw_8bit"}, lora=LORA, quant_4bit=NF4,
                                               gradient_checkpointing=True),
     "lora-chunked-loss": StepSettings(**BASE, lora=LORA, chunked_loss=True),
