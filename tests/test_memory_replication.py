@@ -24,6 +24,11 @@ DEEP_QWEN = ResolvedModel("deep-qwen2", {
     "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 2048, "max_position_embeddings": 1024,
     "tie_word_embeddings": True,
 }, "test")
+SLIDING = ResolvedModel("deep-mistral", {
+    "model_type": "mistral", "hidden_size": 256, "intermediate_size": 704, "num_hidden_layers": 8,
+    "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 2048, "max_position_embeddings": 1024,
+    "sliding_window": 64,
+}, "test")
 LORA = (("lora_alpha", 16), ("r", 8), ("target_modules", "all-linear"), ("task_type", "CAUSAL_LM"))
 NF4 = (("compute_dtype", "bfloat16"), ("double_quant", True), ("quant_storage", "uint8"), ("quant_type", "nf4"),
        ("skip", ()))
@@ -48,6 +53,7 @@ CASES = {
     "lora-int8-checkpointing": (DEEP, dataclasses.replace(BASE, lora=LORA, weights_dtype="float16",
                                                           quant_8bit=(("skip", ()), ("threshold", 6.0)),
                                                           gradient_checkpointing=True)),
+    "sliding-window-kv-cache": (SLIDING, dataclasses.replace(BASE, lora=LORA)),  # a cache slot per layer
     "lora-chunked-loss": (DEEP, dataclasses.replace(BASE, lora=LORA, chunked_loss=True)),
     "full-chunked-loss": (DEEP_QWEN, dataclasses.replace(BASE, chunked_loss=True)),
 }

@@ -330,7 +330,7 @@ def build_step_model(resolved, settings: StepSettings, task_type: str = "CAUSAL_
             different = first_different_block(blocks, model.config)
             if different is None:
                 copies = len(blocks) - TRACED_BLOCKS
-                _keep_blocks(model, blocks, TRACED_BLOCKS)
+                _keep_blocks(blocks, TRACED_BLOCKS)
             else:
                 notes.append(f"all {len(blocks)} decoder blocks traced: block {different} differs from block 0")
         if settings.quant_4bit:
@@ -420,12 +420,11 @@ def first_different_block(blocks, config) -> int | None:
     return None
 
 
-def _keep_blocks(model, blocks, count: int) -> None:
+def _keep_blocks(blocks, count: int) -> None:
+    """Drop all but the first `count` blocks. The config keeps the full count: what the model builds
+    per layer outside the blocks (a KV cache with a slot per layer, masks per layer type) is then the
+    full model's, and the blocks' loop stops at the blocks there are."""
     del blocks[count:]
-    text = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    text.num_hidden_layers = count
-    if isinstance(getattr(text, "layer_types", None), list):
-        text.layer_types = text.layer_types[:count]
 
 
 def run_step(built: StepModel, settings: StepSettings, *, keep_curve: bool = False) -> StepTrace:
@@ -622,7 +621,10 @@ def _trace_cached(config_json: str, name: str, settings: StepSettings, task_type
     resolved = ResolvedModel(name=name, config=json.loads(config_json), source="")
     try:
         return run_step(build_step_model(resolved, settings, task_type, replicate_blocks=True), settings)
-    except _NotPeriodic as exc:
+    except TraceError:
+        raise
+    except Exception as exc:  # noqa: BLE001  blocks 1 and 2 differ, or the model needs all its blocks
+        why = str(exc) if isinstance(exc, _NotPeriodic) else f"the four-block model fails ({type(exc).__name__})"
         trace = run_step(build_step_model(resolved, settings, task_type), settings)
-        trace.notes.append(f"all decoder blocks traced: {exc}")
+        trace.notes.append(f"all decoder blocks traced: {why}")
         return trace
