@@ -81,9 +81,8 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
     from checks.engine import run_check
     from checks.gpus import GIB, GpuCatalog, GpuProfileError, UnknownGpuError
     from checks.memory.estimate import TraceError, estimate
-    from checks.recipe.schema import Method
     from checks.render import render_finding
-    from checks.throughput import ceiling
+    from checks.throughput import recipe_ceiling
 
     def bad_input(message: str) -> int:
         if args.json:
@@ -118,8 +117,7 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
     except TraceError as exc:
         return bad_input(f"the training step cannot be traced: {exc}")
     model = state.meta_model()
-    speed = ceiling(model, recipe.training.max_seq_length, trains_weights=recipe.method is Method.FULL,
-                    checkpointing=recipe.training.gradient_checkpointing, gpu=gpu, precision=recipe.training_dtype)
+    speed = recipe_ceiling(recipe, model, gpu)
     hours = speed.hours_per_epoch(args.dataset_tokens) if args.dataset_tokens else None
     if args.json:
         out = result.to_dict()

@@ -54,6 +54,14 @@ def attention_flops_per_token(config, seq_len: int) -> float:
     return 2.0 * layers * seq_len * heads * head_dim
 
 
+def recipe_ceiling(recipe, model, gpu) -> Throughput:
+    """The ceiling for a recipe's own settings: its sequence length, method, checkpointing, precision."""
+    from checks.recipe.schema import Method
+
+    return ceiling(model, recipe.training.max_seq_length, trains_weights=recipe.method is Method.FULL,
+                   checkpointing=recipe.training.gradient_checkpointing, gpu=gpu, precision=recipe.training_dtype)
+
+
 def ceiling(model, seq_len: int, *, trains_weights: bool, checkpointing: bool, gpu, precision: str) -> Throughput:
     n = matmul_params(model)
     forward = 2.0 * n + attention_flops_per_token(model.config, seq_len)

@@ -379,13 +379,16 @@ def decoder_blocks(model):
     one class; None when there is no such single list (encoder-decoder, vision towers, ...)."""
     import torch
 
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    count = getattr(config, "num_hidden_layers", None)
+    count = getattr(_text_config(model.config), "num_hidden_layers", None)
     found = [
         m for m in model.modules()
         if isinstance(m, torch.nn.ModuleList) and count and len(m) == count and len({type(b) for b in m}) == 1
     ]
     return found[0] if len(found) == 1 else None
+
+
+def _text_config(config):
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
 
 
 def _fingerprint(block) -> tuple:
@@ -409,8 +412,7 @@ def _fingerprint(block) -> tuple:
 def first_different_block(blocks, config) -> int | None:
     """The index of the first block that differs from block 0 (structure, attributes or the
     config's per-layer type), or None when all are identical."""
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    layer_types = getattr(text, "layer_types", None)
+    layer_types = getattr(_text_config(config), "layer_types", None)
     first = _fingerprint(blocks[0])
     for index, block in enumerate(blocks):
         if layer_types is not None and index < len(layer_types) and layer_types[index] != layer_types[0]:
@@ -432,6 +434,7 @@ def run_step(built: StepModel, settings: StepSettings, *, keep_curve: bool = Fal
     `keep_curve`: keep every event of the memory curve in the result (for tests)."""
     import torch
 
+    from checks.memory.chunked_loss import ChunkedLoss
     from checks.memory.quantize import quant_state_tensors
 
     model, fake = built.model, built.fake
@@ -451,8 +454,6 @@ def run_step(built: StepModel, settings: StepSettings, *, keep_curve: bool = Fal
         tracker.tag(b, "weights", block_of.get(id(b)))
     for t in quant_state_tensors(model):
         tracker.tag(t, "quant_state", block_of.get(id(t)))
-    from checks.memory.chunked_loss import ChunkedLoss
-
     head = next((m for m in model.modules() if isinstance(m, ChunkedLoss)), None) or model.get_output_embeddings()
     hooks = []
     if head is not None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from checks.recipe.schema import Method
 from checks.rules.base import Rule
 
 
@@ -33,16 +32,13 @@ class ThroughputClaim(Rule):
     why = "a throughput above the hardware's ceiling makes a schedule and a budget that cannot hold"
 
     def run(self, ctx):
-        from checks.throughput import ceiling
+        from checks.throughput import recipe_ceiling
 
         recipe = ctx.recipe
         claimed = recipe.expect.tokens_per_second
         if claimed is None:
             return
-        result = ceiling(
-            ctx.model, recipe.training.max_seq_length, trains_weights=recipe.method is Method.FULL,
-            checkpointing=recipe.training.gradient_checkpointing, gpu=ctx.gpu, precision=recipe.training_dtype,
-        )
+        result = recipe_ceiling(recipe, ctx.model, ctx.gpu)
         if result.tokens_per_second is None or claimed <= result.tokens_per_second:
             return
         yield self.finding(
