@@ -41,6 +41,17 @@ class TargetAnalysis:
     total_params: int
     adapter_params: int | None  # from peft's own injection on a meta copy; None when peft cannot inject
     fused_expert_params: list[str]  # names like "model.layers.0.mlp.experts.gate_up_proj"
+    # What peft raised while wrapping the targets (the message), and where; None when it accepted them.
+    refusal: PeftRefusal | None = None
+
+
+@dataclass(frozen=True)
+class PeftRefusal:
+    """An error peft raises when it injects the adapters: the training script would stop there."""
+
+    message: str
+    module: str  # the module (or parameter) peft was wrapping, "" when the error is about the whole model
+    no_match: bool  # peft found nothing to wrap: the target rules say why, statically
 
 
 def _leaf(name: str) -> str:
@@ -65,30 +76,26 @@ def find_block_list(model: Any) -> tuple[str | None, int]:
     return best
 
 
-def _ask_peft(lora_config, module, rank: int) -> tuple[bool, str, int | None]:
-    """Let peft wrap a meta-device module: whether it can, and how many adapter parameters it adds."""
+def _ask_peft(lora_config, module, name: str, rank: int, alpha: float) -> tuple[bool, str, int | None, str | None]:
+    """Let peft wrap a meta-device module as its injection would: whether the type is supported, how
+    many adapter parameters it adds, and the message of any other error peft raises for this config."""
     from peft.tuners.lora.model import LoraModel
 
-    kwargs = dict(
-        r=rank,
-        lora_alpha=lora_config.lora_alpha,
-        lora_dropout=0.0,
-        fan_in_fan_out=lora_config.fan_in_fan_out,
-        init_lora_weights=True,
-        use_rslora=lora_config.use_rslora,
-        use_dora=lora_config.use_dora,
-        lora_bias=lora_config.lora_bias,
-    )
+    # the arguments peft's LoraModel._create_and_replace passes; the rest is read from the config
+    kwargs = dict(r=rank, lora_alpha=alpha, target_name=name, loaded_in_8bit=False, loaded_in_4bit=False,
+                  parameter_name=None, tied_adapter={})
     try:
         wrapped = LoraModel._create_new_module(lora_config, "default", module, **kwargs)
     except ValueError as exc:
-        if "not supported" in str(exc):
-            text = str(exc)
-            return False, text[text.find("Currently"):] if "Currently" in text else "", None
-        return True, "", None
+        text = str(exc)
+        if "is not supported" in text:
+            return False, text[text.find("Currently"):] if "Currently" in text else "", None, None
+        return True, "", None, text
+    except (TypeError, NotImplementedError) as exc:  # peft refuses the arguments for this layer
+        return True, "", None, str(exc)
     except Exception:  # dispatch found a LoRA class; a later setup step needing real data failed
-        return True, "", None
-    return True, "", sum(p.numel() for name, p in wrapped.named_parameters() if "lora_" in name)
+        return True, "", None, None
+    return True, "", sum(p.numel() for name, p in wrapped.named_parameters() if "lora_" in name), None
 
 
 def _matches(lora_config, key: str) -> bool:
@@ -138,17 +145,22 @@ def analyse_targets(lora_config, model: Any, fresh_model: Callable[[], Any] | No
     unsupported: dict[str, str] = {}
     supported_text = ""
     adapters: int | None = 0
-    verdicts: dict[tuple, tuple[bool, str, int | None]] = {}
+    refusal: PeftRefusal | None = None
+    verdicts: dict[tuple, tuple[bool, str, int | None, str | None]] = {}
+    init_free = dataclasses.replace(config, init_lora_weights=True)  # data-dependent inits need real weights
     for name in matched:
         module = modules[name]
-        rank = _rank_for(config, name)
-        signature = (type(module), rank, tuple(tuple(p.shape) for p in module.parameters(recurse=False)))
+        rank, alpha = rank_and_alpha_for(config, name)
+        signature = (type(module), rank, alpha, tuple(tuple(p.shape) for p in module.parameters(recurse=False)))
         if signature not in verdicts:
-            verdicts[signature] = _ask_peft(config, module, rank)
-        ok, text, count = verdicts[signature]
+            verdicts[signature] = _ask_peft(init_free, module, name, rank, alpha)
+        ok, text, count, error = verdicts[signature]
         if not ok:
             unsupported[name] = type(module).__name__
             supported_text = supported_text or text
+        elif error is not None:
+            refusal = refusal or PeftRefusal(error, name, no_match=False)
+            adapters = None
         elif adapters is not None:
             adapters = None if count is None else adapters + count
 
@@ -167,12 +179,14 @@ def analyse_targets(lora_config, model: Any, fresh_model: Callable[[], Any] | No
             p.numel() for n, p in model.named_parameters()
             if any(n == t or n.endswith("." + t) for t in config.target_parameters)
         )
-    if config.target_parameters and adapters is not None:
-        # parameter targets wrap whole modules in nested ParamWrappers: count them by injecting into a copy
-        param_adapters = count_adapter_parameters(
-            dataclasses.replace(config, target_modules=None), fresh_model() if fresh_model else None
-        )
-        adapters = None if param_adapters is None else adapters + param_adapters
+    if config.target_parameters and refusal is None and not unsupported and fresh_model is not None:
+        # parameter targets wrap whole modules in nested ParamWrappers, with checks of their own: let peft
+        # inject the whole config into an unshared copy (seconds for MoE models only) and count from it
+        injected = inject_adapters(dataclasses.replace(config, init_lora_weights=True), fresh_model())
+        if isinstance(injected, PeftRefusal):
+            refusal, adapters = injected, None
+        else:
+            adapters = injected
 
     fused = [
         f"{mod_name}.{p_name}"
@@ -195,20 +209,30 @@ def analyse_targets(lora_config, model: Any, fresh_model: Callable[[], Any] | No
         total_params=total,
         adapter_params=adapters,
         fused_expert_params=fused,
+        refusal=refusal,
     )
 
 
-def count_adapter_parameters(lora_config, fresh_model: Any) -> int | None:
-    """Inject the adapters with peft into a meta-device copy and count them: peft's own shapes."""
+def inject_adapters(lora_config, fresh_model: Any) -> int | PeftRefusal | None:
+    """Inject the adapters with peft into a meta-device copy: the adapter parameters it adds (peft's own
+    shapes), what peft refused, or None when the copy cannot be injected for a reason of the meta device."""
     from peft import inject_adapter_in_model
 
-    if fresh_model is None:
+    if fresh_model is None or isinstance(fresh_model, Exception):
         return None
     try:
         injected = inject_adapter_in_model(lora_config, fresh_model, low_cpu_mem_usage=True)
-    except Exception:  # peft refuses the config for this model: the rules report why
+    except (ValueError, TypeError, NotImplementedError) as exc:  # NoMatchingPeftModuleError is a ValueError
+        return PeftRefusal(str(exc), "", no_match=_is_no_match(exc))
+    except Exception:  # not a verdict on the config: the meta copy lacks what a real model has
         return None
     return sum(p.numel() for name, p in injected.named_parameters() if "lora_" in name)
+
+
+def _is_no_match(exc: Exception) -> bool:
+    from peft.utils.error import NoMatchingPeftModuleError  # compat: peft 0.21 (public since 0.14)
+
+    return isinstance(exc, NoMatchingPeftModuleError) or "not found in the base model" in str(exc)
 
 
 @functools.cache
@@ -263,9 +287,17 @@ def analysis_for(ctx) -> TargetAnalysis | Exception | None:
     return memo["targets"]
 
 
-def _rank_for(config, name: str) -> int:
-    """The rank peft gives this module: the first rank_pattern key matching its name, else r."""
-    for pattern, rank in (config.rank_pattern or {}).items():
-        if re.search(pattern, name):
-            return int(rank)
-    return int(config.r)
+def rank_and_alpha_for(config, name: str) -> tuple[int, float]:
+    """The rank and alpha peft gives the module (or parameter) `name`, resolved as peft resolves them."""
+    rank_pattern = config.rank_pattern or {}
+    alpha_pattern = config.alpha_pattern or {}
+    rank = rank_pattern.get(peft_pattern_key(rank_pattern, name), config.r)
+    alpha = alpha_pattern.get(peft_pattern_key(alpha_pattern, name), config.lora_alpha)
+    return int(rank), alpha
+
+
+def peft_pattern_key(patterns, name: str) -> str:
+    """The rank_pattern/alpha_pattern key peft picks for `name` (a key must match a whole dotted suffix)."""
+    from peft.utils.other import get_pattern_key  # compat: peft 0.21 (not exported by peft.utils)
+
+    return get_pattern_key(list(patterns), name)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import re
+
+import pytest
 
 from checks.rules import CHECKS, all_rules
 from checks.rules.rc303_bnb_optimizer_gpu import BNB_OPTIMIZERS
@@ -42,3 +45,70 @@ def test_every_rule_but_the_informational_one_has_a_broken_recipe_in_the_corpus(
 
 def test_bitsandbytes_optimizers_are_real_transformers_names():
     assert BNB_OPTIMIZERS <= set(optimizer_names())
+
+
+def _tiny_llama():
+    import torch
+    import transformers
+
+    config = transformers.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, vocab_size=256)
+    with torch.device("meta"):
+        return transformers.LlamaForCausalLM(config)
+
+
+ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@pytest.mark.parametrize("rank_pattern", [
+    {"proj": 64},  # a key matches a whole dotted suffix in peft: 'proj' is no module's name, so every rank is r
+    {"q_proj": 64},
+    {"model.layers.0.self_attn.q_proj": 32},
+    {r"layers\.\d\.mlp\..*": 4},
+], ids=["proj", "q_proj", "one-module", "regex"])
+def test_adapter_count_resolves_rank_pattern_as_peft_injects_it(rank_pattern):
+    from peft import LoraConfig, get_peft_model
+
+    from checks.targets import analyse_targets
+
+    config = LoraConfig(r=8, target_modules=ALL_PROJECTIONS, rank_pattern=rank_pattern)
+    counted = analyse_targets(copy.deepcopy(config), _tiny_llama(), _tiny_llama).adapter_params
+    injected = get_peft_model(_tiny_llama(), copy.deepcopy(config))
+    assert counted == sum(p.numel() for name, p in injected.named_parameters() if "lora_" in name)
+
+
+def test_rank_and_alpha_are_the_ones_peft_gives_each_module():
+    from peft import LoraConfig, get_peft_model
+
+    from checks.targets import rank_and_alpha_for
+
+    config = LoraConfig(r=8, lora_alpha=16, target_modules=ALL_PROJECTIONS,
+                        rank_pattern={"proj": 64, "v_proj": 4}, alpha_pattern={"o_proj": 3, "self_attn": 99})
+    injected = get_peft_model(_tiny_llama(), copy.deepcopy(config)).base_model.model
+    wrapped = {name: m for name, m in injected.named_modules() if hasattr(m, "lora_alpha") and "default" in m.r}
+    assert len(wrapped) == 2 * len(ALL_PROJECTIONS)
+    for name, module in wrapped.items():
+        assert rank_and_alpha_for(config, name) == (module.r["default"], module.lora_alpha["default"]), name
+
+
+def test_a_refusal_of_peft_injection_points_at_the_key_peft_names():
+    from checks.engine import check_recipe
+    from checks.gpus import GpuCatalog
+    from checks.options import Options
+
+    path = CORPUS / "rc209-target-parameters-with-dropout.yaml"
+    _, results = check_recipe(path, Options(), GpuCatalog.load(), traced=False)
+    [finding] = [f for r in results for f in r.findings if f.rule_id == "RC209"]
+    assert finding.key == "lora.lora_dropout"
+    assert finding.location.line == 8
+    assert "lora_dropout != 0" in finding.message
+
+
+def test_the_lora_key_named_in_a_peft_message_is_found_by_its_whole_name():
+    from checks.rules.rc209_peft_injection_rejected import named_lora_key
+
+    section = {"r": 16, "lora_dropout": 0.05, "use_dora": True, "target_parameters": []}
+    assert named_lora_key("lora.ParamWrapper does not work with lora_dropout != 0.", section) == "lora_dropout"
+    assert named_lora_key("lora.ParamWrapper does not work with use_dora=True.", section) == "use_dora"
+    assert named_lora_key("`r` should be a positive integer", section) == "r"
+    assert named_lora_key("lora.ParamWrapper does not work with lora_bias=True.", section) is None
