@@ -42,11 +42,21 @@ def github_annotation(finding: Finding) -> str:
     """One `::error file=..,line=..::msg` workflow command (GitHub Actions annotations)."""
     level = {Severity.ERROR: "error", Severity.WARNING: "warning", Severity.INFO: "notice"}[finding.severity]
     message = finding.message + (f" -- help: {finding.help}" if finding.help else "")
-    message = message.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    loc = finding.location
     return (
-        f"::{level} file={finding.location.path},line={finding.location.line},col={finding.location.column},"
-        f"title={finding.rule_id} {finding.check}::{message}"
+        f"::{level} file={_escape_property(loc.path)},line={loc.line},col={loc.column},"
+        f"title={_escape_property(f'{finding.rule_id} {finding.check}')}::{_escape_data(message)}"
     )
+
+
+def _escape_data(text: str) -> str:
+    """A workflow command's message: a newline would end the command, a '%' start an escape."""
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def _escape_property(text: str) -> str:
+    """A property value (file, title): ',' separates properties and '::' ends them."""
+    return _escape_data(text).replace(":", "%3A").replace(",", "%2C")
 
 
 def to_json(findings: list[Finding]) -> str:
