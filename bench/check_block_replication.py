@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from checks.memory.step import StepSettings, _NotPeriodic, build_step_model, run_step
+from checks.memory.step import NotPeriodic, StepSettings, build_step_model, run_step
 from checks.models.resolve import bundled_ids, resolve_model_config
 
 LORA = (("lora_alpha", 16), ("r", 16), ("target_modules", "all-linear"), ("task_type", "CAUSAL_LM"))
@@ -64,7 +64,7 @@ def main(argv=None) -> int:
                     print(f"{model_id:45} {name:27} not replicated: {'; '.join(built.notes) or 'too few blocks'}")
                     continue
                 replicated = run_step(built, settings, keep_curve=True)
-            except _NotPeriodic as exc:
+            except NotPeriodic as exc:
                 print(f"{model_id:45} {name:27} falls back to the full trace: {exc}")
                 continue
             except Exception as exc:  # noqa: BLE001  a setting this model cannot run is reported, not fatal

@@ -19,10 +19,10 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from checks.gpus import GIB  # noqa: E402
 from checks.memory.step import StepSettings, trace_training_step  # noqa: E402
 from checks.models.resolve import ModelResolutionError, resolve_model_config  # noqa: E402
 
-GIB = 1024**3
 # torchtune's projection names -> transformers' (torchtune/modules/peft: LORA_ATTN_MODULES)
 TORCHTUNE_NAMES = {"output_proj": "o_proj", "w1": "gate_proj", "w2": "down_proj", "w3": "up_proj"}
 OPTIMIZERS = {None: "adamw_torch", "adamw": "adamw_torch"}

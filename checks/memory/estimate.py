@@ -8,12 +8,14 @@ import dataclasses
 import functools
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
-from checks.memory.step import StepSettings, StepTrace, TraceError, settings_from_recipe, trace_training_step
+from checks.gpus import GIB
+from checks.memory.errors import TraceError
+from checks.memory.settings import StepSettings, settings_from_recipe
 
-GIB = 1024**3
 OVERHEADS_FILE = Path(__file__).resolve().parent.parent / "data" / "memory_overheads.yaml"
 
 
@@ -44,7 +46,7 @@ class Estimate:
     breakdown: dict[str, int]  # category -> bytes at the peak, overhead included
     paged_bytes: int  # optimizer state in CUDA managed memory: can spill to host memory
     peak_phase: str
-    trace: StepTrace
+    trace: Any  # the StepTrace
     fixes: list[Fix] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -79,7 +81,7 @@ def budget_for(recipe, gpu) -> tuple[int, str]:
     return int(gpu.memory_bytes * (1 - margin)), f"{gpu.key} memory less {margin:.0%} allocator margin"
 
 
-def _total(trace: StepTrace) -> int:
+def _total(trace) -> int:
     return trace.timeline.peak_bytes + overhead_bytes()
 
 
@@ -87,6 +89,9 @@ def estimate(recipe, resolved, gpu, *, with_fixes: bool = True) -> Estimate:
     settings = settings_from_recipe(recipe, resolved.config)
     task = recipe.lora.task_type if recipe.lora else "CAUSAL_LM"
     try:
+        # imported here: a library that lacks what the trace needs is a CompatError, a finding
+        from checks.memory.step import trace_training_step
+
         trace = trace_training_step(resolved, settings, task)
     except TraceError:
         raise
@@ -143,6 +148,8 @@ def candidate_fixes(settings: StepSettings, model_type: str | None = None) -> li
 
 
 def rank_fixes(resolved, settings: StepSettings, task: str, base: Estimate) -> list[Fix]:
+    from checks.memory.step import trace_training_step
+
     fixes = []
     for name, change, changed in candidate_fixes(settings, resolved.config.get("model_type")):
         try:

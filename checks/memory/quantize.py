@@ -12,6 +12,8 @@ import math
 
 import torch
 
+from checks import compat
+
 NF4_CODE_SIZE = 16  # bitsandbytes' NF4/FP4 code books have 16 fp32 entries
 DYNAMIC_CODE_SIZE = 256  # the 8-bit dynamic map that double quantization uses for absmax
 NESTED_BLOCKSIZE = 256
@@ -46,8 +48,6 @@ def quantize_model_4bit(model, quantization, compute_dtype: torch.dtype, real: b
     """
     import bitsandbytes as bnb
     from transformers import BitsAndBytesConfig
-    from transformers.integrations.bitsandbytes import replace_with_bnb_linear
-    from transformers.quantizers.base import get_keys_to_not_convert
 
     config = BitsAndBytesConfig(
         load_in_4bit=True,
@@ -56,17 +56,17 @@ def quantize_model_4bit(model, quantization, compute_dtype: torch.dtype, real: b
         bnb_4bit_use_double_quant=quantization.bnb_4bit_use_double_quant,
         bnb_4bit_quant_storage=quantization.bnb_4bit_quant_storage or "uint8",
     )
-    skip = list(get_keys_to_not_convert(model)) + list(quantization.llm_int8_skip_modules or [])
+    skip = compat.keys_to_not_convert(model) + list(quantization.llm_int8_skip_modules or [])
     originals = {name: m for name, m in model.named_modules() if type(m) is torch.nn.Linear}
-    replace_with_bnb_linear(model, modules_to_not_convert=skip, quantization_config=config)
+    compat.replace_with_bnb_linear(model, modules_to_not_convert=skip, quantization_config=config)
     count = 0
     for name, module in model.named_modules():
         if isinstance(module, bnb.nn.Linear4bit) and real:
-            weight = bnb.nn.Params4bit(
+            weight = compat.quantize_on_cpu(bnb.nn.Params4bit(
                 originals[name].weight.data.to(compute_dtype), requires_grad=False, blocksize=64,
                 compress_statistics=quantization.bnb_4bit_use_double_quant,
                 quant_type=quantization.bnb_4bit_quant_type, quant_storage=torch.uint8, module=module,
-            )._quantize("cpu")
+            ))
             module.weight = weight
             module.quant_state = weight.quant_state
             if module.bias is not None:
@@ -102,20 +102,18 @@ def quantize_model_8bit(model, threshold: float, skip_modules: list, real: bool 
     actual weights with bitsandbytes' Int8Params; otherwise tensors of the same layout."""
     import bitsandbytes as bnb
     from transformers import BitsAndBytesConfig
-    from transformers.integrations.bitsandbytes import replace_with_bnb_linear
-    from transformers.quantizers.base import get_keys_to_not_convert
 
     config = BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=threshold)
-    skip = list(get_keys_to_not_convert(model)) + list(skip_modules or [])
+    skip = compat.keys_to_not_convert(model) + list(skip_modules or [])
     originals = {name: m for name, m in model.named_modules() if type(m) is torch.nn.Linear}
-    replace_with_bnb_linear(model, modules_to_not_convert=skip, quantization_config=config)
+    compat.replace_with_bnb_linear(model, modules_to_not_convert=skip, quantization_config=config)
     count = 0
     for name, module in model.named_modules():
         if not isinstance(module, bnb.nn.Linear8bitLt):
             continue
         if real:
-            weight = bnb.nn.Int8Params(originals[name].weight.data, requires_grad=False,
-                                       has_fp16_weights=False)._quantize("cpu")
+            weight = compat.quantize_on_cpu(bnb.nn.Int8Params(originals[name].weight.data, requires_grad=False,
+                                                              has_fp16_weights=False))
         else:
             weight = torch.nn.Parameter(torch.empty((module.out_features, module.in_features), dtype=torch.int8),
                                         requires_grad=False)

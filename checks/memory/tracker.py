@@ -1,4 +1,5 @@
 """Account the bytes a training step holds, allocation by allocation, as the CUDA caching allocator would.
+(bitsandbytes kernels that need emulating to be accounted are in kernels.py.)
 
 A TorchDispatchMode sees every op's outputs; each new storage is one allocation (rounded up to the
 allocator's 512-byte granularity) and is freed when its storage dies. The tracker logs allocations
@@ -20,8 +21,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
+
+from checks import compat
+from checks.memory.kernels import DEQUANTIZE_OPS, EMULATED
+
+TorchDispatchMode = compat.torch_dispatch_mode()
+tree_flatten = compat.require("torch.utils._pytree.tree_flatten")
 
 # c10/cuda/CUDACachingAllocator.cpp: every block is rounded up to kMinBlockSize = 512 bytes.
 ALLOCATION_GRANULARITY = 512
@@ -74,6 +79,7 @@ class MemoryTracker(TorchDispatchMode):
     log: list[tuple[int, int, int | None]] = field(default_factory=list)
     segment: int | None = None  # the decoder block whose forward or backward is running
     unscalable: str | None = None  # why this trace cannot stand for more blocks, if it cannot
+    ops: set[str] = field(default_factory=set)  # the name of every op dispatched or emulated
     _by_storage: Any = field(default=None)
 
     def __post_init__(self) -> None:
@@ -86,16 +92,13 @@ class MemoryTracker(TorchDispatchMode):
         name = func.name()
         if name.startswith("aten::_foreach_") and self.phase == "optimizer":
             self.segment = None  # a multi-tensor optimizer: no one parameter's span, each output has its block
-        if name == "bitsandbytes::gemm_4bit":
-            # On CUDA, bitsandbytes runs training-size matmuls (more than 1536 rows) as
-            # dequantize + F.linear (backends/cuda/ops.py: _dequant_linear_fallback); its fake
-            # kernel only returns the output, so run the same decomposition here.
-            return self._gemm_4bit_as_cuda_fallback(*args, **kwargs)
-        if name in _INT8_OPS:
-            return getattr(self, _INT8_OPS[name])(*args, **kwargs)
+        self.ops.add(name)
+        emulated = EMULATED.get(name)
+        if emulated is not None:
+            return emulated(self, *args, **kwargs)
         out = func(*args, **kwargs)
         region = self.region
-        if name in ("bitsandbytes::dequantize_4bit", "bitsandbytes::dequantize_blockwise"):
+        if name in DEQUANTIZE_OPS:
             self.region = "dequantized_weights"
         try:
             outputs = tree_flatten(out)[0]
@@ -142,51 +145,6 @@ class MemoryTracker(TorchDispatchMode):
             if block is not None:
                 allocation.per_block[block] = allocation.per_block.get(block, 0) + t.numel() * t.element_size()
 
-    def _gemm_4bit_as_cuda_fallback(self, A, B, shapeB, absmax, blocksize, quant_type, bias=None,
-                                    absmax_8bit=None, absmax_code=None, absmax_offset=None):
-        # Ops called here bypass this mode, so each intermediate is tracked by hand, in order.
-        ops = torch.ops.bitsandbytes
-        region = self.region
-        self.region = "dequantized_weights"
-        try:
-            if absmax_8bit is not None:
-                nested = ops.dequantize_blockwise.default(absmax_8bit, absmax, absmax_code, 256, torch.float32)
-                self.track(nested)
-                absmax = nested + absmax_offset
-                self.track(absmax)
-                del nested
-            weight = ops.dequantize_4bit.default(B, absmax, blocksize, quant_type, list(shapeB), A.dtype)
-            self.track(weight)
-            del absmax
-        finally:
-            self.region = region
-        out = torch.nn.functional.linear(A, weight, bias)
-        self.track(out)
-        return out
-
-    # LLM.int8(): the outlier columns an input has depend on its values, which fake tensors do not
-    # have; the trace takes none (their fp16 slice, tokens x outlier columns, is not counted).
-    def _int8_quant_without_outliers(self, A, threshold=0.0):
-        out_row, row_stats, _ = torch.ops.bitsandbytes.int8_vectorwise_quant.default(A, 0.0)
-        self.track(out_row, op="bitsandbytes::int8_vectorwise_quant")
-        self.track(row_stats, op="bitsandbytes::int8_vectorwise_quant")
-        outliers = torch.empty(0, dtype=torch.int64) if threshold > 0.0 else None
-        return out_row, row_stats, outliers
-
-    def _int8_mixed_scaled_mm_without_outliers(self, A, CA, CB, SCA, SCB, outlier_cols=None, bias=None):
-        sub_a = torch.empty(0, dtype=A.dtype)  # what bitsandbytes returns when there is no outlier
-        self.track(sub_a, op="bitsandbytes::int8_mixed_scaled_mm")
-        return self._int8_scaled_mm(CA, CB, SCA, SCB, bias=bias, dtype=A.dtype), sub_a
-
-    def _int8_scaled_mm(self, A, B, row_stats, col_stats, bias=None, dtype=None):
-        # bitsandbytes' kernel for every device: an int32 product, then the dequantized output
-        ops = torch.ops.bitsandbytes
-        product = ops.int8_linear_matmul.default(A, B)
-        self.track(product, op="bitsandbytes::int8_linear_matmul")
-        out = ops.int8_mm_dequant.default(product, row_stats, col_stats, dtype=dtype or torch.float16, bias=bias)
-        self.track(out, op="bitsandbytes::int8_mm_dequant")
-        return out
-
     def track(self, tensor: torch.Tensor, tag: str | None = None, op: str = "", block=None) -> _Allocation:
         storage = tensor.untyped_storage()
         known = self._by_storage.get(id(storage))
@@ -198,6 +156,8 @@ class MemoryTracker(TorchDispatchMode):
         if block is None:
             block = self.segment
         raw = storage.nbytes()
+        if op:
+            self.ops.add(op)
         allocation = _Allocation(len(self.allocations), allocation_bytes(raw), self.phase, self.region, tag, op=op,
                                  raw=raw, block=block)
         self.allocations.append(allocation)
@@ -328,8 +288,3 @@ class MemoryTracker(TorchDispatchMode):
 
 
 _MIXED = object()  # an op's inputs come from several decoder blocks
-_INT8_OPS = {
-    "bitsandbytes::int8_vectorwise_quant": "_int8_quant_without_outliers",
-    "bitsandbytes::int8_mixed_scaled_mm": "_int8_mixed_scaled_mm_without_outliers",
-    "bitsandbytes::int8_scaled_mm": "_int8_scaled_mm",
-}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from checks.findings import Severity
 from checks.rules.base import Rule
 
-GIB = 1024**3
+from checks.gpus import GIB
 
 
 class VramBudget(Rule):

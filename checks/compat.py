@@ -1,0 +1,181 @@
+"""Every private API of torch, transformers, peft and bitsandbytes that recipe-checks touches, in one place,
+and the library versions it is tested with.
+
+Written against torch 2.13, transformers 5.0-5.24, peft 0.18-0.21, bitsandbytes 0.46.1-0.50 (the range in
+SUPPORTED, proven by ci/oldest-releases and ci/newest-releases). Each symbol is looked up at first use; a
+missing one raises CompatError, which names the library, its installed version, the symbol and the
+supported range, instead of an AttributeError in the middle of a trace. Nothing here imports a heavy
+library at import time: `version_warnings()` runs at session start.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.metadata
+import re
+from typing import Any
+
+from checks.memory.errors import TraceError
+
+# distribution -> (oldest, newest) tested release; the newest is a release series (5.24 is any 5.24.x).
+# pyproject.toml declares the same range and ci/constraints.txt pins the newest.
+SUPPORTED: dict[str, tuple[str, str]] = {
+    "torch": ("2.13.0", "2.13"),
+    "transformers": ("5.0.0", "5.24"),
+    "peft": ("0.18.0", "0.21"),
+    "bitsandbytes": ("0.46.1", "0.50"),
+    "accelerate": ("1.1.0", "1.15"),
+    "huggingface_hub": ("1.3.0", "2.4"),
+    "pydantic": ("2.6.0", "2.14"),
+}
+
+
+class CompatError(TraceError):
+    """An installed library lacks a symbol recipe-checks uses: a finding, not a crash."""
+
+
+def installed_version(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _release(version: str) -> tuple[int, ...]:
+    """The numeric release of a version string: '2.13.0+cpu' -> (2, 13, 0), '5.0.0rc1' -> (5, 0, 0)."""
+    match = re.match(r"\d+(?:\.\d+)*", version)
+    return tuple(int(part) for part in match.group(0).split("."))[:3] if match else ()
+
+
+def supported_range(distribution: str) -> str:
+    oldest, newest = SUPPORTED[distribution]
+    return f"{'.'.join(oldest.split('.')[:2]) if oldest.endswith('.0') else oldest}-{newest}"
+
+
+def _recipe_checks_version() -> str:
+    return installed_version("recipe-checks") or "(not installed)"
+
+
+def version_warnings() -> list[str]:
+    """One warning per installed library outside the tested range; an empty list when all are in it."""
+    warnings = []
+    for distribution, (oldest, newest) in SUPPORTED.items():
+        version = installed_version(distribution)
+        if version is None:
+            continue  # bitsandbytes is optional; the others are dependencies pip installed
+        release = _release(version)
+        tested = f"the tested range {supported_range(distribution)} of recipe-checks {_recipe_checks_version()}"
+        if release < _release(oldest):
+            warnings.append(f"{distribution} {version} is below {tested}: the memory trace may fail or count "
+                            f"differently; install {distribution}>={oldest}")
+        elif release[: len(_release(newest))] > _release(newest):
+            warnings.append(f"{distribution} {version} is above {tested}: it is untested, and a private API the "
+                            f"memory trace uses may have changed; install {distribution}<={newest}.* to be sure")
+    return warnings
+
+
+def _missing(dotted: str) -> CompatError:
+    distribution = dotted.split(".")[0]
+    version = installed_version(distribution) or "(not installed)"
+    return CompatError(f"{distribution} {version} lacks {dotted}; recipe-checks supports {distribution} "
+                       f"{supported_range(distribution)}")
+
+
+@functools.cache
+def require(dotted: str) -> Any:
+    """The object at a dotted path (module, then attributes), e.g.
+    'bitsandbytes.autograd._functions.MatMul8bitLt'; CompatError when any part is missing."""
+    parts = dotted.split(".")
+    for split in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:split]))
+        except ModuleNotFoundError:
+            continue
+        try:
+            for attr in parts[split:]:
+                obj = getattr(obj, attr)
+        except AttributeError:
+            raise _missing(dotted) from None
+        return obj
+    raise _missing(dotted)
+
+
+# -- torch ------------------------------------------------------------------------------------------
+def fake_tensor_mode() -> type:
+    return require("torch._subclasses.fake_tensor.FakeTensorMode")
+
+
+def torch_dispatch_mode() -> type:
+    return require("torch.utils._python_dispatch.TorchDispatchMode")
+
+
+def tensor_slots(module) -> tuple[dict, dict]:
+    """A module's own parameter and buffer dicts (torch.nn.Module._parameters, _buffers), whose entries
+    are replaced in place: `module.weight = t` would run peft's and bitsandbytes' __setattr__ checks."""
+    try:
+        return module._parameters, module._buffers
+    except AttributeError:
+        raise _missing("torch.nn.Module._parameters") from None
+
+
+def bitsandbytes_op(name: str):
+    """torch.ops.bitsandbytes.<name>.default, the op bitsandbytes registers with torch."""
+    require("bitsandbytes")  # importing it registers the ops
+    import torch
+
+    try:
+        return getattr(torch.ops.bitsandbytes, name).default
+    except (AttributeError, RuntimeError):
+        raise _missing(f"bitsandbytes.torch.ops.bitsandbytes.{name}") from None
+
+
+# -- transformers -----------------------------------------------------------------------------------
+def masking_utils():
+    """transformers.masking_utils, with the two functions the trace replaces checked to exist."""
+    require("transformers.masking_utils.is_tracing")
+    require("transformers.masking_utils.find_packed_sequence_indices")
+    return require("transformers.masking_utils")
+
+
+def attn_implementation(config) -> str | None:
+    """The attention a built model runs (config._attn_implementation; transformers has no public getter)."""
+    if not hasattr(config, "_attn_implementation"):
+        raise _missing("transformers.PretrainedConfig._attn_implementation")
+    return config._attn_implementation
+
+
+def keys_to_not_convert(model) -> list[str]:
+    """The modules transformers leaves unquantized (the output head, tied weights)."""
+    return list(require("transformers.quantizers.base.get_keys_to_not_convert")(model))
+
+
+def replace_with_bnb_linear(model, modules_to_not_convert: list[str], quantization_config) -> None:
+    require("transformers.integrations.bitsandbytes.replace_with_bnb_linear")(
+        model, modules_to_not_convert=modules_to_not_convert, quantization_config=quantization_config)
+
+
+# -- bitsandbytes -----------------------------------------------------------------------------------
+def int8_matmul_classes() -> tuple[type, type]:
+    """(MatMul8bitLt, MatmulLtState): the autograd function of LLM.int8() on CUDA and its state."""
+    return (require("bitsandbytes.autograd._functions.MatMul8bitLt"),
+            require("bitsandbytes.autograd._functions.MatmulLtState"))
+
+
+def quantize_on_cpu(param):
+    """Really quantize a Params4bit or Int8Params on the CPU (their private _quantize; .to('cpu')
+    does not quantize a tensor already on the CPU)."""
+    if not hasattr(type(param), "_quantize"):
+        raise _missing(f"bitsandbytes.nn.{type(param).__name__}._quantize")
+    return param._quantize("cpu")
+
+
+# -- peft -------------------------------------------------------------------------------------------
+def lora_create_new_module(lora_config, adapter_name: str, target, **kwargs):
+    """peft's LoraModel._create_new_module: the LoRA layer peft would wrap `target` in."""
+    return require("peft.tuners.lora.model.LoraModel._create_new_module")(lora_config, adapter_name, target, **kwargs)
+
+
+def include_all_linear_layers(peft_config, model):
+    """peft's _maybe_include_all_linear_layers: the config with 'all-linear' expanded for this model."""
+    return require("peft.tuners.tuners_utils._maybe_include_all_linear_layers")(peft_config, model)

@@ -1,0 +1,134 @@
+"""Build the model a recipe trains, as the training script builds it: transformers' architecture, four
+of its identical blocks, bitsandbytes' quantized layers, peft's adapters, checkpointing, the chunked loss.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+from checks import compat
+from checks.memory.blocks import TRACED_BLOCKS, decoder_blocks, first_different_block, keep_blocks
+from checks.memory.settings import StepSettings, thaw
+
+
+@dataclass
+class StepModel:
+    """The model a recipe trains, ready for run_step."""
+
+    model: Any
+    fake: Any  # the FakeTensorMode its tensors belong to; None for real tensors
+    quantized: int  # 4-bit or 8-bit layers in the built model
+    blocks: Any = None  # the decoder blocks' ModuleList, when found
+    copies: int = 0  # how many more blocks like block 1 the full-size model has than the built one
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _QuantSettings:
+    bnb_4bit_quant_type: str
+    bnb_4bit_use_double_quant: bool
+    bnb_4bit_quant_storage: str
+    llm_int8_skip_modules: list
+
+
+@contextlib.contextmanager
+def quiet():
+    """transformers, peft and bitsandbytes log and print advice meant for real runs: silence it."""
+    loggers = [logging.getLogger(n) for n in ("transformers", "peft", "bitsandbytes")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def lora_config(settings: StepSettings):
+    """peft's LoraConfig for the settings' adapters (the recipe's lora section, as peft takes it)."""
+    from peft import LoraConfig
+
+    return LoraConfig(**thaw(settings.lora))
+
+
+def build_step_model(resolved, settings: StepSettings, task_type: str = "CAUSAL_LM", *, real: bool = False,
+                     replicate_blocks: bool = False) -> StepModel:
+    """The model a recipe trains, as the training script builds it.
+
+    Fake (the default): built on the meta device (module conversions such as peft's .to() cannot
+    swap fake parameters), then every parameter and buffer becomes a fake CPU tensor. Real: built
+    with real CPU tensors and really quantized, to validate the fake trace on small models.
+    `replicate_blocks`: when every decoder block is identical, keep only TRACED_BLOCKS of them.
+    """
+    import torch
+    import transformers
+
+    from checks.memory.materialize import materialize_fake
+    from checks.memory.quantize import quantize_model_4bit, quantize_model_8bit
+    from checks.models.skeleton import _AUTO_CLASS_BY_TASK, build_config
+
+    config = build_config(resolved)
+    auto_class = getattr(transformers, _AUTO_CLASS_BY_TASK.get(task_type, "AutoModelForCausalLM"))
+    weights_dtype = getattr(torch, settings.weights_dtype)
+    quantized = 0
+    notes = []
+    with quiet(), torch.device("cpu" if real else "meta"):
+        model = auto_class.from_config(config, dtype=weights_dtype, attn_implementation=settings.attn_implementation)
+        attention = compat.attn_implementation(model.config)
+        if settings.attn_implementation is None and attention != "sdpa":
+            notes.append(f"{attention} attention traced: transformers' default for "
+                         f"{type(model).__name__}, which has no sdpa implementation")
+        blocks = decoder_blocks(model)
+        copies = 0
+        if replicate_blocks and blocks is not None and len(blocks) > TRACED_BLOCKS + 1:
+            different = first_different_block(blocks, model.config)
+            if different is None:
+                copies = len(blocks) - TRACED_BLOCKS
+                keep_blocks(blocks, TRACED_BLOCKS)
+            else:
+                notes.append(f"all {len(blocks)} decoder blocks traced: block {different} differs from block 0")
+        if settings.quant_4bit:
+            quant = thaw(settings.quant_4bit)
+            q = _QuantSettings(quant["quant_type"], quant["double_quant"], quant["quant_storage"], list(quant["skip"] or []))
+            quantized = quantize_model_4bit(model, q, getattr(torch, quant["compute_dtype"]), real=real)
+        if settings.quant_8bit:
+            quant = dict(settings.quant_8bit)
+            quantized = quantize_model_8bit(model, quant["threshold"], list(quant["skip"]), real=real)
+            if quant["threshold"] > 0:
+                notes.append("LLM.int8() outlier columns depend on the data: the trace takes none (their "
+                             "fp16 input slice, tokens x outlier columns, is not counted)")
+        if settings.lora:
+            from peft import get_peft_model, prepare_model_for_kbit_training
+
+            if quantized:
+                # TRL's SFTTrainer prepares quantized models this way: non-quantized weights to fp32
+                model = prepare_model_for_kbit_training(
+                    model, use_gradient_checkpointing=settings.gradient_checkpointing,
+                    gradient_checkpointing_kwargs=thaw(settings.gradient_checkpointing_kwargs) or None,
+                )
+            model = get_peft_model(model, lora_config(settings))
+        if settings.gradient_checkpointing:
+            model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs=thaw(settings.gradient_checkpointing_kwargs) or None
+            )
+            if settings.lora:
+                model.enable_input_require_grads()
+        if settings.chunked_loss:
+            from checks.memory.chunked_loss import use_chunked_loss
+
+            # the Trainer patches the model under the peft wrapper (_apply_liger_kernel_to_instance)
+            use_chunked_loss(model.get_base_model() if hasattr(model, "get_base_model") else model)
+        model.train()
+    fake = None
+    if not real:
+        fake = compat.fake_tensor_mode()(allow_non_fake_inputs=True)
+        materialize_fake(model, fake)
+    return StepModel(model, fake, quantized, blocks, copies, notes)
