@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -87,13 +86,43 @@ def test_remote_code_architectures_are_never_built_without_opt_in(tmp_path):
     assert info.value.rule_id == "RC107"
 
 
-def test_network_is_not_used_unless_allowed(monkeypatch):
+class HubContacted(BaseException):
+    """Not an Exception: a broad `except Exception` in the code under test cannot swallow it."""
+
+
+@pytest.fixture
+def hub_contacts(monkeypatch) -> list[str]:
+    """Every way out to the hub (huggingface_hub's downloads, any socket) records itself and raises."""
+    import socket
+
     import huggingface_hub
+    import huggingface_hub.file_download as file_download
 
-    def boom(*args, **kwargs):
-        raise AssertionError("the hub was contacted without --recipes-allow-network")
+    contacts: list[str] = []
 
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", boom)
-    with pytest.raises(ModelResolutionError):
+    def refuse(what: str):
+        def contact(*args, **kwargs):
+            contacts.append(what)
+            raise HubContacted(what)
+        return contact
+
+    for module, name in [(huggingface_hub, "hf_hub_download"), (huggingface_hub, "snapshot_download"),
+                         (file_download, "hf_hub_download"), (file_download, "get_hf_file_metadata")]:
+        monkeypatch.setattr(module, name, refuse(f"{module.__name__}.{name}"))
+    monkeypatch.setattr(socket.socket, "connect", refuse("socket.connect"))
+    monkeypatch.setattr(socket, "create_connection", refuse("socket.create_connection"))
+    return contacts
+
+
+def test_network_is_not_used_unless_allowed(hub_contacts):
+    with pytest.raises(ModelResolutionError) as info:
         resolve_model_config("some-org/not-bundled-anywhere")
-    assert Path(BUNDLED_DIR).is_dir()
+    assert hub_contacts == []
+    assert "--recipes-allow-network" in info.value.help
+
+
+def test_the_hub_guard_sees_the_download_when_network_is_allowed(hub_contacts):
+    # the guard of the test above must be able to fail: with network allowed, the download reaches it
+    with pytest.raises(HubContacted):
+        resolve_model_config("some-org/not-bundled-anywhere", allow_network=True)
+    assert hub_contacts == ["huggingface_hub.hf_hub_download"]
