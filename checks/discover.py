@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from checks.recipe.load import looks_like_recipe
+from checks.limits import MAX_RECIPE_BYTES
+from checks.recipe.load import RecipeLoadError, looks_like_recipe, read_recipe_text
 
 SUFFIXES = (".yaml", ".yml")
 
@@ -20,9 +22,26 @@ def discover_recipes(paths: list[str], marker_key: str = "model") -> Iterator[Pa
         for candidate in sorted(p for p in path.rglob("*") if p.suffix in SUFFIXES and p.is_file()):
             if any(part.startswith(".") for part in candidate.relative_to(path).parts):
                 continue
-            try:
-                text = candidate.read_text(encoding="utf-8", errors="replace")
-            except OSError:
-                continue
-            if looks_like_recipe(text, marker_key):
+            if is_recipe_file(candidate, marker_key):
                 yield candidate
+
+
+def is_recipe_file(path: Path, marker_key: str = "model") -> bool:
+    """Whether a file found in a directory is a recipe: read as a recipe is read (BOMs, UTF-16), or,
+    when that is refused (too large, binary), sniffed in its first bytes, so the refusal is reported
+    for a file that looks like a recipe instead of the file vanishing from the run."""
+    try:
+        return looks_like_recipe(read_recipe_text(path), marker_key)
+    except RecipeLoadError:
+        pass
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except (OSError, ValueError):
+        return False
+    try:
+        head = os.read(fd, MAX_RECIPE_BYTES)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return looks_like_recipe(head.decode("utf-8", errors="replace"), marker_key)

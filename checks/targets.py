@@ -268,6 +268,7 @@ def suggest_for(target: str, wrappable: list[str]) -> list[str]:
 def analysis_for(ctx) -> TargetAnalysis | Exception | None:
     import warnings
     """The recipe's analysis, computed once per recipe; None when the recipe has no lora section."""
+    from checks.regex_safety import unsafe_pattern_error
     from checks.rules.rc104_lora_config_rejected import build_lora_config
 
     memo = ctx.state.memo
@@ -275,6 +276,8 @@ def analysis_for(ctx) -> TargetAnalysis | Exception | None:
         recipe = ctx.recipe
         if recipe.lora is None:
             memo["targets"] = None
+        elif (unsafe := unsafe_pattern_error(recipe.lora.model_dump(exclude_unset=True))) is not None:
+            memo["targets"] = unsafe  # matching it against every module could take hours; RC103 reports it
         else:
             config = build_lora_config(recipe.lora)
             if isinstance(config, Exception):

@@ -8,12 +8,18 @@ from __future__ import annotations
 
 import functools
 import json
+import math
+import os
+import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from checks import limits
+from checks.limits import MAX_CONFIG_BYTES, MAX_CONFIG_DEPTH, InputRefused, decode_text, read_bounded, shorten
 from checks.suggest import nearest
 
 BUNDLED_DIR = Path(__file__).with_name("configs")
@@ -63,26 +69,102 @@ def bundled_ids() -> list[str]:
     return sorted({e.hub_id for e in bundled_index().values()})
 
 
+# config.json keys transformers sizes the model by (several families' names for each), with the
+# limit each is held to before transformers builds anything, and the least value that makes sense.
+_CONFIG_SIZES: dict[str, tuple[int, int]] = {
+    **dict.fromkeys(("num_hidden_layers", "n_layer", "num_layers", "n_layers"), (limits.MAX_CONFIG_LAYERS, 1)),
+    **dict.fromkeys(("hidden_size", "n_embd", "d_model", "head_dim"), (limits.MAX_CONFIG_HIDDEN, 1)),
+    **dict.fromkeys(("intermediate_size", "n_inner", "ffn_dim", "moe_intermediate_size"),
+                    (limits.MAX_CONFIG_INTERMEDIATE, 1)),
+    "vocab_size": (limits.MAX_CONFIG_VOCAB, 1),
+    **dict.fromkeys(("num_attention_heads", "num_key_value_heads", "n_head", "num_heads"), (limits.MAX_CONFIG_HEADS, 1)),
+    **dict.fromkeys(("num_local_experts", "num_experts", "n_routed_experts", "num_experts_per_tok"),
+                    (limits.MAX_CONFIG_EXPERTS, 0)),
+    **dict.fromkeys(("max_position_embeddings", "n_positions", "n_ctx", "sliding_window"),
+                    (limits.MAX_CONFIG_POSITIONS, 0)),
+}
+
+
+def _is_dir(path: Path) -> bool:
+    """Path.is_dir without its exceptions: a NUL byte, an over-long name or a loop is 'not a directory'."""
+    try:
+        return stat.S_ISDIR(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
 def _read_config(path: Path, name: str, source: str) -> ResolvedModel:
-    if path.is_dir():
+    if _is_dir(path):
         path = path / "config.json"
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+        text = decode_text(read_bounded(path, MAX_CONFIG_BYTES, "model config"), "model config")
+    except InputRefused as exc:
+        help = exc.help
+        if "does not exist" in str(exc):
+            help = "point model.config at a config.json or a model directory, relative to the recipe file"
+        raise ModelResolutionError(str(exc), help) from None
+    try:
+        config = json.loads(text)
+    except RecursionError:
         raise ModelResolutionError(
-            f"model config '{path}' does not exist",
-            "point model.config at a config.json or a model directory, relative to the recipe file",
+            f"model config '{shorten(path)}' nests too deeply to be read", "use the config.json from the model's repository"
         ) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except ValueError as exc:  # JSONDecodeError, and integers of more than 4,300 digits
         raise ModelResolutionError(
-            f"model config '{path}' is not readable JSON: {exc}", "fix or re-download the config.json"
+            f"model config '{shorten(path)}' is not readable JSON: {shorten(exc, 200)}", "fix or re-download the config.json"
         ) from None
     if not isinstance(config, dict) or "model_type" not in config:
         raise ModelResolutionError(
-            f"'{path}' is not a transformers config.json: it has no 'model_type'",
+            f"'{shorten(path)}' is not a transformers config.json: it has no 'model_type'",
             "use the config.json from the model's repository",
         )
+    problem = config_problem(config)
+    if problem:
+        raise ModelResolutionError(
+            f"model config '{shorten(path)}': {problem} (see 'Limits on input' in the README)",
+            "use the config.json published with the model; recipe-checks builds models up to the sizes in its limits",
+        )
     return ResolvedModel(name=name, config=config, source=source)
+
+
+def config_problem(config: dict[str, Any]) -> str | None:
+    """What makes a config.json unfit to build, before transformers sees it: a model_type that is
+    not a name, a non-finite number, a size that is not a whole number or past the limits."""
+    model_type = config.get("model_type")
+    if not isinstance(model_type, str) or not model_type or len(model_type) > 100:
+        return f"'model_type' must be an architecture name such as \"llama\", not {shorten(json.dumps(model_type), 60)}"
+
+    def walk(value: Any, where: str, depth: int) -> str | None:
+        if depth > MAX_CONFIG_DEPTH:
+            return f"'{where}' nests deeper than {MAX_CONFIG_DEPTH} levels"
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"'{where}' is {value}; a config holds finite numbers"
+        if isinstance(value, dict):
+            for key, item in value.items():
+                found = _size_problem(key, item, f"{where}.{key}" if where else key) or walk(
+                    item, f"{where}.{key}" if where else key, depth + 1)
+                if found:
+                    return found
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                found = walk(item, f"{where}[{i}]", depth + 1)
+                if found:
+                    return found
+        return None
+
+    return walk(config, "", 0)
+
+
+def _size_problem(key: str, value: Any, where: str) -> str | None:
+    if key not in _CONFIG_SIZES or value is None:
+        return None
+    limit, least = _CONFIG_SIZES[key]
+    for item in value if isinstance(value, list) else [value]:  # a few families give one size per layer
+        if isinstance(item, bool) or not isinstance(item, int):
+            return f"'{where}' must be a whole number, not {shorten(json.dumps(item), 40)}"
+        if not least <= item <= limit:
+            return f"'{where}' is {item:,}; it must be between {least} and {limit:,}"
+    return None
 
 
 def _from_hub_cache(hub_id: str, revision: str | None) -> Path | None:
@@ -111,10 +193,12 @@ def resolve_model_config(
         path = path if path.is_absolute() else base_dir / path
         return _read_config(path, name, f"{config_path} (model.config)")
     assert model_id is not None
-    local = Path(model_id).expanduser()
+    if "\0" in model_id:
+        raise ModelResolutionError("the model id contains a NUL byte", "write the hub id (org/name) without it")
+    local = _expand_user(Path(model_id))
     for candidate in (local, base_dir / local) if not local.is_absolute() else (local,):
-        if candidate.is_dir() and (candidate / "config.json").exists():
-            return _read_config(candidate, name, f"local directory {candidate}")
+        if _is_dir(candidate) and _is_file(candidate / "config.json"):
+            return _read_config(candidate, name, f"local directory {shorten(candidate)}")
     cached = _from_hub_cache(model_id, revision)
     if cached is not None:
         return _read_config(cached, name, "huggingface_hub cache")
@@ -132,12 +216,37 @@ def resolve_model_config(
                 "check the hub id and your access (gated models need `huggingface-cli login`)",
             ) from None
         return _read_config(Path(downloaded), name, "downloaded from the hub")
-    near = nearest(model_id, bundled_ids(), n=3, cutoff=0.5)
+    shown = shorten(model_id)
+    url = _HUB_URL.match(model_id)
+    if url:
+        raise ModelResolutionError(
+            f"model '{shown}' is a URL; recipe-checks takes a hub id or a local path",
+            f"write the hub id: model: {url.group('id')}" if url.group("id") else "write the hub id (org/name)",
+        )
+    near = nearest(model_id, bundled_ids(), n=3, cutoff=0.5) if len(model_id) <= 200 else []
     hint = f" Did you mean {' or '.join(repr(n) for n in near)}?" if near else ""
     raise ModelResolutionError(
-        f"model '{model_id}' has no config.json here: not a local path, not in the huggingface_hub cache, "
+        f"model '{shown}' has no config.json here: not a local path, not in the huggingface_hub cache, "
         "and not bundled with recipe-checks",
         "set model.config to a config.json (relative to the recipe), or run "
-        f"`huggingface-cli download {model_id} config.json` to cache it, or allow the hub with "
+        f"`huggingface-cli download {shown} config.json` to cache it, or allow the hub with "
         f"--recipes-allow-network.{hint}",
     )
+
+
+_HUB_URL = re.compile(r"^[a-z][a-z0-9+.-]*://(?:[^/]*/)?(?P<id>[^/?#]+/[^/?#]+)?", re.IGNORECASE)
+
+
+def _expand_user(path: Path) -> Path:
+    """`~/x` and `~user/x` as the shell expands them; an unknown user leaves the path as written."""
+    try:
+        return path.expanduser()
+    except RuntimeError:  # "Could not determine home directory"
+        return path
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return False

@@ -12,7 +12,8 @@ import io
 import json
 import logging
 
-from checks.models.resolve import ResolvedModel
+from checks.limits import shorten
+from checks.models.resolve import ResolvedModel, config_problem
 
 _AUTO_CLASS_BY_TASK = {
     "CAUSAL_LM": "AutoModelForCausalLM",
@@ -36,18 +37,21 @@ def build_config(resolved: ResolvedModel, *, trust_remote_code: bool = False):
     from transformers import AutoConfig
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
+    problem = config_problem(resolved.config)  # resolve_model_config checked it; a hand-made one may not be
+    if problem:
+        raise ModelBuildError(f"model '{shorten(resolved.name)}': {problem}", "use the config.json published with the model")
     values = dict(resolved.config)
     model_type = values.pop("model_type")
     if model_type not in CONFIG_MAPPING:
         if not trust_remote_code:
             raise ModelBuildError(
-                f"model '{resolved.name}' has model_type '{model_type}', which transformers does not know: "
+                f"model '{shorten(resolved.name)}' has model_type '{model_type}', which transformers does not know: "
                 "building it would run the model repository's own Python code",
                 "review that code, then set model.trust_remote_code: true and pass --recipes-trust-remote-code",
                 rule_id="RC107",
             )
         raise ModelBuildError(
-            f"model '{resolved.name}' needs remote code for model_type '{model_type}', and recipe-checks only "
+            f"model '{shorten(resolved.name)}' needs remote code for model_type '{model_type}', and recipe-checks only "
             "builds architectures that transformers ships",
             "check the recipe against a transformers-native port of the model, or upgrade transformers",
             rule_id="RC107",
@@ -57,7 +61,7 @@ def build_config(resolved: ResolvedModel, *, trust_remote_code: bool = False):
         return AutoConfig.for_model(model_type, **values)
     except Exception as exc:  # a malformed user config must become a finding, not a crash
         raise ModelBuildError(
-            f"model '{resolved.name}': transformers rejects its config: {exc}",
+            f"model '{shorten(resolved.name)}': transformers rejects its config: {shorten(exc, 300)}",
             "use the config.json published with the model",
         ) from None
 
@@ -78,12 +82,12 @@ def _build(config_json: str, name: str, task_type: str, trust_remote_code: bool)
             model = auto_class.from_config(config)
     except ValueError as exc:
         raise ModelBuildError(
-            f"model '{name}' ({config.model_type}) has no {auto_class.__name__} architecture: {exc}",
+            f"model '{shorten(name)}' ({config.model_type}) has no {auto_class.__name__} architecture: {shorten(exc, 300)}",
             "set lora.task_type to the task this model supports",
         ) from None
     except Exception as exc:
         raise ModelBuildError(
-            f"model '{name}': building the architecture on the meta device failed: {exc}",
+            f"model '{shorten(name)}': building the architecture on the meta device failed: {shorten(exc, 300)}",
             "use the config.json published with the model",
         ) from None
     finally:

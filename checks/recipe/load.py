@@ -14,6 +14,17 @@ from typing import Any
 import yaml
 
 from checks.findings import Finding, Location
+from checks.limits import (
+    MAX_KEY_CHARS,
+    MAX_RECIPE_BYTES,
+    MAX_STRING_CHARS,
+    MAX_YAML_DEPTH,
+    MAX_YAML_NODES,
+    InputRefused,
+    decode_text,
+    read_bounded,
+    shorten,
+)
 
 KeyPath = tuple[Any, ...]
 
@@ -38,6 +49,7 @@ class LoadedRecipe:
     key_spans: dict[KeyPath, Span] = field(default_factory=dict)
     value_spans: dict[KeyPath, Span] = field(default_factory=dict)
     duplicate_keys: list[KeyPath] = field(default_factory=list)
+    duplicate_of: dict[KeyPath, str] = field(default_factory=dict)  # a duplicate -> the key it repeats, as written
 
     def location(self, key_path: KeyPath = (), *, at_value: bool = True) -> Location:
         """The best position for a key path: the value (or key) itself, else its nearest parent's key."""
@@ -67,6 +79,90 @@ class RecipeLoadError(Exception):
         self.finding = finding
 
 
+class _InputLimit(Exception):
+    """A recipe past one of the limits on input (checks.limits), at a node of the YAML."""
+
+    def __init__(self, message: str, help: str, mark: yaml.Mark | None) -> None:
+        super().__init__(message)
+        self.help = help
+        self.mark = mark
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """SafeLoader that stops composing past MAX_YAML_DEPTH levels: the composer recurses per level,
+    so a deeply nested file would otherwise end in a RecursionError."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent, index):
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise _InputLimit(*_too_deep(), self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _too_deep() -> tuple[str, str]:
+    return (
+        f"the recipe nests deeper than {MAX_YAML_DEPTH} levels",
+        "a recipe nests a few levels (section, key, value); flatten the structure",
+    )
+
+
+def _measure(root: yaml.Node) -> None:
+    """Refuse, before anything is constructed, a document that expands past the limits: aliases and
+    merge keys are counted as often as they are used (a "billion laughs" file is 1 KiB of text and
+    10^9 nodes), an alias inside its own anchor is a recursive structure, and over-long keys and
+    strings are refused at their line."""
+    sizes: dict[int, int] = {}
+    on_path: set[int] = set()
+
+    def size(node: yaml.Node, depth: int, is_key: bool = False) -> int:
+        if depth > MAX_YAML_DEPTH:
+            raise _InputLimit(*_too_deep(), node.start_mark)
+        ident = id(node)
+        if ident in sizes:
+            return sizes[ident]
+        if isinstance(node, yaml.ScalarNode):
+            limit, what = (MAX_KEY_CHARS, "key") if is_key else (MAX_STRING_CHARS, "value")
+            if len(node.value) > limit:
+                raise _InputLimit(
+                    f"a {what} of {len(node.value):,} characters ('{shorten(node.value, 40)}'), more than the {limit:,} "
+                    f"a recipe {what} may have",
+                    "recipe keys are argument names and values are short ids, paths and numbers: shorten it",
+                    node.start_mark,
+                )
+            total = 1
+        else:
+            if ident in on_path:
+                raise _InputLimit(
+                    "an alias refers to the collection it is part of: the recipe is a recursive structure",
+                    "replace the alias (*name) inside its own anchor (&name) with the values themselves",
+                    node.start_mark,
+                )
+            on_path.add(ident)
+            total = 1
+            children = node.value if isinstance(node, yaml.SequenceNode) else [c for pair in node.value for c in pair]
+            for i, child in enumerate(children):
+                total += size(child, depth + 1, is_key=isinstance(node, yaml.MappingNode) and i % 2 == 0)
+                if total > MAX_YAML_NODES:
+                    raise _InputLimit(
+                        f"the recipe expands to more than {MAX_YAML_NODES:,} YAML nodes once its aliases (*name) "
+                        "and merge keys (<<) are expanded",
+                        "a recipe has a few hundred values; write the values out instead of repeating aliases of aliases",
+                        node.start_mark,
+                    )
+            on_path.discard(ident)
+        sizes[ident] = total
+        return total
+
+    size(root, 1)
+
+
 def _span(node: yaml.Node) -> Span:
     start, end = node.start_mark, node.end_mark
     return Span(start.line + 1, start.column + 1, end.line + 1, end.column + 1)
@@ -75,18 +171,43 @@ def _span(node: yaml.Node) -> Span:
 def _index(node: yaml.Node, path: KeyPath, loaded: LoadedRecipe) -> None:
     loaded.value_spans[path] = _span(node)
     if isinstance(node, yaml.MappingNode):
-        seen: set[Any] = set()
+        seen: dict[Any, str] = {}
         for key_node, value_node in node.value:
             key = key_node.value if isinstance(key_node, yaml.ScalarNode) else str(key_node.value)
             child = (*path, key)
-            if key in seen:
+            # The same key once loaded (1, 1.0, 0x1 and true are one dict key in Python) or once
+            # written as a string (1 and '1'): either way one of the values is not the one read.
+            identities = (("text", key), ("value", _key_value(key_node)))
+            first = next((seen[i] for i in identities if i in seen), None)
+            if first is not None:
                 loaded.duplicate_keys.append(child)
-            seen.add(key)
+                loaded.duplicate_of[child] = first
+            for identity in identities:
+                seen.setdefault(identity, key)
             loaded.key_spans[child] = _span(key_node)
             _index(value_node, child, loaded)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
             _index(item, (*path, i), loaded)
+
+
+_KEY_CONSTRUCTOR = yaml.constructor.SafeConstructor()
+
+
+def _key_value(key_node: yaml.Node) -> Any:
+    """The Python value a scalar key loads as (True for `true`, 1 for `0x1`)."""
+    if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+        return ("node", key_node.tag, str(key_node.value))
+    try:
+        value = _KEY_CONSTRUCTOR.construct_object(key_node)
+        hash(value)
+    except Exception:  # a key the constructor cannot make was refused when the document was built
+        return ("node", key_node.tag, key_node.value)
+    finally:
+        _KEY_CONSTRUCTOR.constructed_objects.clear()
+    if isinstance(value, float) and value != value:  # NaN equals nothing, not even itself
+        return ("nan",)
+    return value
 
 
 def looks_like_recipe(text: str, marker_key: str = "model") -> bool:
@@ -97,11 +218,24 @@ def looks_like_recipe(text: str, marker_key: str = "model") -> bool:
 def load_text(text: str, path: str) -> LoadedRecipe:
     loader = None
     try:
-        loader = yaml.SafeLoader(text)  # the reader rejects control characters here already
+        loader = _BoundedLoader(text)  # the reader rejects control characters here already
         node = loader.get_single_node()
         if node is None:
             raise RecipeLoadError(_not_a_mapping(path, "the file is empty"))
+        _measure(node)
         data = loader.construct_document(node)
+    except _InputLimit as exc:
+        line, column = (exc.mark.line + 1, exc.mark.column + 1) if exc.mark else (1, 1)
+        raise RecipeLoadError(
+            Finding("RC101", f"{exc} (see 'Limits on input' in the README)", Location(path, line, column, column + 1),
+                    check="schema", why="recipe-checks bounds what it reads so that one file cannot exhaust "
+                    "the time or memory of the session", help=exc.help)
+        ) from None
+    except RecursionError:  # cannot happen below MAX_YAML_DEPTH; kept so that no input ends in a traceback
+        raise RecipeLoadError(
+            Finding("RC101", f"the file nests too deeply to be read: {_too_deep()[0]}", Location(path, 1, 1, 1),
+                    check="schema", help=_too_deep()[1])
+        ) from None
     except yaml.MarkedYAMLError as exc:
         raise RecipeLoadError(_syntax_finding(path, exc)) from None
     except yaml.YAMLError as exc:  # reader errors (control characters) carry a position, not a mark
@@ -120,16 +254,23 @@ def load_text(text: str, path: str) -> LoadedRecipe:
     return loaded
 
 
-def load_recipe_file(path: str | Path, display_path: str | None = None) -> LoadedRecipe:
+def read_recipe_text(path: str | Path, display_path: str | None = None) -> str:
+    """A recipe file's text: a regular file of at most MAX_RECIPE_BYTES, decoded as UTF-8 (UTF-16 and
+    UTF-32 by their byte-order mark). Anything else raises RecipeLoadError with an RC101 finding."""
     shown = display_path or str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+        return decode_text(read_bounded(path, MAX_RECIPE_BYTES, "recipe"), "recipe")
+    except InputRefused as exc:
+        line = exc.line
         raise RecipeLoadError(
-            Finding("RC101", f"cannot read the recipe: {exc}", Location(shown), check="schema",
-                    help="make the file readable UTF-8 text")
+            Finding("RC101", f"cannot read the recipe: {exc}", Location(shown, line, 1 if line else 0, 2 if line else 0),
+                    check="schema", why="a recipe that cannot be read cannot be checked", help=exc.help)
         ) from None
-    return load_text(text, shown)
+
+
+def load_recipe_file(path: str | Path, display_path: str | None = None) -> LoadedRecipe:
+    shown = display_path or str(path)
+    return load_text(read_recipe_text(path, shown), shown)
 
 
 def _syntax_finding(path: str, exc: yaml.MarkedYAMLError) -> Finding:
@@ -140,6 +281,9 @@ def _syntax_finding(path: str, exc: yaml.MarkedYAMLError) -> Finding:
     hint = "check the indentation and the quoting on this line and the one above it"
     if "\t" in (exc.problem or "") or "tab" in problem:
         hint = "YAML does not allow tabs for indentation: indent with spaces"
+    if "constructor for the tag" in problem:
+        hint = ("recipes are loaded with YAML safe loading, which never builds Python objects: remove the tag "
+                "and write the plain value")
     return Finding(
         "RC101",
         f"the file is not valid YAML: {problem}{context}",

@@ -8,9 +8,13 @@ accepted by name (see checks.recipe.library) so a recipe can be copied from a tr
 from __future__ import annotations
 
 import enum
-from typing import Any, Literal
+import math
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from checks import limits
+from checks.regex_safety import describe_problem, lora_pattern_problems
 
 TORCH_DTYPES = ("auto", "float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2")
 ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
@@ -28,16 +32,40 @@ class Method(str, enum.Enum):
         return {"full": "full fine-tune", "lora": "LoRA", "dora": "DoRA", "qlora": "QLoRA", "qdora": "QDoRA"}[self.value]
 
 
+def _plain_value(value: Any) -> Any:
+    """A library kwarg the schema does not type: finite numbers, integers that fit in int64 (they
+    reach torch and C code), lists of at most MAX_LIST_ITEMS entries, at any depth."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"must be a finite number, not {value}")
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > limits.MAX_INT:
+        raise ValueError("must fit in a 64-bit integer")
+    if isinstance(value, list):
+        if len(value) > limits.MAX_LIST_ITEMS:
+            raise ValueError(f"a list of {len(value):,} entries; at most {limits.MAX_LIST_ITEMS:,} are accepted")
+        for item in value:
+            _plain_value(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            _plain_value(item)
+    return value
+
+
+# A list of names or indexes: every entry is matched against every module of the model.
+_Names = Annotated[list[str], Field(max_length=limits.MAX_LIST_ITEMS)]
+
+
 class _Section(BaseModel):
     # strict: '2e-4' (a string to PyYAML) or 'true' in quotes must not turn into a number or a bool
     # silently, since the training script that reads the same YAML would pass the string through.
-    model_config = ConfigDict(extra="forbid", strict=True, validate_default=False)
+    # allow_inf_nan=False: `.inf` and `.nan` are YAML floats that no training setting takes.
+    model_config = ConfigDict(extra="forbid", strict=True, validate_default=False, allow_inf_nan=False)
 
 
 class _LibrarySection(_Section):
     """A section that also takes any other keyword argument of its library class, by name."""
 
-    model_config = ConfigDict(extra="allow", strict=True)
+    model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)
+    __pydantic_extra__: dict[str, Annotated[Any, AfterValidator(_plain_value)]] = Field(init=False)
 
 
 class ModelSpec(_Section):
@@ -72,7 +100,7 @@ class Quantization(_LibrarySection):
     bnb_4bit_use_double_quant: bool = False
     bnb_4bit_quant_storage: str | None = None
     llm_int8_threshold: float = Field(6.0, ge=0)
-    llm_int8_skip_modules: list[str] | None = None
+    llm_int8_skip_modules: _Names | None = None
     llm_int8_enable_fp32_cpu_offload: bool = False
     llm_int8_has_fp16_weight: bool = False
 
@@ -81,14 +109,17 @@ class Lora(_LibrarySection):
     """peft.LoraConfig kwargs."""
 
     r: int = Field(8, ge=1, le=4096)
-    lora_alpha: float = Field(8, gt=0)
+    lora_alpha: float = Field(8, gt=0, le=limits.MAX_SCALE)
     lora_dropout: float = Field(0.0, ge=0, lt=1)
-    target_modules: list[str] | str | None = None
-    exclude_modules: list[str] | str | None = None
-    target_parameters: list[str] | None = None
-    layers_to_transform: list[int] | int | None = None
-    layers_pattern: list[str] | str | None = None
-    modules_to_save: list[str] | None = None
+    target_modules: _Names | str | None = None
+    exclude_modules: _Names | str | None = None
+    target_parameters: _Names | None = None
+    layers_to_transform: Annotated[list[int], Field(max_length=limits.MAX_LIST_ITEMS)] | int | None = None
+    layers_pattern: _Names | str | None = None
+    modules_to_save: _Names | None = None
+    # peft's regex-keyed settings, typed only so that their patterns are checked before peft matches them
+    rank_pattern: dict[str, Any] | None = None
+    alpha_pattern: dict[str, Any] | None = None
     bias: Literal["none", "all", "lora_only"] = "none"
     use_dora: bool = False
     use_rslora: bool = False
@@ -111,21 +142,40 @@ class Lora(_LibrarySection):
         indexes = [value] if isinstance(value, int) else (value or [])
         if any(i < 0 for i in indexes):
             raise ValueError("layer indexes start at 0")
+        if any(i >= limits.MAX_CONFIG_LAYERS for i in indexes):
+            raise ValueError(f"layer indexes must be below {limits.MAX_CONFIG_LAYERS:,}, the most layers a model may have")
+        return value
+
+    @field_validator("target_modules", "exclude_modules", "layers_pattern", "rank_pattern", "alpha_pattern")
+    @classmethod
+    def _safe_regexes(cls, value: Any, info) -> Any:
+        # peft matches these as regexes against every module name: refuse one that cannot be matched
+        # safely (invalid, or able to backtrack exponentially) before peft ever sees it
+        problems = lora_pattern_problems({info.field_name: value})
+        if problems:
+            raise ValueError(describe_problem(*problems[0]).split(": ", 1)[1])
+        return value
+
+    @field_validator("rank_pattern", "alpha_pattern")
+    @classmethod
+    def _finite_pattern_values(cls, value: Any) -> Any:
+        for item in (value or {}).values():
+            _plain_value(item)
         return value
 
 
 class Training(_LibrarySection):
     """transformers.TrainingArguments kwargs, plus max_seq_length (the sequence length trained on)."""
 
-    per_device_train_batch_size: int = Field(8, ge=1)
-    gradient_accumulation_steps: int = Field(1, ge=1)
+    per_device_train_batch_size: int = Field(8, ge=1, le=limits.MAX_BATCH_SIZE)
+    gradient_accumulation_steps: int = Field(1, ge=1, le=limits.MAX_ACCUMULATION_STEPS)
     learning_rate: float = Field(5e-5, gt=0, le=1)
-    num_train_epochs: float = Field(3.0, gt=0)
-    max_steps: int = Field(-1, ge=-1)
+    num_train_epochs: float = Field(3.0, gt=0, le=limits.MAX_STEPS)
+    max_steps: int = Field(-1, ge=-1, le=limits.MAX_STEPS)
     warmup_ratio: float = Field(0.0, ge=0, le=1)
-    warmup_steps: int | float = Field(0, ge=0)
-    weight_decay: float = Field(0.0, ge=0)
-    max_grad_norm: float = Field(1.0, ge=0)
+    warmup_steps: int | float = Field(0, ge=0, le=limits.MAX_STEPS)
+    weight_decay: float = Field(0.0, ge=0, le=limits.MAX_SCALE)
+    max_grad_norm: float = Field(1.0, ge=0, le=limits.MAX_SCALE)
     bf16: bool = False
     fp16: bool = False
     tf32: bool | None = None
@@ -134,7 +184,17 @@ class Training(_LibrarySection):
     gradient_checkpointing: bool = False
     gradient_checkpointing_kwargs: dict[str, Any] | None = None
     max_seq_length: int = Field(1024, ge=1, le=10_000_000)
-    seed: int = Field(42, ge=0)
+    seed: int = Field(42, ge=0, le=limits.MAX_SEED)
+
+    @model_validator(mode="after")
+    def _traceable_micro_batch(self) -> Training:
+        tokens = self.per_device_train_batch_size * self.max_seq_length
+        if tokens > limits.MAX_TRACE_TOKENS:
+            raise ValueError(
+                f"per_device_train_batch_size x max_seq_length is {tokens:,} tokens per micro-batch, more than the "
+                f"{limits.MAX_TRACE_TOKENS:,} a training step is checked for"
+            )
+        return self
 
     @field_validator("max_steps")
     @classmethod
@@ -145,7 +205,7 @@ class Training(_LibrarySection):
 
 
 class Hardware(_Section):
-    gpu: list[str] = Field(default_factory=list, description="One GPU name or a list: the GPUs this recipe is for")
+    gpu: _Names = Field(default_factory=list, description="One GPU name or a list: the GPUs this recipe is for")
     vram_budget_gib: float | None = Field(None, gt=0, le=4096)
 
     @field_validator("gpu", mode="before")
@@ -157,7 +217,7 @@ class Hardware(_Section):
 
 
 class Expect(_Section):
-    tokens_per_second: float | None = Field(None, gt=0)
+    tokens_per_second: float | None = Field(None, gt=0, le=limits.MAX_TOKENS_PER_SECOND)
 
 
 class ChecksSection(_Section):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+from checks.limits import shorten
 from checks.rules.base import Rule
 
 _NUMBER_LIKE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
@@ -24,11 +25,15 @@ class InvalidValue(Rule):
         training:
           per_device_train_batch_size: -1
           learning_rate: 2e-4          # PyYAML reads this as the string "2e-4"
+        lora:
+          target_modules: "(\\w+)*_proj"   # nested repeats: exponential backtracking
 
     ## Use instead
         training:
           per_device_train_batch_size: 1
           learning_rate: 2.0e-4
+        lora:
+          target_modules: [q_proj, v_proj]
     """
 
     id = "RC103"
@@ -41,7 +46,7 @@ class InvalidValue(Rule):
         if validation is None:
             return
         for problem in validation.invalid_values:
-            key = ".".join(str(p) for p in problem.key_path if not isinstance(p, int)) or "the recipe"
+            key = shorten(".".join(str(p) for p in problem.key_path if not isinstance(p, int)) or "the recipe")
             shown = _show(problem.value)
             message = f"{key}: {problem.message[0].lower()}{problem.message[1:]}"
             if problem.error_type != "missing":
@@ -54,8 +59,21 @@ def _show(value) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+_REGEX_KEYS = ("target_modules", "exclude_modules", "layers_pattern", "rank_pattern", "alpha_pattern")
+_LIMIT_TYPES = ("less_than_equal", "less_than", "too_long")
+
+
 def _help(problem) -> str:
     value = problem.value
+    if "regex" in problem.message and set(problem.key_path) & set(_REGEX_KEYS):
+        return (
+            "list the module names instead (target_modules: [q_proj, v_proj]), or write a regex without nested "
+            r"or overlapping repeats and with at most 3 unbounded ones, e.g. '.*\.(q_proj|v_proj)'"
+        )
+    if problem.error_type == "finite_number" or "finite number" in problem.message:
+        return "write a finite number: .inf and .nan are not values any setting takes"
+    if problem.error_type in _LIMIT_TYPES or "at most" in problem.message or "more than the" in problem.message:
+        return "use a value within the range real training runs take (see 'Limits on input' in the README)"
     if isinstance(value, str) and _NUMBER_LIKE.match(value.strip()):
         if "e" in value.lower() and "." not in value:
             mantissa, _, exponent = value.lower().partition("e")

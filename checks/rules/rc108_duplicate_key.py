@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from checks.limits import shorten
 from checks.rules.base import Rule
 
 
@@ -19,6 +20,9 @@ class DuplicateKey(Rule):
           learning_rate: 2.0e-4
           learning_rate: 1.0e-3
 
+    Keys that differ as written but load as one Python key count too: `1`, `1.0`, `0x1` and `true`
+    are the same dict key, and `1` and `'1'` read the same once stringified.
+
     ## Use instead
     Keep one of them.
     """
@@ -32,9 +36,12 @@ class DuplicateKey(Rule):
         if ctx.state.loaded is None:
             return
         for key_path in ctx.loaded.duplicate_keys:
+            dotted = shorten(".".join(str(p) for p in key_path))
+            first = ctx.loaded.duplicate_of.get(key_path, str(key_path[-1]))
+            same = "" if first == str(key_path[-1]) else f" (as '{shorten(first)}': YAML loads both as the same key)"
             yield self.finding(
                 ctx,
-                f"key '{'.'.join(str(p) for p in key_path)}' appears more than once; the last one wins",
+                f"key '{dotted}' appears more than once{same}; the last one wins",
                 key_path,
                 at_value=False,
                 help="keep one of them",
