@@ -25,7 +25,7 @@ SUPPORTED: dict[str, tuple[str, str]] = {
     "transformers": ("5.0.0", "5.24"),
     "peft": ("0.18.0", "0.21"),
     "bitsandbytes": ("0.46.1", "0.50"),
-    "accelerate": ("1.1.0", "1.15"),
+    "accelerate": ("1.2.0", "1.15"),
     "huggingface_hub": ("1.3.0", "2.4"),
     "pydantic": ("2.6.0", "2.14"),
 }
@@ -132,8 +132,7 @@ def bitsandbytes_op(name: str):
 
 # -- transformers -----------------------------------------------------------------------------------
 def masking_utils():
-    """transformers.masking_utils, with the two functions the trace replaces checked to exist."""
-    require("transformers.masking_utils.is_tracing")
+    """transformers.masking_utils, with the function the trace replaces checked to exist."""
     require("transformers.masking_utils.find_packed_sequence_indices")
     return require("transformers.masking_utils")
 

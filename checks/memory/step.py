@@ -40,19 +40,18 @@ class StepTrace:
 
 
 @contextlib.contextmanager
-def _masks_as_in_a_real_run():
-    """transformers keeps an explicit causal mask when it sees a FakeTensor ("tracing"), where a real
-    run on unpadded, unpacked batches passes is_causal to SDPA instead; we are not compiling, and
-    the traced batch is one unpadded sequence per row, so answer as a real run would (and do not
-    read the fake position ids' values to look for packed sequences)."""
+def _no_packed_sequences():
+    """transformers looks for packed sequences (several documents in one row) in the position ids by
+    reading their values, which fake tensors do not have; the traced batch is one unpadded sequence per
+    row, as a real run's unpacked batch, so answer as a real run would: none. (Its other checks for
+    tracing look at an attention mask, which the trace does not pass: they need no patch.)"""
     masking = compat.masking_utils()
-    originals = masking.is_tracing, masking.find_packed_sequence_indices
-    masking.is_tracing = lambda tensor=None: False
+    original = masking.find_packed_sequence_indices
     masking.find_packed_sequence_indices = lambda *args, **kwargs: None
     try:
         yield
     finally:
-        masking.is_tracing, masking.find_packed_sequence_indices = originals
+        masking.find_packed_sequence_indices = original
 
 
 def run_step(built: StepModel, settings: StepSettings, *, keep_curve: bool = False) -> StepTrace:
@@ -94,7 +93,7 @@ def run_step(built: StepModel, settings: StepSettings, *, keep_curve: bool = Fal
         if settings.precision != "float32" else contextlib.nullcontext()
     )
     try:
-        with quiet(), _masks_as_in_a_real_run(), int8_matmul_as_on_cuda(), (fake or contextlib.nullcontext()), tracker:
+        with quiet(), _no_packed_sequences(), int8_matmul_as_on_cuda(), (fake or contextlib.nullcontext()), tracker:
             # steady state: the optimizer has stepped before, so its states exist
             tracker.phase = "init"
             for p in trainable:
