@@ -16,7 +16,7 @@ def discover_recipes(paths: list[str], marker_key: str = "model") -> Iterator[Pa
     """Files named explicitly are recipes whatever they hold; directories are searched recursively."""
     for raw in paths:
         path = Path(raw)
-        if path.is_file():
+        if path.exists() and not path.is_dir():  # a FIFO or a device too: its check says why it is not read
             yield path
             continue
         for candidate in sorted(p for p in path.rglob("*") if p.suffix in SUFFIXES and p.is_file()):

@@ -151,7 +151,7 @@ def decode_text(raw: bytes, what: str) -> str:
     except UnicodeDecodeError as exc:
         line = raw[:exc.start].count(b"\n") + 1 if encoding.startswith("utf-8") else 0
         raise InputRefused(
-            f"the {what} is not {encoding.upper().replace('-SIG', '')} text: byte 0x{raw[exc.start]:02x} "
+            f"the {what} cannot be read: it is not {encoding.upper().replace('-SIG', '')} text: byte 0x{raw[exc.start]:02x} "
             f"at offset {exc.start:,} cannot be decoded",
             "save the file as UTF-8 text (a binary file, or one in another encoding such as Latin-1, cannot be read)",
             line,
@@ -159,7 +159,7 @@ def decode_text(raw: bytes, what: str) -> str:
     nul = text.find("\0")
     if nul >= 0:
         raise InputRefused(
-            f"the {what} holds a NUL byte at line {text.count(chr(10), 0, nul) + 1}: it is a binary file, "
+            f"the {what} cannot be read: it holds a NUL byte at line {text.count(chr(10), 0, nul) + 1}: it is a binary file, "
             "or UTF-16 text without a byte-order mark",
             "save the file as UTF-8 text",
             text.count("\n", 0, nul) + 1,

@@ -263,7 +263,7 @@ def read_recipe_text(path: str | Path, display_path: str | None = None) -> str:
     except InputRefused as exc:
         line = exc.line
         raise RecipeLoadError(
-            Finding("RC101", f"cannot read the recipe: {exc}", Location(shown, line, 1 if line else 0, 2 if line else 0),
+            Finding("RC101", str(exc), Location(shown, line, 1 if line else 0, 2 if line else 0),
                     check="schema", why="a recipe that cannot be read cannot be checked", help=exc.help)
         ) from None
 
