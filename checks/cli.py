@@ -15,6 +15,27 @@ from checks.options import Options, add_options, split_names
 EXIT_OK, EXIT_FINDINGS, EXIT_USAGE = 0, 1, 2
 
 
+class UsageError(Exception):
+    """Flags that do not go together: exit 2 with the message."""
+
+
+def _options(args: argparse.Namespace, catalog) -> Options:
+    """The run options from the flags `add_options` declared: one reading for check and estimate."""
+    gpus = split_names(args.gpu)
+    for name in gpus:
+        catalog.get(name)  # UnknownGpuError: a usage error, reported by the caller
+    if args.recipes_all_gpus and not gpus:
+        raise UsageError("--recipes-all-gpus needs --gpu NAME: the GPU to check every recipe against")
+    return Options(
+        gpus=gpus,
+        all_gpus=args.recipes_all_gpus,
+        allow_network=args.recipes_allow_network,
+        trust_remote_code=args.recipes_trust_remote_code,
+        strict=args.recipes_strict,
+        gpu_profiles=tuple(args.gpu_profiles),
+    )
+
+
 def _cmd_check(args: argparse.Namespace) -> int:
     from checks.discover import discover_recipes
     from checks.engine import check_recipe
@@ -24,29 +45,26 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
     try:
         catalog = GpuCatalog.load(tuple(args.gpu_profiles))
-        gpus = split_names(args.gpu)
-        for name in gpus:
-            catalog.get(name)
-    except (GpuProfileError, UnknownGpuError) as exc:
+        options = _options(args, catalog)
+    except (GpuProfileError, UnknownGpuError, UsageError) as exc:
         print(f"recipe-checks: {exc}", file=sys.stderr)
         return EXIT_USAGE
     missing = [p for p in args.paths if not Path(p).exists()]
     if missing:
         print(f"recipe-checks: no such file or directory: {', '.join(missing)}", file=sys.stderr)
         return EXIT_USAGE
-    options = Options(
-        gpus=gpus,
-        all_gpus=args.recipes_all_gpus,
-        allow_network=args.recipes_allow_network,
-        trust_remote_code=args.recipes_trust_remote_code,
-        strict=args.recipes_strict,
-        gpu_profiles=tuple(args.gpu_profiles),
-    )
     failed = False
     report: list[dict] = []
+    not_checked: list[dict] = []
     recipes = list(discover_recipes(args.paths))
     for path in recipes:
         state, results = check_recipe(path, options, catalog)
+        if not results:  # off target: pytest deselects it, so this is no failure either
+            not_checked.append({"path": state.path, "gpus": state.declared_gpus()})
+            if args.format == "text":
+                print(f"{state.path}: not checked: declares {', '.join(state.declared_gpus())}, "
+                      f"not {', '.join(options.gpus)} (use --recipes-all-gpus)\n")
+            continue
         for result in results:
             if result.error is not None:
                 failed = True
@@ -63,15 +81,19 @@ def _cmd_check(args: argparse.Namespace) -> int:
                 else:
                     print(render_finding(finding, state.source_line(finding.location.line)))
                     print()
-            if args.format == "text" and result.skipped and args.verbose:
-                print(f"{state.path}::{result.check}: skipped: {result.skipped}\n")
-        if not results and args.format == "text":
-            print(f"{state.path}: not checked: declares {', '.join(state.declared_gpus())}, "
-                  f"not {', '.join(gpus)} (use --recipes-all-gpus)\n")
+            if args.format == "text" and args.verbose:
+                if result.skipped:
+                    print(f"{state.path}::{result.check}: skipped: {result.skipped}\n")
+                for waiting in result.waiting:
+                    print(f"{state.path}::{result.check}: not run: {waiting}\n")
     if args.format == "json":
-        print(json.dumps({"recipes": [str(p) for p in recipes], "findings": report, "failed": failed}, indent=2))
+        checked = [str(p) for p in recipes if str(p) not in {n["path"] for n in not_checked}]
+        print(json.dumps({"recipes": checked, "not_checked": not_checked, "findings": report, "failed": failed},
+                         indent=2))
     elif args.format == "text":
-        print(f"{len(recipes)} recipe(s) checked: {'FAILED' if failed else 'ok'}")
+        print(f"{len(recipes) - len(not_checked)} recipe(s) checked"
+              f"{f', {len(not_checked)} for other GPUs not checked' if not_checked else ''}: "
+              f"{'FAILED' if failed else 'ok'}")
     return EXIT_FINDINGS if failed else EXIT_OK
 
 
@@ -82,6 +104,7 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
     from checks.gpus import GIB, GpuCatalog, GpuProfileError, UnknownGpuError
     from checks.memory.estimate import TraceError, estimate
     from checks.render import render_finding
+    from checks.rules import CHECKS, GPU_CHECKS, TRACED_CHECKS
     from checks.throughput import recipe_ceiling
 
     def bad_input(message: str) -> int:
@@ -96,25 +119,37 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
         return bad_input(f"no such recipe file: {path}")
     try:
         catalog = GpuCatalog.load(tuple(args.gpu_profiles))
-    except GpuProfileError as exc:
+        options = _options(args, catalog)
+    except (GpuProfileError, UnknownGpuError, UsageError) as exc:
         return bad_input(str(exc))
-    state = RecipeState.from_file(path, str(path), Options(allow_network=args.recipes_allow_network), catalog)
+    if len(options.gpus) > 1:
+        return bad_input(f"estimate traces one GPU at a time; got --gpu {', '.join(options.gpus)}")
+    state = RecipeState.from_file(path, str(path), options, catalog)
     schema = run_check(state, "schema")
     if schema.errors or state.recipe is None:
         for finding in schema.errors:
             print(render_finding(finding, state.source_line(finding.location.line)), file=sys.stderr)
         return bad_input(f"{path} has schema errors; `recipe-checks check {path}` lists them")
     recipe = state.recipe
-    names = [args.gpu] if args.gpu else recipe.hardware.gpu
+    names = list(options.gpus) or recipe.hardware.gpu
     if not names:
         return bad_input("the recipe names no GPU: pass --gpu NAME")
     try:
         gpu = catalog.get(names[0])
     except UnknownGpuError as exc:
         return bad_input(str(exc))
+    static_errors = [
+        f for check in CHECKS if check not in TRACED_CHECKS and check != "schema"
+        for f in run_check(state, check, gpu.key if check in GPU_CHECKS else None).errors
+    ]
     try:
         result = estimate(recipe, state.resolved_model(), gpu, with_fixes=not args.no_fixes)
     except TraceError as exc:
+        if static_errors:  # the recipe as written does not start: its findings say why, not the library's error
+            for finding in static_errors:
+                print(render_finding(finding, state.source_line(finding.location.line)) + "\n", file=sys.stderr)
+            return bad_input(f"the training step cannot be traced until the {len(static_errors)} error(s) above "
+                             f"are fixed ({exc})")
         return bad_input(f"the training step cannot be traced: {exc}")
     model = state.meta_model()
     speed = recipe_ceiling(recipe, model, gpu)
@@ -127,6 +162,7 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
             "flops_per_token": speed.flops_per_token,
             "ceiling_tokens_per_second": speed.tokens_per_second,
             "hours_per_epoch_at_ceiling": hours,
+            "static_errors": [f.to_dict() for f in static_errors],
         })
         print(json.dumps(out, indent=2))
     else:
@@ -150,6 +186,9 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
             print(line)
         for note in result.notes:
             print(f"note: {note}")
+        if static_errors:
+            print(f"note: the recipe has {len(static_errors)} static error(s) that do not change this estimate "
+                  f"(e.g. {static_errors[0].rule_id}); `recipe-checks check {path}` lists them")
     return EXIT_OK if result.fits else EXIT_FINDINGS
 
 
@@ -226,12 +265,10 @@ def build_parser() -> argparse.ArgumentParser:
     est = sub.add_parser("estimate", help="trace one training step of the full-size model: peak memory, "
                          "breakdown, fixes, throughput ceiling (exit 0 fits, 1 does not, 2 bad input)")
     est.add_argument("recipe", help="a recipe file")
-    est.add_argument("--gpu", help="the target GPU (default: the recipe's first hardware.gpu)")
+    add_options(est.add_argument)  # the same flags as `check` (one --gpu: default, the recipe's first)
     est.add_argument("--json", action="store_true", help="print one JSON object")
     est.add_argument("--dataset-tokens", type=int, default=0, help="tokens per epoch, for hours per epoch")
     est.add_argument("--no-fixes", action="store_true", help="do not trace the fixes when it does not fit")
-    est.add_argument("--gpu-profiles", action="append", default=[], metavar="FILE")
-    est.add_argument("--recipes-allow-network", action="store_true", help="allow fetching config.json from the hub")
     est.set_defaults(func=_cmd_estimate)
 
     explain = sub.add_parser("explain", help="print a rule's documentation (no argument: list the rules)")

@@ -12,12 +12,12 @@ from dataclasses import dataclass, field
 import pytest
 
 from checks.context import RecipeState
-from checks.engine import gpus_for, run_check
+from checks.engine import gpus_for, has_ignores, run_check, unused_ignores
 from checks.findings import Finding
-from checks.gpus import GpuCatalog
+from checks.gpus import GIB, GpuCatalog
 from checks.options import Options
 from checks.render import render_finding
-from checks.rules import CHECKS, GPU_CHECKS
+from checks.rules import CHECKS, GPU_CHECKS, IGNORES_CHECK
 
 
 class RecipeWarning(UserWarning):
@@ -30,6 +30,9 @@ class RecipeSession:
     catalog: GpuCatalog
     # recipe display path -> the GPUs it declares, for recipes this run does not check
     not_for_this_gpu: dict[str, list[str]] = field(default_factory=dict)
+    # node ids deselected as off target (kept for pytest-xdist's controller, which collects nothing)
+    deselected: list[str] = field(default_factory=list)
+    from_worker: bool = False  # the xdist controller took a worker's list already
 
 
 class RecipeCheckFailed(Exception):
@@ -55,6 +58,10 @@ class RecipeFile(pytest.File):
                 item = RecipeItem.from_parent(self, name=name, check=check, gpu=gpu)
                 item.off_target = off_target
                 yield item
+        if has_ignores(self.state):  # last: judged over every check of the recipe that ran before it
+            item = RecipeItem.from_parent(self, name=IGNORES_CHECK, check=IGNORES_CHECK, gpu=None)
+            item.off_target = off_target
+            yield item
 
 
 class RecipeItem(pytest.Item):
@@ -70,8 +77,20 @@ class RecipeItem(pytest.Item):
     def state(self) -> RecipeState:
         return self.parent.state
 
+    def setup(self) -> None:
+        marker = self.get_closest_marker("gpu")  # the marker acts on recipe items only, never on the host's tests
+        if marker is not None:
+            skip_unless_cuda(marker.kwargs.get("min_memory_gib"))
+
     def runtest(self) -> None:
-        result = run_check(self.state, self.check, self.gpu)
+        with warnings.catch_warnings():
+            # Deprecation noise from torch internals that transformers imports: nothing a recipe author can act on.
+            warnings.filterwarnings("ignore", message="`torch.jit.script_method` is deprecated",
+                                    category=DeprecationWarning)
+            if self.check == IGNORES_CHECK:
+                result = unused_ignores(self.state)
+            else:
+                result = run_check(self.state, self.check, self.gpu)
         if result.error is not None:
             raise result.error
         if result.skipped is not None:
@@ -83,6 +102,8 @@ class RecipeItem(pytest.Item):
             self.add_report_section("call", "recipe-checks", f"{info.rule_id} (info) {text}")
         for suppressed in result.suppressed:
             self.user_properties.append((f"{suppressed.rule_id} (ignored)", suppressed.message))
+        for waiting in result.waiting:
+            self.add_report_section("call", "recipe-checks", f"not run: {waiting}")
         failing = result.errors + (result.warnings if strict else [])
         if not strict:
             for warning in result.warnings:
@@ -105,7 +126,22 @@ class RecipeItem(pytest.Item):
 
     def reportinfo(self):
         line = self._failed_line - 1 if self._failed_line else None
-        return self.path, line, f"{self.parent.name}::{self.name}"
+        return self.path, line, self.name
+
+
+def skip_unless_cuda(min_memory_gib: float | None = None) -> None:
+    """Skip, saying what is needed, unless a CUDA GPU (with enough memory) is present."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip(
+            "needs a CUDA GPU: torch.cuda.is_available() is False here "
+            f"(torch {torch.__version__}); run it on a machine with an NVIDIA GPU and a CUDA build of torch"
+        )
+    if min_memory_gib is not None:
+        total = torch.cuda.get_device_properties(0).total_memory / GIB
+        if total < float(min_memory_gib):
+            pytest.skip(f"needs a GPU with {min_memory_gib} GiB; this one has {total:.1f} GiB")
 
 
 SESSION_KEY = pytest.StashKey[RecipeSession]()

@@ -10,14 +10,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from checks.findings import Finding
+from checks.findings import Finding, Location
 from checks.gpus import GpuCatalog, GpuProfile, UnknownGpuError
 from checks.models.resolve import ModelResolutionError, ResolvedModel, resolve_model_config
 from checks.models.skeleton import ModelBuildError, build_meta_model
 from checks.options import Options
 from checks.recipe.load import LoadedRecipe, RecipeLoadError, load_recipe_file
 from checks.recipe.schema import Recipe
-from checks.recipe.validate import Validation, validate
+from checks.recipe.validate import InvalidValue, Validation, validate
 
 _UNSET: Any = object()
 
@@ -45,13 +45,23 @@ class RecipeState:
             state.loaded = load_recipe_file(fs_path, display_path)
         except RecipeLoadError as exc:
             state.load_error = exc.finding
+        except Exception as exc:  # never a crash of the session: the file is reported, the others still run
+            state.load_error = Finding(
+                "RC101", f"cannot read the recipe: {type(exc).__name__}: {_short(str(exc))}", Location(display_path),
+                check="schema", help="make the file a readable UTF-8 YAML mapping",
+            )
         return state
 
     @property
     def validation(self) -> Validation | None:
         """Validated on first use, not at collection: validating imports the libraries."""
         if self._validation is _UNSET:
-            self._validation = validate(self.loaded) if self.loaded is not None else None
+            try:
+                self._validation = validate(self.loaded) if self.loaded is not None else None
+            except Exception as exc:  # e.g. a structure too deep for pydantic: reported, not raised
+                self._validation = Validation(recipe=None, invalid_values=[InvalidValue(
+                    (), f"the recipe cannot be validated: {type(exc).__name__}: {_short(str(exc))}", None, "unreadable",
+                )])
         return self._validation
 
     @property
@@ -101,6 +111,11 @@ class RecipeState:
                 )
             except ModelResolutionError as exc:
                 self._resolved = exc
+            except Exception as exc:  # whatever the input makes the resolver raise is a finding, not a crash
+                self._resolved = ModelResolutionError(
+                    f"cannot resolve model '{_short(recipe.model.name)}': {type(exc).__name__}: {_short(str(exc))}",
+                    "check model.id / model.config: a hub id (org/name), or a config.json or model directory",
+                )
         return self._resolved
 
     def meta_model(self, fresh: bool = False) -> Any | ModelBuildError | ModelResolutionError:
@@ -112,7 +127,11 @@ class RecipeState:
             recipe = self.recipe
             task = recipe.lora.task_type if recipe.lora else "CAUSAL_LM"
             trust = recipe.model.trust_remote_code and self.options.trust_remote_code
-            return build_meta_model(self.resolved_model(), task, trust_remote_code=trust, fresh=True)
+            try:
+                return build_meta_model(self.resolved_model(), task, trust_remote_code=trust, fresh=True)
+            except Exception as exc:  # built once already: a failure now is the same input's, reported alike
+                return ModelBuildError(f"transformers cannot build a fresh copy: {type(exc).__name__}: {_short(str(exc))}",
+                                       "fix the config.json values the message names")
         if self._model is _UNSET:
             resolved = self.resolved_model()
             if isinstance(resolved, ModelResolutionError):
@@ -126,7 +145,19 @@ class RecipeState:
                 self._model = build_meta_model(resolved, task, trust_remote_code=trust)
             except ModelBuildError as exc:
                 self._model = exc
+            except Exception as exc:  # transformers refusing an absurd config is a finding, not a crash
+                self._model = ModelBuildError(
+                    f"transformers cannot build '{_short(recipe.model.name)}' from its config: "
+                    f"{type(exc).__name__}: {_short(str(exc))}",
+                    "fix the config.json values the message names, or point model.config at the model's real config",
+                )
         return self._model
+
+
+def _short(text: str, limit: int = 200) -> str:
+    """A value quoted in a message: hostile inputs can be megabytes long."""
+    text = text.replace("\x00", "\\0")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 @dataclass

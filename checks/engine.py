@@ -13,7 +13,8 @@ from checks.context import RecipeContext, RecipeState
 from checks.findings import Finding, Severity
 from checks.gpus import GpuCatalog, GpuProfile
 from checks.options import Options
-from checks.rules import CHECKS, GPU_CHECKS, TRACED_CHECKS, rules_for
+from checks.rules import CHECKS, GPU_CHECKS, IGNORES_CHECK, TRACED_CHECKS, rules_for
+from checks.rules.base import CannotJudge, Rule
 
 
 @dataclass
@@ -23,6 +24,7 @@ class CheckResult:
     findings: list[Finding] = field(default_factory=list)
     suppressed: list[Finding] = field(default_factory=list)
     skipped: str | None = None  # why the check did not run
+    waiting: list[str] = field(default_factory=list)  # rules of the check that did not run, and why
     error: BaseException | None = None  # a bug in a rule: reported as a crash of that item only
 
     @property
@@ -49,10 +51,11 @@ def ignores_for(state: RecipeState) -> dict[str, str]:
 
 
 def _skip_reason(state: RecipeState, check: str, gpu: str | None) -> str | None:
+    """Why a whole check cannot run against this GPU (None: it runs; its rules are gated one by one)."""
     if check == "schema":
         return None
-    if not state.schema_ok:
-        return f"not checked: {state.path} has schema errors; fix those first (see {state.path}::schema)"
+    if state.loaded is None:
+        return f"not checked: {state.path} could not be read as a recipe (see {state.path}::schema)"
     if check in GPU_CHECKS:
         if gpu is None:
             return (
@@ -61,16 +64,28 @@ def _skip_reason(state: RecipeState, check: str, gpu: str | None) -> str | None:
             )
         if not isinstance(state.gpu_profile(gpu), GpuProfile):
             return f"not checked: '{gpu}' is not a known GPU (see {state.path}::schema)"
-    if check in TRACED_CHECKS:
-        # tracing a step of a recipe that will not start answers nothing: the static findings come first
-        failing = [c for c in CHECKS if c not in TRACED_CHECKS and c != "schema" and run_check(state, c, gpu).errors]
-        if failing:
-            names = ", ".join(f"{state.path}::{c}" for c in failing)
-            return f"not traced: the recipe has errors to fix first ({names})"
-    rules = rules_for(check)
-    if rules and all("model" in r.needs for r in rules) and isinstance(state.meta_model(), Exception):
-        return f"not checked: the model of {state.path} could not be built (see {state.path}::schema)"
     return None
+
+
+def _rule_blocked(state: RecipeState, rule: type[Rule]) -> str | None:
+    """Why a rule cannot run on this recipe: a section it reads is broken, or the model it needs is."""
+    needs_model = "model" in rule.needs
+    if not rule.reads and not needs_model:
+        return None  # reads the raw file (or the load error) only
+    if state.validation is None:
+        return "the file could not be read"
+    why = state.validation.blocked(rule.reads | ({"model"} if needs_model else frozenset()))
+    if why is None and needs_model and isinstance(state.meta_model(), Exception):
+        why = "the model could not be built"
+    return why
+
+
+def _static_errors(state: RecipeState, gpu: str | None, besides: str) -> list[str]:
+    """The static checks (not traced) that report errors: the explanation a failed trace points at."""
+    return [
+        f"{state.path}::{c}" for c in CHECKS
+        if c != besides and c not in TRACED_CHECKS and run_check(state, c, gpu).errors
+    ]
 
 
 def run_check(state: RecipeState, check: str, gpu: str | None = None) -> CheckResult:
@@ -78,59 +93,107 @@ def run_check(state: RecipeState, check: str, gpu: str | None = None) -> CheckRe
     if key in state.results:
         return state.results[key]
     result = CheckResult(check=check, gpu=key[1])
+    state.results[key] = result  # a check that asks for the others' results never recurses into itself
     result.skipped = _skip_reason(state, check, key[1])
     if result.skipped is None:
         ctx = RecipeContext(state, key[1])
-        model_broken = None
         ignores = ignores_for(state)
+        rules = rules_for(check)
+        waiting: dict[str, list[str]] = {}
         try:
-            for rule_cls in rules_for(check):
-                if "model" in rule_cls.needs:
-                    if model_broken is None:
-                        model_broken = isinstance(state.meta_model(), Exception)
-                    if model_broken:
+            for rule_cls in rules:
+                why = _rule_blocked(state, rule_cls)
+                if why is not None:
+                    if state.loaded is not None:  # a file that does not load: RC101 says all there is to say
+                        waiting.setdefault(why, []).append(rule_cls.id)
+                    continue
+                try:
+                    found = list(rule_cls().run(ctx))
+                except CannotJudge as exc:
+                    explained = _static_errors(state, key[1], check)
+                    if explained:
+                        result.skipped = (f"not judged: {exc.finding.message}; fix the errors reported in "
+                                          f"{', '.join(explained)} first")
                         continue
-                for finding in rule_cls().run(ctx):
-                    (result.suppressed if finding.rule_id in ignores else result.findings).append(finding)
+                    found = [exc.finding]
+                for finding in found:  # an ignore silences failures; information is never hidden
+                    ignored = finding.rule_id in ignores and finding.severity is not Severity.INFO
+                    (result.suppressed if ignored else result.findings).append(finding)
         except Exception as exc:  # a bug in a rule fails this item alone, with its traceback
             result.error = exc
-    if check == "schema" and result.error is None:
-        from checks.rules.rc109_unused_ignore import unused_ignore_findings
-
-        result.findings.extend(unused_ignore_findings(state, run_check))
+        result.waiting = [f"{', '.join(ids)} wait: {why} (see {state.path}::schema)" for why, ids in waiting.items()]
+        if rules and sum(len(ids) for ids in waiting.values()) == len(rules) and result.skipped is None:
+            result.skipped = "not checked: " + "; ".join(
+                f"{why} (see {state.path}::schema)" for why in waiting
+            )
     result.findings.sort(key=lambda f: (f.location.line, f.location.column, f.rule_id))
-    state.results[key] = result
     return result
 
 
+def unused_ignores(state: RecipeState) -> CheckResult:
+    """The engine's post-pass: the recipe's ignores judged over every check that ran in this process.
+
+    Never runs a check itself: an ignore of a rule whose check did not run (deselected, skipped, or
+    run in another process) is not judged.
+    """
+    from checks.rules.rc109_unused_ignore import unused_ignore_findings
+
+    result = CheckResult(check=IGNORES_CHECK, gpu=None)
+    ran = {c for (c, _), r in state.results.items() if r.skipped is None and r.error is None and c != IGNORES_CHECK}
+    used = {f.rule_id for (c, _), r in state.results.items() for f in r.suppressed}
+    if state.recipe is not None and state.validation is not None and not state.validation.blocked(frozenset({"checks"})):
+        try:
+            result.findings.extend(unused_ignore_findings(RecipeContext(state), ran, used))
+        except Exception as exc:
+            result.error = exc
+    return result
+
+
+def has_ignores(state: RecipeState) -> bool:
+    """Whether the recipe file lists ignores: read from the raw file, so collection stays cheap."""
+    checks = state.loaded.data.get("checks") if state.loaded is not None else None
+    return isinstance(checks, dict) and bool(checks.get("ignore"))
+
+
 def gpus_for(state: RecipeState, options: Options) -> list[str | None]:
-    """The target GPUs a recipe is checked against in this run (None: no GPU at all)."""
+    """The target GPUs a recipe is checked against in this run (None: no GPU at all; empty: off target).
+
+    With --gpu, a recipe declaring other known GPUs is off target. One declaring a name that is no
+    known GPU (a typo such as 'rtx4099') is never off target: it is checked, RC105 names the typo,
+    and its GPU checks skip saying so, rather than the recipe vanishing from the run.
+    """
     declared = state.declared_gpus()
     if not options.gpus:
         return list(declared) or [None]
     if options.all_gpus or not declared:
         return list(options.gpus)
-    declared_keys = {_profile_key(state.catalog, g) for g in declared}
-    return [g for g in options.gpus if _profile_key(state.catalog, g) in declared_keys]
+    keys = {g: _profile_key(state.catalog, g) for g in declared}
+    chosen = [g for g in options.gpus if _profile_key(state.catalog, g) in keys.values()]
+    return chosen or [g for g, key in keys.items() if key is None]
 
 
-def _profile_key(catalog: GpuCatalog, name: str) -> str:
+def _profile_key(catalog: GpuCatalog, name: str) -> str | None:
     try:
         return catalog.get(name).key
     except LookupError:
-        return name.strip().lower()
+        return None
 
 
 def check_recipe(path: Path, options: Options, catalog: GpuCatalog, display_path: str | None = None,
                  *, traced: bool = True) -> tuple[RecipeState, list[CheckResult]]:
-    """Every check of one recipe against every GPU it is checked against in this run
-    (`traced=False`: the static checks only, without tracing a training step)."""
+    """Every check of one recipe against every GPU it is checked against in this run, then the
+    unused-ignore post-pass (`traced=False`: the static checks only, without tracing a step).
+    An off-target recipe (it declares other GPUs than --gpu) gets no results, as pytest deselects it."""
     state = RecipeState.from_file(path, display_path or str(path), options, catalog)
     results: list[CheckResult] = []
     gpus = gpus_for(state, options)
+    if not gpus:
+        return state, results
     for check in CHECKS:
         if not traced and check in TRACED_CHECKS:
             continue
         for gpu in gpus if check in GPU_CHECKS else [None]:
             results.append(run_check(state, check, gpu))
+    if has_ignores(state):
+        results.append(unused_ignores(state))
     return state, results

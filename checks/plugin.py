@@ -6,6 +6,7 @@ Collection nodes live in checks.collect, the checks in checks.rules, options in 
 from __future__ import annotations
 
 import importlib.metadata
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -13,13 +14,20 @@ import pytest
 from checks.collect import SESSION_KEY, RecipeFile, RecipeSession
 from checks.gpus import GpuCatalog, GpuProfileError, UnknownGpuError
 from checks.options import Options, add_options, parse_ignore_lines, split_names
-from checks.recipe.load import looks_like_recipe
+from checks.recipe.load import RecipeLoadError, looks_like_recipe, read_recipe_text
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("recipe-checks", "recipe-checks: verify fine-tuning recipes")
     add_options(group.addoption)
     parser.addini("recipe_checks_key", "top-level key that marks a YAML file as a recipe", default="model")
+    parser.addini(
+        "recipe_checks_paths",
+        "files or directories holding recipes, collected on every run (elsewhere only paths given on "
+        "the command line, or any path when a recipe-checks option is passed, are searched)",
+        type="paths",
+        default=[],
+    )
     parser.addini(
         "recipe_checks_ignore",
         "rules ignored for every recipe, one 'RCxxx: reason' per line",
@@ -33,11 +41,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        "gpu(min_memory_gib=None): needs a CUDA GPU; runs for real where CUDA is present, skipped elsewhere",
+        "gpu(min_memory_gib=None): a recipe-checks item that needs a CUDA GPU; runs for real where CUDA is "
+        "present, skipped elsewhere (acts on recipe items only)",
     )
     config.addinivalue_line("markers", "recipe_check: a recipe-checks item (recipe x check)")
-    # Deprecation noise from torch internals that transformers imports; nothing a recipe author can act on.
-    config.addinivalue_line("filterwarnings", "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
     profiles = tuple(str(p) for p in config.getini("recipe_checks_gpu_profiles")) + tuple(
         config.getoption("gpu_profiles") or ()
     )
@@ -63,6 +70,14 @@ def pytest_configure(config: pytest.Config) -> None:
         gpu_profiles=profiles,
     )
     config.stash[SESSION_KEY] = RecipeSession(options=options, catalog=catalog)
+    if hasattr(config, "workerinput"):  # a pytest-xdist worker: its controller prints the summary
+        config.stash[_WORKER_KEY] = True
+
+
+# The options that say "check recipes": passing any of them searches every collected path for recipes.
+_RECIPE_OPTIONS = ("gpu", "recipes_all_gpus", "recipes_allow_network", "recipes_trust_remote_code",
+                   "recipes_strict", "gpu_profiles")
+_WORKER_KEY = pytest.StashKey[bool]()
 
 
 def _local_device() -> str:
@@ -112,17 +127,42 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     ]
 
 
+def _searched(config: pytest.Config, file_path: Path) -> bool | None:
+    """Whether a YAML file may be a recipe of this run: True, it is one whatever it holds (named on
+    the command line); None, it is one if it has the marker key; False, the plugin stays out.
+
+    Recipes are collected only where the user points: paths given on the command line, the ini's
+    `recipe_checks_paths`, or any collected path once a recipe-checks option is passed. A plain
+    `pytest` in a project that has unrelated YAML (a Hydra `conf/config.yaml` with `model:`)
+    collects none of it.
+    """
+    resolved = file_path.resolve()
+    if config.args_source is pytest.Config.ArgsSource.ARGS:
+        for arg in config.args:
+            named = Path(arg.split("::")[0]).resolve()
+            if named == resolved:
+                return True
+        return None
+    if any(resolved == root.resolve() or root.resolve() in resolved.parents
+           for root in config.getini("recipe_checks_paths")):
+        return None
+    if any(config.getoption(name) for name in _RECIPE_OPTIONS):
+        return None
+    return False
+
+
 def pytest_collect_file(file_path: Path, parent: pytest.Collector):
     if file_path.suffix not in (".yaml", ".yml"):
         return None
-    key = parent.config.getini("recipe_checks_key")
-    explicit = any(Path(arg.split("::")[0]).resolve() == file_path.resolve() for arg in parent.config.args)
-    if not explicit:
+    searched = _searched(parent.config, file_path)
+    if searched is False:
+        return None
+    if searched is None:
         try:
-            text = file_path.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return None
-        if not looks_like_recipe(text, key):
+            text = read_recipe_text(file_path)
+        except RecipeLoadError:
+            return None  # not readable as text: no recipe of ours (one named explicitly would be reported)
+        if not looks_like_recipe(text, parent.config.getini("recipe_checks_key")):
             return None
     return RecipeFile.from_parent(parent, path=file_path)
 
@@ -132,29 +172,44 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     if off_target:
         config.hook.pytest_deselected(items=off_target)
         items[:] = [item for item in items if not getattr(item, "off_target", False)]
+        recipe_session = config.stash.get(SESSION_KEY, None)
+        if recipe_session is not None:
+            recipe_session.deselected = [item.nodeid for item in off_target]
 
 
-def pytest_runtest_setup(item: pytest.Item) -> None:
-    marker = item.get_closest_marker("gpu")
-    if marker is None:
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    config = session.config
+    recipe_session = config.stash.get(SESSION_KEY, None)
+    if recipe_session is not None and config.stash.get(_WORKER_KEY, False):
+        config.workeroutput["recipe_checks"] = {
+            "not_for_this_gpu": recipe_session.not_for_this_gpu,
+            "deselected": recipe_session.deselected,
+        }
+
+
+@dataclass(frozen=True)
+class _DeselectedNode:
+    """What pytest's terminal reporter counts for a deselected item, rebuilt from a worker's node id."""
+
+    nodeid: str
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error) -> None:
+    """pytest-xdist: the controller collects nothing, so it takes the first worker's off-target recipes."""
+    recipe_session = node.config.stash.get(SESSION_KEY, None)
+    output = getattr(node, "workeroutput", {}).get("recipe_checks")
+    if recipe_session is None or output is None or recipe_session.from_worker:
         return
-    import torch
-
-    if not torch.cuda.is_available():
-        pytest.skip(
-            "needs a CUDA GPU: torch.cuda.is_available() is False here "
-            f"(torch {torch.__version__}); run it on a machine with an NVIDIA GPU and a CUDA build of torch"
-        )
-    need = marker.kwargs.get("min_memory_gib")
-    if need is not None:
-        total = torch.cuda.get_device_properties(0).total_memory / 1024**3
-        if total < float(need):
-            pytest.skip(f"needs a GPU with {need} GiB; this one has {total:.1f} GiB")
+    recipe_session.from_worker = True
+    recipe_session.not_for_this_gpu.update(output["not_for_this_gpu"])
+    if output["deselected"]:
+        node.config.hook.pytest_deselected(items=[_DeselectedNode(n) for n in output["deselected"]])
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
     session: RecipeSession | None = config.stash.get(SESSION_KEY, None)
-    if session is None or not session.not_for_this_gpu:
+    if session is None or not session.not_for_this_gpu or config.stash.get(_WORKER_KEY, False):
         return
     by_gpu: dict[str, list[str]] = {}
     for path, gpus in sorted(session.not_for_this_gpu.items()):

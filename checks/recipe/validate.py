@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from checks.recipe.library import section_keys
 from checks.recipe.load import KeyPath, LoadedRecipe
 from checks.recipe.schema import Recipe, _LibrarySection
+from checks.suggest import nearest
 
 _LIBRARY_SECTIONS = ("training", "lora", "quantization")
 
@@ -34,13 +35,29 @@ class InvalidValue:
 
 @dataclass
 class Validation:
+    """What the recipe file says, checked: every problem, and the recipe with the broken parts left out.
+
+    `recipe` is built from what validates: unknown keys are dropped (they reach no library class),
+    an invalid value is dropped with its key, and the section it sits in is `broken`, so the rules
+    that read that section wait for the fix while every other rule still runs. `recipe` is None
+    only when not even that validates (no usable `model`).
+    """
+
     recipe: Recipe | None
     unknown_keys: list[UnknownKey] = field(default_factory=list)
     invalid_values: list[InvalidValue] = field(default_factory=list)
+    broken: dict[str, str] = field(default_factory=dict)  # section -> why the rules reading it wait
 
     @property
     def ok(self) -> bool:
         return self.recipe is not None and not self.unknown_keys and not self.invalid_values
+
+    def blocked(self, sections: frozenset[str]) -> str | None:
+        """Why a rule that reads these sections cannot run (None: it can)."""
+        if self.recipe is None:
+            return "the recipe has no usable 'model'"
+        reasons = [f"{name} {self.broken[name]}" for name in sorted(sections) if name in self.broken]
+        return "; ".join(reasons) or None
 
 
 def _known_at(path: KeyPath) -> tuple[str, ...]:
@@ -63,36 +80,66 @@ def _section_model(annotation: Any) -> Any:
     return None
 
 
+def _drop(data: dict[str, Any], loc: KeyPath) -> str | None:
+    """Remove what an error points at: the key inside its section, else the section. Returns the section."""
+    section = loc[0] if loc and isinstance(loc[0], str) else None
+    if section is None or section not in data:
+        return None
+    values = data[section]
+    if len(loc) >= 2 and isinstance(values, dict) and loc[1] in values:
+        data[section] = {k: v for k, v in values.items() if k != loc[1]}
+    else:
+        del data[section]
+    return section
+
+
 def validate(loaded: LoadedRecipe) -> Validation:
     result = Validation(recipe=None)
     # Top-level `x-...` keys are extension fields (the docker-compose convention), e.g. holders of
     # YAML anchors merged into sections with `<<: *base`; they are not part of the recipe.
     data = {k: v for k, v in loaded.data.items() if not (isinstance(k, str) and k.startswith("x-"))}
-    try:
-        recipe = Recipe.model_validate(data)
-    except ValidationError as exc:
-        recipe = None
-        for error in exc.errors(include_url=False):
-            loc = tuple(error["loc"])
-            if error["type"] == "extra_forbidden":
-                result.unknown_keys.append(UnknownKey(loc, _known_at(loc[:-1])))
-            else:
-                message = error["msg"]
-                if message.startswith("Value error, "):
-                    message = message[len("Value error, "):]
-                result.invalid_values.append(InvalidValue(loc, message, error.get("input"), error["type"]))
-    result.recipe = recipe
     # Library sections take any kwarg of their class by name: anything else is a typo or a key
-    # from another tool, found by the same rule as unknown keys elsewhere.
+    # from another tool, found by the same rule as unknown keys elsewhere. Dropped before pydantic
+    # sees them, so the library class is never handed a key it does not take.
     for section in _LIBRARY_SECTIONS:
         values = data.get(section)
         if not isinstance(values, dict):
             continue
         model_fields = _section_model(Recipe.model_fields[section].annotation).model_fields
         valid = section_keys(section) | set(model_fields)
-        for key in values:
-            if key not in valid:
-                result.unknown_keys.append(UnknownKey((section, key), tuple(sorted(valid))))
+        unknown = [key for key in values if key not in valid]
+        for key in unknown:
+            result.unknown_keys.append(UnknownKey((section, key), tuple(sorted(valid))))
+        if unknown:
+            data[section] = {k: v for k, v in values.items() if k in valid}
+    sections = tuple(Recipe.model_fields)
+    # Each pass drops at least one key or section, so this ends after at most as many passes as keys.
+    for _ in range(1 + sum(len(v) if isinstance(v, dict) else 1 for v in data.values())):
+        try:
+            result.recipe = Recipe.model_validate(data)
+            break
+        except ValidationError as exc:
+            dropped = False
+            for error in exc.errors(include_url=False):
+                loc = tuple(error["loc"])
+                if error["type"] == "extra_forbidden":
+                    if not any(u.key_path == loc for u in result.unknown_keys):
+                        result.unknown_keys.append(UnknownKey(loc, _known_at(loc[:-1])))
+                    if len(loc) == 1:
+                        close = nearest(str(loc[0]), sections, n=1, cutoff=0.75)
+                        if close and close[0] not in data:
+                            result.broken.setdefault(close[0], f"is spelt '{loc[0]}'")
+                else:
+                    message = error["msg"]
+                    if message.startswith("Value error, "):
+                        message = message[len("Value error, "):]
+                    if not any(v.key_path == loc for v in result.invalid_values):
+                        result.invalid_values.append(InvalidValue(loc, message, error.get("input"), error["type"]))
+                    if loc and isinstance(loc[0], str):
+                        result.broken.setdefault(loc[0], "has an invalid value")
+                dropped = (_drop(data, loc) is not None) or dropped
+            if not dropped:
+                break
     return result
 
 

@@ -12,6 +12,8 @@ CHECKS = ("schema", "target-modules", "quantization", "precision", "optimizer", 
 GPU_CHECKS = frozenset({"precision", "optimizer", "throughput", "vram"})
 # Checks that trace a training step (seconds, not milliseconds): deselect with -k "not vram".
 TRACED_CHECKS = frozenset({"vram"})
+# The engine's post-pass after every other check of a recipe: ignores that suppressed nothing (RC109).
+IGNORES_CHECK = "ignores"
 
 
 @functools.cache

@@ -25,6 +25,9 @@ class Rule:
     why: ClassVar[str]  # one line: why it matters
     # What the rule needs besides a valid recipe: "gpu" (a known target profile), "model" (the meta model).
     needs: ClassVar[frozenset[str]] = frozenset()
+    # The recipe sections the rule reads: it runs while those validate, whatever else is wrong in the
+    # recipe (a typo in `lora` does not stop the precision rules). Empty: it reads the raw file only.
+    reads: ClassVar[frozenset[str]] = frozenset()
 
     def run(self, ctx: RecipeContext) -> Iterable[Finding]:
         raise NotImplementedError
@@ -64,3 +67,15 @@ def _dotted(key_path: KeyPath) -> str:
     for part in key_path:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out
+
+
+class CannotJudge(Exception):
+    """Raised by a rule that cannot reach a verdict on this input (e.g. the step does not trace).
+
+    Carries the finding that says why. The engine reports it, unless other checks' errors already
+    explain it: then the check is skipped, naming them, so one cause is reported once.
+    """
+
+    def __init__(self, finding: Finding) -> None:
+        super().__init__(finding.message)
+        self.finding = finding

@@ -39,11 +39,12 @@ class LoraConfigRejected(Rule):
     id = "RC104"
     name = "lora-config-rejected"
     check = "schema"
+    reads = frozenset({"lora"})
     why = "peft raises this error when the training script builds its LoraConfig"
 
     def run(self, ctx):
         recipe = ctx.state.recipe
-        if recipe is None or recipe.lora is None or not ctx.state.schema_ok:
+        if recipe is None or recipe.lora is None:
             return
         config = build_lora_config(recipe.lora)
         if isinstance(config, Exception):

@@ -29,11 +29,12 @@ class ModelUnresolved(Rule):
     id = "RC106"
     name = "model-unresolved"
     check = "schema"
+    reads = frozenset({"model"})
     why = "the target-module and memory checks need the model's real architecture"
 
     def run(self, ctx):
         recipe = ctx.state.recipe
-        if recipe is None or not ctx.state.schema_ok:
+        if recipe is None:
             return
         model = ctx.state.meta_model()
         if isinstance(model, ModelResolutionError) or (isinstance(model, ModelBuildError) and model.rule_id == self.id):

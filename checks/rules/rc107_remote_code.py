@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from checks.findings import Severity
 from checks.models.skeleton import ModelBuildError
 from checks.rules.base import Rule
 
@@ -22,16 +23,20 @@ class RemoteCode(Rule):
 
     ## Use instead
     Review the code, then run `pytest --recipes-trust-remote-code`, or use a transformers-native port.
+
+    A config whose `auto_map` names repository code but whose `model_type` transformers ships is
+    checked against transformers' own class, never the repository's code; an info finding says so.
     """
 
     id = "RC107"
     name = "remote-code"
     check = "schema"
+    reads = frozenset({"model"})
     why = "trust_remote_code runs arbitrary Python from the model repository"
 
     def run(self, ctx):
         recipe = ctx.state.recipe
-        if recipe is None or not ctx.state.schema_ok:
+        if recipe is None:
             return
         if recipe.model.trust_remote_code and not ctx.state.options.trust_remote_code:
             yield self.finding(
@@ -45,3 +50,15 @@ class RemoteCode(Rule):
         model = ctx.state.meta_model()
         if isinstance(model, ModelBuildError) and model.rule_id == self.id:
             yield self.finding(ctx, str(model), ("model",), help=model.help)
+            return
+        resolved = ctx.state.resolved_model()
+        auto_map = getattr(resolved, "config", {}).get("auto_map")
+        if auto_map and not isinstance(model, Exception):
+            # transformers ships this model_type: its own class is built and the repository's code never runs
+            yield self.finding(
+                ctx,
+                f"the config's auto_map points at the repository's own code; checked against transformers' "
+                f"{type(model).__name__} for model_type '{resolved.model_type}' instead (no remote code was run)",
+                ("model",), severity=Severity.INFO,
+                help="",
+            )

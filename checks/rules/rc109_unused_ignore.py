@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from checks.findings import Finding
 from checks.rules.base import Rule
+
+if TYPE_CHECKING:
+    from checks.context import RecipeContext
 
 
 class UnusedIgnore(Rule):
     """
     ## What it checks
     Each rule id in `checks.ignore` is a real rule, and ignoring it suppresses at least one finding
-    of this recipe.
+    of this recipe. It runs after every other check of the recipe (the `ignores` item, collected
+    for recipes that ignore something), over the checks that ran, schema and vram included.
 
     ## Why it matters
     A stale ignore documents an exception that no longer exists, and silently hides the rule if the
@@ -26,38 +32,28 @@ class UnusedIgnore(Rule):
 
     id = "RC109"
     name = "unused-ignore"
-    check = "schema"
+    check = "ignores"
+    reads = frozenset({"checks"})
     why = "a stale or misspelt ignore hides nothing today and the wrong thing tomorrow"
 
     def run(self, ctx):
-        return ()  # computed after the other checks ran: see unused_ignore_findings
+        return ()  # a post-pass over the checks that ran: the engine calls unused_ignore_findings
 
 
-def unused_ignore_findings(state, run_check) -> list[Finding]:
-    """Findings for the recipe's ignores that suppress nothing, over every check of this run."""
-    from checks.context import RecipeContext
-    from checks.engine import gpus_for
-    from checks.rules import CHECKS, GPU_CHECKS, TRACED_CHECKS, all_rules
+def unused_ignore_findings(ctx: RecipeContext, ran: set[str], used: set[str]) -> list[Finding]:
+    """Findings for the recipe's ignores that suppress nothing.
+
+    `ran`: the checks that ran on this recipe; `used`: the rule ids an ignore suppressed there.
+    An ignore of a rule whose check did not run is not judged.
+    """
+    from checks.rules import all_rules
     from checks.suggest import did_you_mean
 
-    recipe = state.recipe
-    if recipe is None or not recipe.checks.ignore or not state.schema_ok:
+    recipe = ctx.state.recipe
+    if recipe is None or not recipe.checks.ignore:
         return []
     rule = UnusedIgnore()
-    ctx = RecipeContext(state)
     known = {r.id: r for r in all_rules()}
-    used: set[str] = set()
-    ran: set[str] = set()
-    for check in CHECKS:
-        if check == "schema":
-            continue
-        for gpu in gpus_for(state, state.options) if check in GPU_CHECKS else [None]:
-            if check in TRACED_CHECKS and (check, gpu) not in state.results:
-                continue  # never trace a step just to judge an ignore; judged when the check ran first
-            result = run_check(state, check, gpu)
-            if result.skipped is None and result.error is None:
-                ran.add(check)
-                used.update(f.rule_id for f in result.suppressed)
     findings = []
     for written in recipe.checks.ignore:
         rule_id = written.strip().upper()

@@ -33,6 +33,7 @@ class TargetMatchesNothing(Rule):
     id = "RC201"
     name = "target-matches-nothing"
     check = "target-modules"
+    reads = frozenset({"model", "lora"})
     needs = frozenset({"model"})
     why = "a target that matches nothing trains fewer adapters than the recipe says, or none at all"
 

@@ -29,6 +29,7 @@ class UnsupportedLayer(Rule):
     id = "RC202"
     name = "unsupported-layer"
     check = "target-modules"
+    reads = frozenset({"model", "lora"})
     needs = frozenset({"model"})
     why = "peft raises when a target is a module type LoRA cannot wrap"
 

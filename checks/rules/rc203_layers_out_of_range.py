@@ -32,6 +32,7 @@ class LayersOutOfRange(Rule):
     id = "RC203"
     name = "layers-out-of-range"
     check = "target-modules"
+    reads = frozenset({"model", "lora"})
     needs = frozenset({"model"})
     why = "peft silently skips blocks that do not exist, so fewer layers are adapted than planned"
 

@@ -29,6 +29,7 @@ class PartialBlockCoverage(Rule):
     id = "RC204"
     name = "partial-block-coverage"
     check = "target-modules"
+    reads = frozenset({"model", "lora"})
     needs = frozenset({"model"})
     why = "adapting only some blocks by accident changes what the fine-tune can learn, silently"
 

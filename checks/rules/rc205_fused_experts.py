@@ -32,6 +32,7 @@ class FusedExperts(Rule):
     id = "RC205"
     name = "fused-experts"
     check = "target-modules"
+    reads = frozenset({"model", "lora"})
     needs = frozenset({"model"})
     why = "the experts hold most of an MoE model's parameters; names that miss them leave them untrained"
 

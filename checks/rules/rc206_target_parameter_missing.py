@@ -27,6 +27,7 @@ class TargetParameterMissing(Rule):
     id = "RC206"
     name = "target-parameter-missing"
     check = "target-modules"
+    reads = frozenset({"model", "lora"})
     needs = frozenset({"model"})
     why = "a target parameter that matches nothing leaves those weights untrained"
 

@@ -31,6 +31,7 @@ class Conv1dFanInFanOut(Rule):
     id = "RC207"
     name = "conv1d-fan-in-fan-out"
     check = "target-modules"
+    reads = frozenset({"model", "lora"})
     severity = Severity.WARNING
     needs = frozenset({"model"})
     why = "Conv1D stores weights transposed; peft flips fan_in_fan_out itself, so the recipe misstates the run"

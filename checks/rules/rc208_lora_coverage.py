@@ -29,6 +29,7 @@ class LoraCoverage(Rule):
     id = "RC208"
     name = "lora-coverage"
     check = "target-modules"
+    reads = frozenset({"model", "lora"})
     severity = Severity.INFO
     needs = frozenset({"model"})
     why = "know which layers a recipe trains before the run"

@@ -34,6 +34,7 @@ class QloraPagedOptimizer(Rule):
     id = "RC301"
     name = "qlora-paged-optimizer"
     check = "optimizer"
+    reads = frozenset({"training", "quantization", "lora"})
     why = "QLoRA runs close to the memory limit; without paging, a memory spike is an OOM crash mid-run"
 
     def run(self, ctx):

@@ -32,6 +32,7 @@ class UnknownOptimizer(Rule):
     id = "RC302"
     name = "unknown-optimizer"
     check = "optimizer"
+    reads = frozenset({"training"})
     why = "TrainingArguments raises on an unknown optimizer when the job starts"
 
     def run(self, ctx):

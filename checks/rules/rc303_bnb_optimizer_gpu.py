@@ -38,6 +38,7 @@ class BnbOptimizerGpu(Rule):
     id = "RC303"
     name = "bnb-optimizer-gpu"
     check = "optimizer"
+    reads = frozenset({"training"})
     needs = frozenset({"gpu"})
     why = "bitsandbytes has no optimizer kernels for GPUs below its minimum compute capability"
 

@@ -27,6 +27,7 @@ class Bf16Unsupported(Rule):
     id = "RC401"
     name = "bf16-unsupported"
     check = "precision"
+    reads = frozenset({"model", "training"})
     needs = frozenset({"gpu"})
     why = "GPUs before Ampere have no bf16 tensor cores: the run fails or crawls"
 

@@ -23,6 +23,7 @@ class Bf16AndFp16(Rule):
     id = "RC402"
     name = "bf16-and-fp16"
     check = "precision"
+    reads = frozenset({"training"})
     why = "TrainingArguments raises when both are set"
 
     def run(self, ctx):

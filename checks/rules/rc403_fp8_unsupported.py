@@ -28,6 +28,7 @@ class Fp8Unsupported(Rule):
     id = "RC403"
     name = "fp8-unsupported"
     check = "precision"
+    reads = frozenset({"model", "quantization"})
     needs = frozenset({"gpu"})
     why = "fp8 matmuls need compute capability 8.9+; older GPUs fail or fall back silently"
 

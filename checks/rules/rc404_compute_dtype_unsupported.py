@@ -25,6 +25,7 @@ class ComputeDtypeUnsupported(Rule):
     id = "RC404"
     name = "compute-dtype-unsupported"
     check = "precision"
+    reads = frozenset({"quantization"})
     needs = frozenset({"gpu"})
     why = "every 4-bit matmul runs in the compute dtype; bf16 has no hardware support before Ampere"
 

@@ -31,6 +31,7 @@ class ComputeDtypeMismatch(Rule):
     id = "RC405"
     name = "compute-dtype-mismatch"
     check = "precision"
+    reads = frozenset({"quantization", "training"})
     why = "a compute dtype other than the training dtype casts every layer and mixes fp16 into bf16 runs"
 
     def run(self, ctx):

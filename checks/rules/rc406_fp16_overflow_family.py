@@ -30,6 +30,7 @@ class Fp16OverflowFamily(Rule):
     id = "RC406"
     name = "fp16-overflow-family"
     check = "precision"
+    reads = frozenset({"model", "quantization", "training"})
     why = "activations beyond fp16's range become inf, then NaN, hours into the run"
 
     def run(self, ctx):

@@ -26,6 +26,7 @@ class QuantizationGpu(Rule):
     id = "RC407"
     name = "quantization-gpu"
     check = "precision"
+    reads = frozenset({"quantization"})
     needs = frozenset({"gpu"})
     why = "bitsandbytes has no kernels for the quantization below its minimum compute capability"
 

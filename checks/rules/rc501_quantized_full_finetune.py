@@ -27,6 +27,7 @@ class QuantizedFullFinetune(Rule):
     id = "RC501"
     name = "quantized-full-finetune"
     check = "quantization"
+    reads = frozenset({"quantization", "lora"})
     why = "quantized weights cannot be trained; the Trainer refuses a purely quantized model"
 
     def run(self, ctx):

@@ -23,6 +23,7 @@ class FourAndEightBit(Rule):
     id = "RC502"
     name = "4bit-and-8bit"
     check = "quantization"
+    reads = frozenset({"quantization"})
     why = "BitsAndBytesConfig raises when both are set"
 
     def run(self, ctx):

@@ -29,6 +29,7 @@ class QuantType(Rule):
     id = "RC503"
     name = "quant-type"
     check = "quantization"
+    reads = frozenset({"quantization"})
     why = "bitsandbytes has only nf4 and fp4; anything else fails when the weights are quantized"
 
     def run(self, ctx):

@@ -29,6 +29,7 @@ class QuantDtype(Rule):
     id = "RC504"
     name = "quant-dtype"
     check = "quantization"
+    reads = frozenset({"quantization"})
     why = "transformers resolves these with getattr(torch, name); a wrong name fails at model load"
 
     def run(self, ctx):

@@ -26,6 +26,7 @@ class QuantNotTrainable(Rule):
     id = "RC505"
     name = "quant-not-trainable"
     check = "quantization"
+    reads = frozenset({"quantization"})
     why = "transformers marks fp8-quantized models as not trainable; the Trainer refuses them"
 
     def run(self, ctx):

@@ -30,6 +30,7 @@ class QuantizesNothing(Rule):
     id = "RC506"
     name = "quantizes-nothing"
     check = "quantization"
+    reads = frozenset({"quantization"})
     severity = Severity.WARNING
     why = "a section with neither load_in_4bit nor load_in_8bit loads the model unquantized"
 

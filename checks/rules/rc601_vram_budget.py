@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from checks.findings import Severity
-from checks.rules.base import Rule
+from checks.rules.base import CannotJudge, Rule
 
 from checks.gpus import GIB
 
@@ -36,6 +36,7 @@ class VramBudget(Rule):
     id = "RC601"
     name = "vram-budget"
     check = "vram"
+    reads = frozenset({"model", "quantization", "lora", "training", "hardware"})
     needs = frozenset({"gpu", "model"})
     why = "an out-of-memory error at step 1 loses the GPU hour this check exists to save"
 
@@ -47,9 +48,13 @@ class VramBudget(Rule):
         try:
             result = estimate(ctx.recipe, ctx.state.resolved_model(), gpu)
         except TraceError as exc:
-            yield self.finding(ctx, f"the training step cannot be traced: {exc}", ("training",), at_value=False,
-                               help="the memory estimate does not cover this setting yet")
-            return
+            # The engine reports this, unless the static checks' errors already say why (peft or
+            # transformers refusing the recipe as written): then it points at those instead.
+            raise CannotJudge(self.finding(
+                ctx, f"the training step cannot be traced: {exc}", ("training",), at_value=False,
+                help="fix what the message names; if the recipe trains as it is, the memory estimate does not "
+                     "cover this setting yet",
+            )) from None
         shown = ", ".join(f"{k} {v / GIB:.2f}" for k, v in sorted(result.breakdown.items(), key=lambda kv: -kv[1]))
         if result.fits:
             yield self.finding(

@@ -28,6 +28,7 @@ class ThroughputClaim(Rule):
     id = "RC602"
     name = "throughput-claim"
     check = "throughput"
+    reads = frozenset({"model", "quantization", "lora", "training", "hardware", "expect"})
     needs = frozenset({"gpu", "model"})
     why = "a throughput above the hardware's ceiling makes a schedule and a budget that cannot hold"
 
