@@ -79,13 +79,15 @@ def find_block_list(model: Any) -> tuple[str | None, int]:
 def _ask_peft(lora_config, module, name: str, rank: int, alpha: float) -> tuple[bool, str, int | None, str | None]:
     """Let peft wrap a meta-device module as its injection would: whether the type is supported, how
     many adapter parameters it adds, and the message of any other error peft raises for this config."""
-    from peft.tuners.lora.model import LoraModel
+    from checks.compat import CompatError, lora_create_new_module
 
     # the arguments peft's LoraModel._create_and_replace passes; the rest is read from the config
     kwargs = dict(r=rank, lora_alpha=alpha, target_name=name, loaded_in_8bit=False, loaded_in_4bit=False,
                   parameter_name=None, tied_adapter={})
     try:
-        wrapped = LoraModel._create_new_module(lora_config, "default", module, **kwargs)
+        wrapped = lora_create_new_module(lora_config, "default", module, **kwargs)
+    except CompatError:  # this peft lacks what recipe-checks calls: say so, do not guess a verdict
+        raise
     except ValueError as exc:
         text = str(exc)
         if "is not supported" in text:
@@ -106,7 +108,7 @@ def _matches(lora_config, key: str) -> bool:
 
 def analyse_targets(lora_config, model: Any, fresh_model: Callable[[], Any] | None = None) -> TargetAnalysis:
     """`fresh_model` builds an unshared meta copy that peft may inject into (for target_parameters)."""
-    from peft.tuners.tuners_utils import _maybe_include_all_linear_layers
+    from checks.compat import include_all_linear_layers
     from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 
     model_type = getattr(model.config, "model_type", "")
@@ -117,7 +119,7 @@ def analyse_targets(lora_config, model: Any, fresh_model: Callable[[], Any] | No
     expanded_from = None
     config = lora_config
     if isinstance(config.target_modules, str) and config.target_modules.lower() == "all-linear":
-        config = _maybe_include_all_linear_layers(dataclasses.replace(config), model)
+        config = include_all_linear_layers(dataclasses.replace(config), model)
         expanded_from = "all-linear"
     elif config.target_modules is None and not config.target_parameters:
         default = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(model_type)

@@ -1,7 +1,9 @@
 """Fixtures for recipe-checks' own tests.
 
 tests/corpus holds broken recipes on purpose: they are checked through pytester in test_corpus.py,
-never collected as part of this suite.
+never collected as part of this suite; tests/hostile holds malformed and hostile input, likewise.
+
+Two tiers: `pytest tests/ -m "not slow"` for the edit-test loop, `pytest tests/` for everything.
 """
 
 from __future__ import annotations
@@ -30,11 +32,42 @@ from checks.rules import all_rules  # noqa: E402
 
 all_rules()
 
-collect_ignore = ["corpus"]
+collect_ignore = ["corpus", "hostile"]
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPES = REPO / "recipes"
 CORPUS = Path(__file__).resolve().parent / "corpus"
+
+# The slow tier: tests that trace full training steps or run every shipped recipe end to end (seconds
+# each, minutes together). A module path marks all its tests; a node id marks one test. Tests may
+# also carry @pytest.mark.slow themselves.
+SLOW_TESTS = {
+    "tests/test_memory_properties.py": "hypothesis over traced training steps",
+    "tests/test_memory_replication.py": "full and replicated traces, event for event",
+    "tests/test_memory_exactness.py": "fake traces against real CPU executions",
+    "tests/test_cli.py::test_check_passes_the_shipped_recipes": "traces every shipped recipe",
+    "tests/test_plugin.py::test_shipped_recipes_all_pass_against_their_own_gpus": "traces every shipped recipe",
+    "tests/test_plugin.py::test_a_qlora_recipe_failing_rc301_still_gets_its_vram_verdict": "traces a step",
+    "tests/test_plugin.py::test_main_job_with_gpu_rtx4090_is_green_and_deselects_the_others": "traces 4 recipes",
+    "tests/test_plugin.py::test_xdist_keeps_the_deselection_count_and_the_other_gpus_summary": "starts xdist workers",
+    "tests/test_estimate.py::test_a_recipe_that_does_not_fit_exits_1_with_traced_fixes_ranked": "traces six fixes",
+}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "slow: traces training steps or runs every shipped recipe; deselect with -m 'not slow'"
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if not item.path.is_relative_to(REPO):
+            continue
+        module = item.path.relative_to(REPO).as_posix()
+        if module in SLOW_TESTS or f"{module}::{getattr(item, 'originalname', item.name)}" in SLOW_TESTS:
+            item.add_marker(pytest.mark.slow)
+
 
 GOOD_RECIPE = """\
 model: meta-llama/Llama-3.1-8B

@@ -27,7 +27,12 @@ def test_the_corpus_has_at_least_30_broken_recipes():
     assert len(CORPUS_FILES) >= 30
 
 
-@pytest.mark.parametrize("path", CORPUS_FILES, ids=[p.stem for p in CORPUS_FILES])
+def _case(path):
+    # a corpus file about the traced vram check traces a step (seconds): the slow tier
+    return pytest.param(path, id=path.stem, marks=[pytest.mark.slow] if "RC601" in expected_ids(path) else [])
+
+
+@pytest.mark.parametrize("path", [_case(p) for p in CORPUS_FILES])
 def test_broken_recipe_fails_with_its_expected_rules(pytester, path):
     shutil.copy(path, pytester.path / path.name)
     expected = expected_ids(path)
