@@ -88,3 +88,46 @@ def test_listing_commands_run(command, capsys):
 def test_console_script_is_installed():
     done = subprocess.run([sys.executable, "-m", "checks.cli", "explain", "RC201"], capture_output=True, text=True)
     assert done.returncode == 0 and "RC201 target-matches-nothing" in done.stdout
+
+
+def test_check_does_not_fail_an_off_target_recipe_that_pytest_deselects(write, capsys):
+    # a recipe for a T4 with an error the T4-independent checks would report: pytest deselects it
+    path = write("t4.yaml", GOOD_RECIPE.replace("gpu: rtx4090", "gpu: t4").replace("nf4", "nf5"))
+    assert main(["check", str(path), "--gpu", "rtx4090", "--format", "json"]) == EXIT_OK
+    report = json.loads(capsys.readouterr().out)
+    assert report["failed"] is False and report["findings"] == []
+    assert report["not_checked"] == [{"path": str(path), "gpus": ["t4"]}]
+    assert main(["check", str(path), "--gpu", "rtx4090", "--recipes-all-gpus"]) == EXIT_FINDINGS
+
+
+def test_check_reports_a_misspelt_gpu_under_gpu_selection(write, capsys):
+    path = write("typo.yaml", GOOD_RECIPE.replace("gpu: rtx4090", "gpu: rtx4099"))
+    assert main(["check", str(path), "--gpu", "rtx4090"]) == EXIT_FINDINGS
+    assert "RC105 'rtx4099' is not a known GPU" in capsys.readouterr().out
+
+
+def test_estimate_takes_the_same_options_as_check(write, capsys):
+    remote = GOOD_RECIPE.replace("model: meta-llama/Llama-3.1-8B",
+                                 "model: {id: meta-llama/Llama-3.1-8B, trust_remote_code: true}")
+    path = write("remote.yaml", remote)
+    assert main(["estimate", str(path), "--no-fixes"]) == EXIT_USAGE
+    assert "RC107" in capsys.readouterr().err
+    assert main(["estimate", str(path), "--no-fixes", "--recipes-trust-remote-code", "--json"]) == EXIT_OK
+    assert json.loads(capsys.readouterr().out)["fits"] is True
+    assert main(["estimate", str(path), "--gpu", "rtx4090,t4"]) == EXIT_USAGE
+
+
+def test_estimate_shows_the_static_findings_when_the_step_cannot_be_built(write, capsys):
+    path = write("foreign.yaml", GOOD_RECIPE.replace("[q_proj, k_proj, v_proj, o_proj]", "[query_key_value]"))
+    assert main(["estimate", str(path), "--no-fixes"]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "RC201 target module 'query_key_value' matches nothing in LlamaForCausalLM" in err
+    assert "cannot be traced until the 1 error(s) above are fixed" in err
+
+
+def test_one_unreadable_recipe_does_not_stop_the_batch(write, tmp_path, capsys):
+    good = write("good.yaml", GOOD_RECIPE)
+    write("odd.yaml", "model: {id: x, config: \"\\0/config.json\"}\n")
+    assert main(["check", str(tmp_path), "--format", "json"]) == EXIT_FINDINGS
+    report = json.loads(capsys.readouterr().out)
+    assert str(good) in report["recipes"] and {f["rule"] for f in report["findings"]} >= {"RC106"}
