@@ -81,3 +81,74 @@ def test_fake_trace_matches_a_real_execution_within_one_percent(hub_cache, case)
 
 def _run(resolved, step, real):
     return run_step(build_step_model(resolved, step, real=real), step)
+
+
+@pytest.mark.parametrize(("case", "kernels"), [
+    # LLM.int8() as on CUDA: MatMul8bitLt's int8 quantization and int8 matmul (bitsandbytes on a CPU tensor
+    # would run MatMul8bitFp, dequantize and matmul in fp16, which keeps other tensors for the backward)
+    ("llama-lora-int8", {"bitsandbytes::int8_vectorwise_quant", "bitsandbytes::int8_linear_matmul",
+                         "bitsandbytes::int8_mm_dequant"}),
+    ("llama-qlora-eager", {"bitsandbytes::dequantize_4bit"}),
+])
+def test_the_quantized_path_runs_bitsandbytes_kernels(hub_cache, case, kernels):
+    repo_id, step = CASES[case]
+    trace = _run(resolve_model_config(repo_id), step, real=False)
+    assert kernels <= trace.ops, f"not run: {sorted(kernels - trace.ops)}"
+    assert trace.quantized_layers == 3 * 7
+
+
+def test_the_tracker_agrees_with_torch_mem_tracker_on_a_real_cpu_step(monkeypatch):
+    """torch's own accountant (torch.distributed._tools.mem_tracker.MemTracker) and ours, on the same real
+    CPU step of a plain MLP with SGD and momentum: the same peak, and the same parameters, gradients and
+    optimizer states at it. MemTracker rounds to the CUDA allocator's 512 bytes only for CUDA tensors,
+    ours always: with our rounding switched off both count raw storage bytes, and the tolerance is 0.
+    (Not on a transformers model: MemTracker has no fake-tensor, 4-bit or block-replication view.)"""
+    import torch
+    from torch.distributed._tools.mem_tracker import MemTracker
+
+    from checks.memory import tracker as tracker_module
+
+    monkeypatch.setattr(tracker_module, "allocation_bytes", lambda nbytes: nbytes)
+
+    def model_and_optimizer():
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(256, 512), torch.nn.ReLU(), torch.nn.Linear(512, 128))
+        return model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, foreach=False)
+
+    def one_step(model, optimizer, on_phase):
+        on_phase("forward")
+        loss = model(torch.ones(64, 256)).square().mean()
+        on_phase("backward")
+        loss.backward()
+        del loss
+        on_phase("optimizer")
+        optimizer.step()
+
+    model, optimizer = model_and_optimizer()
+    torch_tracker = MemTracker()
+    torch_tracker.track_external(model, optimizer)
+    with torch_tracker:
+        one_step(model, optimizer, lambda phase: None)
+    [snapshot] = torch_tracker.get_tracker_snapshot("peak").values()
+    theirs = {getattr(kind, "value", kind): nbytes for kind, nbytes in snapshot.items()}
+
+    model, optimizer = model_and_optimizer()
+    ours = tracker_module.MemoryTracker()
+    for p in model.parameters():
+        ours.tag(p, "weights")
+
+    def on_phase(phase):
+        ours.phase = phase
+        for p in model.parameters():
+            if p.grad is not None:
+                ours.tag(p.grad, "gradients")
+
+    with ours:
+        one_step(model, optimizer, on_phase)
+    timeline = ours.timeline()
+    params = sum(p.numel() * 4 for p in model.parameters())
+    assert timeline.peak_phase == "optimizer" and theirs["Optstate"] > 0  # all three kinds live at the peak
+    assert timeline.peak_bytes == theirs["Total"]
+    assert timeline.breakdown["weights"] == theirs["Parameter"] == params
+    assert timeline.breakdown.get("gradients", 0) == theirs.get("Gradient", 0)
+    assert timeline.breakdown.get("optimizer_state", 0) == theirs.get("Optstate", 0)
