@@ -290,6 +290,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in ("check", "estimate"):
+        from checks.compat import version_warnings
+
+        for warning in version_warnings():
+            print(f"recipe-checks: warning: {warning}", file=sys.stderr)
     return args.func(args)
 
 

@@ -24,6 +24,10 @@ class RecipeWarning(UserWarning):
     """A warning-level finding: shown in pytest's warnings summary, a failure with --recipes-strict."""
 
 
+class RecipeVersionWarning(UserWarning):
+    """An installed library outside the range recipe-checks is tested with."""
+
+
 @dataclass
 class RecipeSession:
     options: Options

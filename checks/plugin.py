@@ -6,12 +6,13 @@ Collection nodes live in checks.collect, the checks in checks.rules, options in 
 from __future__ import annotations
 
 import importlib.metadata
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from checks.collect import SESSION_KEY, RecipeFile, RecipeSession
+from checks.collect import SESSION_KEY, RecipeFile, RecipeItem, RecipeSession, RecipeVersionWarning
 from checks.gpus import GpuCatalog, GpuProfileError, UnknownGpuError
 from checks.options import Options, add_options, parse_ignore_lines, split_names
 from checks.recipe.load import RecipeLoadError, looks_like_recipe, read_recipe_text
@@ -109,7 +110,15 @@ def _version(dist: str) -> str:
         return "not installed"
 
 
+def _asks_for_recipes(config: pytest.Config) -> bool:
+    """Whether this run may check recipes: paths were named, the ini names recipe paths, or an option asks."""
+    return (config.args_source is pytest.Config.ArgsSource.ARGS or bool(config.getini("recipe_checks_paths"))
+            or any(config.getoption(name) for name in _RECIPE_OPTIONS))
+
+
 def pytest_report_header(config: pytest.Config) -> list[str]:
+    if not _asks_for_recipes(config):
+        return []  # a host project's plain run: nothing of ours to report
     session: RecipeSession = config.stash[SESSION_KEY]
     if session.options.gpus:
         targets = "; ".join(session.catalog.get(g).describe() for g in session.options.gpus)
@@ -120,10 +129,13 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     versions = ", ".join(
         f"{d} {_version(d)}" for d in ("torch", "transformers", "peft", "bitsandbytes")
     )
+    from checks.compat import version_warnings
+
     return [
         f"recipe-checks {_version('recipe-checks')}: {target_line}",
         f"recipe-checks: local device: {_local_device()} (checks use the target profile, not this machine)",
         f"recipe-checks: {versions}",
+        *(f"recipe-checks: WARNING: {warning}" for warning in version_warnings()),
     ]
 
 
@@ -168,6 +180,11 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector):
 
 
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    if any(isinstance(item, RecipeItem) for item in items):
+        from checks.compat import version_warnings
+
+        for warning in version_warnings():  # in the warnings summary too, where CI logs are read
+            warnings.warn(RecipeVersionWarning(warning), stacklevel=1)
     off_target = [item for item in items if getattr(item, "off_target", False)]
     if off_target:
         config.hook.pytest_deselected(items=off_target)

@@ -380,3 +380,19 @@ def test_xdist_keeps_the_deselection_count_and_the_other_gpus_summary(pytester, 
         "*t4: recipes/mistral-7b-qlora-t4-fp16.yaml  (check with --gpu=t4)*",
     ])
     assert result.parseoutcomes()["deselected"] >= 35, result.stdout.str()
+
+
+def test_an_out_of_range_library_version_is_warned_about_at_session_start(pytester, monkeypatch):
+    import checks.compat
+
+    real = checks.compat.installed_version
+    monkeypatch.setattr(checks.compat, "installed_version",
+                        lambda dist: "4.55.0" if dist == "transformers" else real(dist))
+    pytester.makefile(".yaml", good=GOOD_RECIPE)
+    result = pytester.runpytest("good.yaml", "-k", "schema", "-p", "no:cacheprovider")
+    result.stdout.fnmatch_lines([
+        "recipe-checks: WARNING: transformers 4.55.0 is below the tested range 5.0-*",
+        "*RecipeVersionWarning: transformers 4.55.0 is below the tested range*",
+    ], consecutive=False)
+    host = pytester.runpytest("-p", "no:cacheprovider")  # a run that checks no recipe: nothing of ours
+    assert "recipe-checks:" not in host.stdout.str() and "WARNING" not in host.stdout.str()
