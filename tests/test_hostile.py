@@ -345,6 +345,25 @@ def test_network_and_remote_code_stay_off_for_hostile_model_ids(tmp_path, no_net
     assert no_network == []
 
 
+@pytest.mark.parametrize("pattern", [
+    r"(a+)+b", r"(a|ab)*c", r"(x{1,40}){1,40}", r".*.*.*.*x", r"(q_|q)*x", "[", "(?P<n", "a" * 600,
+])
+def test_an_unsafe_or_invalid_regex_is_refused_with_a_reason(pattern):
+    from checks.regex_safety import unsafe_regex_reason
+
+    assert unsafe_regex_reason(pattern)
+
+
+@pytest.mark.parametrize("pattern", [
+    r".*\.(q|v)_proj", r".*decoder.*(SelfAttention|EncDecAttention).*(q|v)$",
+    r"model\.layers\.\d+\.self_attn\.(q|k|v|o)_proj", r"(\.\d+){2}", r"[\w_]+_proj", r"layers",
+])
+def test_the_regexes_peft_documents_are_accepted(pattern):
+    from checks.regex_safety import unsafe_regex_reason
+
+    assert unsafe_regex_reason(pattern) is None
+
+
 # --- per-process time and memory (slow tier) ------------------------------------------------------
 
 def measure_in_child(case: Case, tmp: Path, limit: float = 120) -> dict:
