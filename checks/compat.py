@@ -27,7 +27,7 @@ SUPPORTED: dict[str, tuple[str, str]] = {
     "bitsandbytes": ("0.46.1", "0.50"),
     "accelerate": ("1.2.0", "1.15"),
     "huggingface_hub": ("1.3.0", "2.4"),
-    "pydantic": ("2.6.0", "2.14"),
+    "pydantic": ("2.8.0", "2.14"),
 }
 
 
@@ -178,3 +178,15 @@ def lora_create_new_module(lora_config, adapter_name: str, target, **kwargs):
 def include_all_linear_layers(peft_config, model):
     """peft's _maybe_include_all_linear_layers: the config with 'all-linear' expanded for this model."""
     return require("peft.tuners.tuners_utils._maybe_include_all_linear_layers")(peft_config, model)
+
+
+# -- pytest -----------------------------------------------------------------------------------------
+def skip_at_item(reason: str):
+    """pytest.skip, reported at the recipe item (file and line) rather than at this plugin's code:
+    the `_use_item_location` flag of pytest's Skipped (pytest 7.0-9.x; its skip marks use it)."""
+    import pytest
+
+    try:
+        raise pytest.skip.Exception(reason, _use_item_location=True)
+    except TypeError:  # a pytest without the flag: the same skip, at the plugin's line
+        pytest.skip(reason)

@@ -77,6 +77,7 @@ def test_replicated_blocks_give_the_full_trace_exactly(case):
     assert any("identical decoder blocks traced" in note for note in replicated.notes)
 
 
+@pytest.mark.slow
 def test_full_size_llama3_8b_lora_replicated_equals_its_full_trace():
     resolved = resolve_model_config("meta-llama/Meta-Llama-3-8B")
     settings = dataclasses.replace(BASE, seq_len=1024, lora=LORA, gradient_checkpointing=True)
