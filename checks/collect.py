@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from checks.compat import skip_at_item
 from checks.context import RecipeState
 from checks.engine import gpus_for, has_ignores, run_check, unused_ignores
 from checks.findings import Finding
@@ -98,7 +99,7 @@ class RecipeItem(pytest.Item):
         if result.error is not None:
             raise result.error
         if result.skipped is not None:
-            pytest.skip(result.skipped)
+            skip_at_item(result.skipped)
         strict = self.state.options.strict
         for info in result.infos:
             text = info.message
@@ -129,7 +130,7 @@ class RecipeItem(pytest.Item):
         return super().repr_failure(excinfo, style=style)
 
     def reportinfo(self):
-        line = self._failed_line - 1 if self._failed_line else None
+        line = self._failed_line - 1 if self._failed_line else 0
         return self.path, line, self.name
 
 
@@ -138,14 +139,14 @@ def skip_unless_cuda(min_memory_gib: float | None = None) -> None:
     import torch
 
     if not torch.cuda.is_available():
-        pytest.skip(
+        skip_at_item(
             "needs a CUDA GPU: torch.cuda.is_available() is False here "
             f"(torch {torch.__version__}); run it on a machine with an NVIDIA GPU and a CUDA build of torch"
         )
     if min_memory_gib is not None:
         total = torch.cuda.get_device_properties(0).total_memory / GIB
         if total < float(min_memory_gib):
-            pytest.skip(f"needs a GPU with {min_memory_gib} GiB; this one has {total:.1f} GiB")
+            skip_at_item(f"needs a GPU with {min_memory_gib} GiB; this one has {total:.1f} GiB")
 
 
 SESSION_KEY = pytest.StashKey[RecipeSession]()
