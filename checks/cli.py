@@ -56,9 +56,16 @@ def _cmd_check(args: argparse.Namespace) -> int:
     failed = False
     report: list[dict] = []
     not_checked: list[dict] = []
+    internal: list[dict] = []  # bugs of recipe-checks, never a finding of the recipe
     recipes = list(discover_recipes(args.paths))
     for path in recipes:
-        state, results = check_recipe(path, options, catalog)
+        try:
+            state, results = check_recipe(path, options, catalog)
+        except Exception as exc:  # a bug must not cost the other recipes their report
+            failed = True
+            internal.append({"path": str(path), "check": None, "error": f"{type(exc).__name__}: {exc}"})
+            print(f"{path}: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+            continue
         if not results:  # off target: pytest deselects it, so this is no failure either
             not_checked.append({"path": state.path, "gpus": state.declared_gpus()})
             if args.format == "text":
@@ -68,6 +75,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
         for result in results:
             if result.error is not None:
                 failed = True
+                internal.append({"path": state.path, "check": result.check,
+                                 "error": f"{type(result.error).__name__}: {result.error}"})
                 message = f"internal error in check '{result.check}': {type(result.error).__name__}: {result.error}"
                 print(f"{state.path}: {message}", file=sys.stderr)
                 continue
@@ -88,8 +97,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
                     print(f"{state.path}::{result.check}: not run: {waiting}\n")
     if args.format == "json":
         checked = [str(p) for p in recipes if str(p) not in {n["path"] for n in not_checked}]
-        print(json.dumps({"recipes": checked, "not_checked": not_checked, "findings": report, "failed": failed},
-                         indent=2))
+        print(json.dumps({"recipes": checked, "not_checked": not_checked, "findings": report,
+                          "internal_errors": internal, "failed": failed}, indent=2))
     elif args.format == "text":
         print(f"{len(recipes) - len(not_checked)} recipe(s) checked"
               f"{f', {len(not_checked)} for other GPUs not checked' if not_checked else ''}: "
