@@ -76,22 +76,29 @@ def find_block_list(model: Any) -> tuple[str | None, int]:
     return best
 
 
+# how peft's dispatch says it has no LoRA layer for a module type (LoraModel._create_new_module)
+_UNSUPPORTED_LAYER = "Currently, only the following modules are supported"
+
+
 def _ask_peft(lora_config, module, name: str, rank: int, alpha: float) -> tuple[bool, str, int | None, str | None]:
     """Let peft wrap a meta-device module as its injection would: whether the type is supported, how
     many adapter parameters it adds, and the message of any other error peft raises for this config."""
+    import torch
+
     from checks.compat import CompatError, lora_create_new_module
 
     # the arguments peft's LoraModel._create_and_replace passes; the rest is read from the config
     kwargs = dict(r=rank, lora_alpha=alpha, target_name=name, loaded_in_8bit=False, loaded_in_4bit=False,
                   parameter_name=None, tied_adapter={})
     try:
-        wrapped = lora_create_new_module(lora_config, "default", module, **kwargs)
+        with torch.device("meta"):  # as peft's low_cpu_mem_usage: shapes are what is counted, not values
+            wrapped = lora_create_new_module(lora_config, "default", module, **kwargs)
     except CompatError:  # this peft lacks what recipe-checks calls: say so, do not guess a verdict
         raise
     except ValueError as exc:
         text = str(exc)
-        if "is not supported" in text:
-            return False, text[text.find("Currently"):] if "Currently" in text else "", None, None
+        if _UNSUPPORTED_LAYER in text:  # no LoRA class for this layer type (not: an option this class lacks)
+            return False, text[text.find(_UNSUPPORTED_LAYER):], None, None
         return True, "", None, text
     except (TypeError, NotImplementedError) as exc:  # peft refuses the arguments for this layer
         return True, "", None, str(exc)
@@ -149,7 +156,8 @@ def analyse_targets(lora_config, model: Any, fresh_model: Callable[[], Any] | No
     adapters: int | None = 0
     refusal: PeftRefusal | None = None
     verdicts: dict[tuple, tuple[bool, str, int | None, str | None]] = {}
-    init_free = dataclasses.replace(config, init_lora_weights=True)  # data-dependent inits need real weights
+    # inits that read the weights (pissa, olora, corda, eva, loftq, ...) cannot run on the meta device
+    init_free = config if _init_reads_no_weights(config) else dataclasses.replace(config, init_lora_weights=True)
     for name in matched:
         module = modules[name]
         rank, alpha = rank_and_alpha_for(config, name)
@@ -184,7 +192,7 @@ def analyse_targets(lora_config, model: Any, fresh_model: Callable[[], Any] | No
     if config.target_parameters and refusal is None and not unsupported and fresh_model is not None:
         # parameter targets wrap whole modules in nested ParamWrappers, with checks of their own: let peft
         # inject the whole config into an unshared copy (seconds for MoE models only) and count from it
-        injected = inject_adapters(dataclasses.replace(config, init_lora_weights=True), fresh_model())
+        injected = inject_adapters(init_free, fresh_model())
         if isinstance(injected, PeftRefusal):
             refusal, adapters = injected, None
         else:
@@ -229,6 +237,11 @@ def inject_adapters(lora_config, fresh_model: Any) -> int | PeftRefusal | None:
     except Exception:  # not a verdict on the config: the meta copy lacks what a real model has
         return None
     return sum(p.numel() for name, p in injected.named_parameters() if "lora_" in name)
+
+
+def _init_reads_no_weights(config) -> bool:
+    init = config.init_lora_weights
+    return isinstance(init, bool) or init in ("gaussian", "orthogonal")
 
 
 def _is_no_match(exc: Exception) -> bool:
