@@ -43,6 +43,7 @@ class TargetAnalysis:
     fused_expert_params: list[str]  # names like "model.layers.0.mlp.experts.gate_up_proj"
     # What peft raised while wrapping the targets (the message), and where; None when it accepted them.
     refusal: PeftRefusal | None = None
+    ranks: dict[int, int] = field(default_factory=dict)  # rank peft gives -> wrapped modules with it
 
 
 @dataclass(frozen=True)
@@ -155,12 +156,14 @@ def analyse_targets(lora_config, model: Any, fresh_model: Callable[[], Any] | No
     supported_text = ""
     adapters: int | None = 0
     refusal: PeftRefusal | None = None
+    ranks: dict[int, int] = {}
     verdicts: dict[tuple, tuple[bool, str, int | None, str | None]] = {}
     # inits that read the weights (pissa, olora, corda, eva, loftq, ...) cannot run on the meta device
     init_free = config if _init_reads_no_weights(config) else dataclasses.replace(config, init_lora_weights=True)
     for name in matched:
         module = modules[name]
         rank, alpha = rank_and_alpha_for(config, name)
+        ranks[rank] = ranks.get(rank, 0) + 1
         signature = (type(module), rank, alpha, tuple(tuple(p.shape) for p in module.parameters(recurse=False)))
         if signature not in verdicts:
             verdicts[signature] = _ask_peft(init_free, module, name, rank, alpha)
@@ -220,6 +223,7 @@ def analyse_targets(lora_config, model: Any, fresh_model: Callable[[], Any] | No
         adapter_params=adapters,
         fused_expert_params=fused,
         refusal=refusal,
+        ranks=dict(sorted(ranks.items())),
     )
 
 

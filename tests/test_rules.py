@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import re
+from collections import Counter
 
 import pytest
 
@@ -72,9 +73,11 @@ def test_adapter_count_resolves_rank_pattern_as_peft_injects_it(rank_pattern):
     from checks.targets import analyse_targets
 
     config = LoraConfig(r=8, target_modules=ALL_PROJECTIONS, rank_pattern=rank_pattern)
-    counted = analyse_targets(copy.deepcopy(config), _tiny_llama(), _tiny_llama).adapter_params
+    result = analyse_targets(copy.deepcopy(config), _tiny_llama(), _tiny_llama)
     injected = get_peft_model(_tiny_llama(), copy.deepcopy(config))
-    assert counted == sum(p.numel() for name, p in injected.named_parameters() if "lora_" in name)
+    assert result.adapter_params == sum(p.numel() for name, p in injected.named_parameters() if "lora_" in name)
+    wrapped_ranks = Counter(m.r["default"] for m in injected.modules() if isinstance(getattr(m, "r", None), dict))
+    assert result.ranks == dict(wrapped_ranks)  # what RC208 reports: the ranks peft gives, per module
 
 
 def test_rank_and_alpha_are_the_ones_peft_gives_each_module():

@@ -51,7 +51,14 @@ class LoraCoverage(Rule):
             ctx,
             f"{origin} {', '.join(leaves)}{params}: {len(result.matched_modules)} modules in {len(blocks)} of "
             f"{result.num_blocks} blocks, holding {share:.1%} of {result.total_params / 1e9:.2f}B parameters; "
-            f"{adapters} at r={ctx.recipe.lora.r}",
+            f"{adapters} at {_ranks(result.ranks, ctx.recipe.lora.r)}",
             ("lora", "target_modules") if ctx.recipe.lora.target_modules is not None else ("lora",),
             help="",
         )
+
+
+def _ranks(ranks: dict[int, int], r: int) -> str:
+    """'r=16', or with rank_pattern the ranks peft resolves: 'r=8 (24 modules), r=64 (8 modules)'."""
+    if len(ranks) <= 1:
+        return f"r={next(iter(ranks), r)}"
+    return ", ".join(f"r={rank} ({count} modules)" for rank, count in ranks.items())
