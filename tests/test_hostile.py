@@ -51,6 +51,7 @@ class Case:
     made: str  # how the input is made
     make: Callable[[Path], Path] | None = None  # builds it under a temp dir; None: tests/hostile/<name>.yaml
     loads: bool = False  # a valid recipe in an unusual form: no RC101, no RC103
+    keys: frozenset[str] = frozenset()  # dotted keys that must each have a finding of their own
 
     def path(self, tmp: Path) -> Path:
         return self.make(tmp) if self.make else HOSTILE / f"{self.name}.yaml"
@@ -142,8 +143,19 @@ def _written(name: str, text: str) -> Callable[[Path], Path]:
     return make
 
 
-def _case(name: str, expect: str, made: str, make: Callable[[Path], Path] | None = None, loads: bool = False) -> Case:
-    return Case(name, frozenset(expect.split()), made, make, loads)
+def _case(name: str, expect: str, made: str, make: Callable[[Path], Path] | None = None, loads: bool = False,
+          keys: tuple[str, ...] = ()) -> Case:
+    return Case(name, frozenset(expect.split()), made, make, loads, frozenset(keys))
+
+
+# The numeric keys tests/hostile/*-every-numeric-key.yaml set, typed by the schema or passed to the library.
+NUMERIC_KEYS = (
+    "quantization.llm_int8_threshold", "lora.r", "lora.lora_alpha", "lora.lora_dropout",
+    *(f"training.{k}" for k in ("per_device_train_batch_size", "gradient_accumulation_steps", "learning_rate",
+                                "num_train_epochs", "max_steps", "warmup_ratio", "warmup_steps", "weight_decay",
+                                "max_grad_norm", "max_seq_length", "seed", "adam_beta1")),
+    "hardware.vram_budget_gib", "expect.tokens_per_second",
+)
 
 
 CASES = [
@@ -183,9 +195,9 @@ CASES = [
     _case("sparse-2gib-config", "RC106", "generated: a 2 GiB sparse config.json", _sparse_config),
     _case("big-50mb-config", "RC106", "generated: a 50 MB config.json", _big_config),
     # values
-    _case("inf-every-numeric-key", "RC103", "file: .inf in every numeric key, typed or a library kwarg"),
-    _case("nan-every-numeric-key", "RC103", "file: .nan in every numeric key"),
-    _case("negative-inf-every-numeric-key", "RC103", "file: -.inf in every numeric key"),
+    _case("inf-every-numeric-key", "RC103", "file: .inf in every numeric key, typed or a library kwarg", keys=NUMERIC_KEYS),
+    _case("nan-every-numeric-key", "RC103", "file: .nan in every numeric key", keys=NUMERIC_KEYS),
+    _case("negative-inf-every-numeric-key", "RC103", "file: -.inf in every numeric key", keys=NUMERIC_KEYS),
     _case("huge-float-every-numeric-key", "RC103", "file: 1e308 in every numeric key"),
     _case("huge-int-every-numeric-key", "RC103", "file: a 40-digit integer in every numeric key"),
     _case("trace-cost-micro-batch", "RC103", "file: batch 65,536 x 10^7 tokens"),
@@ -251,6 +263,7 @@ def run_case(case: Case, tmp: Path) -> dict:
         "shown": str(path),
         "longest_message": max((len(f.message) + len(f.help) + len(f.why) for f in findings), default=0),
         "help_missing": [f.rule_id for f in findings if f.is_error and not f.help],
+        "keys": sorted({f.key for f in findings}),
     }
 
 
@@ -280,6 +293,8 @@ def _assert_outcome(case: Case, outcome: dict) -> None:
     assert outcome["paths"] in ([], [outcome["shown"]]), "every finding names the file it is about"
     assert outcome["longest_message"] < MESSAGE_CHARS, f"{case.name}: a finding quotes too much"
     assert outcome["help_missing"] == [], f"{case.name}: findings without a fix: {outcome['help_missing']}"
+    missed = [k for k in case.keys if not any(f == k or f.startswith(k + ".") for f in outcome["keys"])]
+    assert missed == [], f"{case.name}: no finding for {missed}"
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
@@ -336,6 +351,24 @@ def test_a_batch_of_hostile_recipes_still_reports_the_valid_one_in_json(tmp_path
     for path in paths[:-1]:
         assert path in reported, f"{path} has no finding"
     assert no_network == []
+
+
+def test_the_text_report_of_unreadable_recipes_ends_and_shows_each_finding(tmp_path):
+    """The text format quotes the source line of each finding: for a FIFO or /dev/zero that line
+    must not be read from the file itself (it would block, or never end)."""
+    paths = [str(_fifo(tmp_path, "fifo.yaml")), str(_sparse(tmp_path, "sparse.yaml")), "/dev/zero"]
+    valid = tmp_path / "valid.yaml"
+    valid.write_text(VALID)
+    code = "import sys; from checks.cli import main; sys.exit(main(sys.argv[1:]))"
+    try:
+        done = subprocess.run([sys.executable, "-c", code, "check", *paths, str(valid)], capture_output=True,
+                              text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=CASE_SECONDS * 2)
+    except subprocess.TimeoutExpired:
+        pytest.fail("recipe-checks check (text format) did not end on a FIFO / /dev/zero / sparse recipe")
+    for path in paths:
+        assert f"{path}" in done.stdout
+    assert "4 recipe(s) checked" in done.stdout
+    assert "Traceback" not in done.stderr
 
 
 def test_network_and_remote_code_stay_off_for_hostile_model_ids(tmp_path, no_network):
