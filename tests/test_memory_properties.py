@@ -97,12 +97,13 @@ def test_qlora_below_lora_below_full_fine_tune(batch, seq, checkpointing):
 @given(methods, batches, lengths, st.sampled_from(["sdpa", "eager"]))
 def test_checkpointing_keeps_strictly_fewer_activations(method, batch, seq, attn):
     # every block keeps its projections' inputs, norms and attention for the backward; checkpointed, only
-    # its input: always strictly less, whatever the method, batch or length
-    def activations(checkpointing):
-        return trace_training_step(SMALL, step(method, batch, seq, checkpointing, attn)).timeline.breakdown.get(
-            "activations", 0)
-
-    assert activations(True) < activations(False)
+    # its input: strictly less wherever the peak is in the forward or backward pass. A full fine-tune
+    # with few tokens peaks in AdamW's step, where the activations are gone: there it must not cost more.
+    on, off = (trace_training_step(SMALL, step(method, batch, seq, c, attn)).timeline for c in (True, False))
+    if off.peak_phase == "optimizer":
+        assert on.peak_bytes <= off.peak_bytes
+    else:
+        assert on.breakdown.get("activations", 0) < off.breakdown.get("activations", 0)
 
 
 @settings(max_examples=6, deadline=None, derandomize=True)
@@ -115,23 +116,31 @@ def test_checkpointing_lowers_the_peak_of_adapter_training(method, batch, seq):
 @settings(max_examples=8, deadline=None, derandomize=True)
 @given(methods, batches, lengths, flags)
 def test_a_chunked_loss_never_needs_more_memory(method, batch, seq, checkpointing):
-    # SMALL's vocabulary is 4x its hidden size, as in real LLMs (Llama 3: 31x): the chunked loss
-    # keeps an input-sized gradient where the plain loss keeps vocabulary-sized logits
     base = timeline(step(method, batch, seq, checkpointing))
     chunked = timeline(dataclasses.replace(step(method, batch, seq, checkpointing), chunked_loss=True))
     assert chunked.peak_bytes <= base.peak_bytes
-    if base.breakdown.get("logits_loss", 0):  # the peak is in the loss: the full logits are what it removes
+    logits = batch * seq * SMALL.config["vocab_size"] * 2  # one bf16 logits tensor
+    if base.breakdown.get("logits_loss", 0) >= logits:  # the logits are part of the peak: they are what it removes
         assert chunked.peak_bytes < base.peak_bytes
         assert chunked.breakdown.get("logits_loss", 0) < base.breakdown["logits_loss"]
 
 
+# A vocabulary 64x the hidden size (Llama 3: 31x, Qwen2.5: 43x-170x): the logits make the peak.
+BIG_VOCAB = ResolvedModel("big-vocab-llama", {
+    "model_type": "llama", "hidden_size": 512, "intermediate_size": 1408, "num_hidden_layers": 2,
+    "num_attention_heads": 8, "num_key_value_heads": 4, "vocab_size": 32768, "max_position_embeddings": 4096,
+}, "test")
+
+
 @settings(max_examples=6, deadline=None, derandomize=True)
-@given(st.sampled_from(["lora", "qlora"]), batches, st.sampled_from([128, 256]))
-def test_a_chunked_loss_lowers_the_peak_where_the_logits_make_it(method, batch, seq):
-    # with checkpointing, adapter training peaks at the loss: vocabulary x tokens logits and their fp32 upcast
-    base = step(method, batch, seq, True)
-    assert timeline(base).breakdown.get("logits_loss", 0) > 0
-    assert peak(dataclasses.replace(base, chunked_loss=True)) < peak(base)
+@given(st.sampled_from(["lora", "qlora"]), batches, st.sampled_from([128, 256]), flags)
+def test_a_chunked_loss_lowers_the_peak_where_the_logits_make_it(method, batch, seq, checkpointing):
+    base = step(method, batch, seq, checkpointing)
+    plain = trace_training_step(BIG_VOCAB, base).timeline
+    chunked = trace_training_step(BIG_VOCAB, dataclasses.replace(base, chunked_loss=True)).timeline
+    assert plain.breakdown.get("logits_loss", 0) >= batch * seq * 32768 * 2  # the premise: logits at the peak
+    assert chunked.peak_bytes < plain.peak_bytes
+    assert chunked.breakdown.get("logits_loss", 0) < plain.breakdown["logits_loss"]
 
 
 @pytest.mark.slow

@@ -113,13 +113,22 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
 
 
 class ChunkedLoss(torch.nn.Module):
-    """Where the traced step computes the loss in chunks (the tracker's logits_loss region)."""
+    """Where the traced step computes the loss in chunks (the tracker's logits_loss region).
 
-    def forward(self, hidden_states, weight, bias, labels):
+    The head's weight is read here, not passed in: a full backward hook on this module (the tracker
+    marks the region's end with one) makes autograd materialise a zero gradient for every tensor
+    input, which for the frozen head weight would be a weight-sized buffer Liger never allocates.
+    """
+
+    def __init__(self, head: torch.nn.Module) -> None:
+        super().__init__()
+        self.__dict__["head"] = head  # not a submodule: the model owns it
+
+    def forward(self, hidden_states, labels):
         # Liger's LigerForCausalLMLoss: shift the labels by padding, flatten the tokens
         shift_labels = torch.nn.functional.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:].contiguous()
         flat = hidden_states.reshape(-1, hidden_states.shape[-1])
-        return FusedLinearCrossEntropy.apply(flat, weight, shift_labels.reshape(-1), bias)
+        return FusedLinearCrossEntropy.apply(flat, self.head.weight, shift_labels.reshape(-1), self.head.bias)
 
 
 def use_chunked_loss(causal_lm) -> None:
@@ -127,12 +136,12 @@ def use_chunked_loss(causal_lm) -> None:
     then the fused loss on the last hidden states, and returns no logits."""
     from transformers.modeling_outputs import CausalLMOutputWithPast
 
-    causal_lm.chunked_loss = ChunkedLoss()
     base, head = causal_lm.base_model, causal_lm.get_output_embeddings()
+    causal_lm.chunked_loss = ChunkedLoss(head)
 
     def forward(input_ids=None, labels=None, **kwargs):
         outputs = base(input_ids=input_ids, **kwargs)
-        loss = causal_lm.chunked_loss(outputs.last_hidden_state, head.weight, head.bias, labels)
+        loss = causal_lm.chunked_loss(outputs.last_hidden_state, labels)
         return CausalLMOutputWithPast(loss=loss, logits=None, past_key_values=outputs.past_key_values)
 
     causal_lm.forward = forward
