@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -17,6 +18,14 @@ EXIT_OK, EXIT_FINDINGS, EXIT_USAGE = 0, 1, 2
 
 class UsageError(Exception):
     """Flags that do not go together: exit 2 with the message."""
+
+
+def _lexists(path: str) -> bool:
+    """Whether a path names anything, a dangling or looping link included (it gets its finding)."""
+    try:
+        return os.path.lexists(path)
+    except (ValueError, OSError):  # a NUL byte: reported as a finding of that path, not a crash
+        return True
 
 
 def _options(args: argparse.Namespace, catalog) -> Options:
@@ -49,7 +58,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
     except (GpuProfileError, UnknownGpuError, UsageError) as exc:
         print(f"recipe-checks: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    missing = [p for p in args.paths if not Path(p).exists()]
+    missing = [p for p in args.paths if not _lexists(p)]
     if missing:
         print(f"recipe-checks: no such file or directory: {', '.join(missing)}", file=sys.stderr)
         return EXIT_USAGE

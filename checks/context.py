@@ -15,7 +15,7 @@ from checks.gpus import GpuCatalog, GpuProfile, UnknownGpuError
 from checks.models.resolve import ModelResolutionError, ResolvedModel, resolve_model_config
 from checks.models.skeleton import ModelBuildError, build_meta_model
 from checks.options import Options
-from checks.recipe.load import LoadedRecipe, RecipeLoadError, load_recipe_file
+from checks.recipe.load import LoadedRecipe, RecipeLoadError, load_recipe_file, read_recipe_text
 from checks.recipe.schema import Recipe
 from checks.recipe.validate import InvalidValue, Validation, validate
 
@@ -71,9 +71,11 @@ class RecipeState:
     def source_line(self, line: int) -> str:
         if self.loaded is not None:
             return self.loaded.source_line(line)
-        try:
-            lines = self.fs_path.read_text(encoding="utf-8", errors="replace").splitlines()
-        except OSError:
+        if line < 1:
+            return ""
+        try:  # the same bounded read as loading: never hangs on a FIFO or reads /dev/zero without end
+            lines = read_recipe_text(self.fs_path).splitlines()
+        except RecipeLoadError:
             return ""
         return lines[line - 1] if 0 < line <= len(lines) else ""
 

@@ -15,7 +15,7 @@ import pytest
 from checks.collect import SESSION_KEY, RecipeFile, RecipeItem, RecipeSession, RecipeVersionWarning
 from checks.gpus import GpuCatalog, GpuProfileError, UnknownGpuError
 from checks.options import Options, add_options, parse_ignore_lines, split_names
-from checks.recipe.load import RecipeLoadError, looks_like_recipe, read_recipe_text
+from checks.discover import is_recipe_file
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -169,13 +169,8 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector):
     searched = _searched(parent.config, file_path)
     if searched is False:
         return None
-    if searched is None:
-        try:
-            text = read_recipe_text(file_path)
-        except RecipeLoadError:
-            return None  # not readable as text: no recipe of ours (one named explicitly would be reported)
-        if not looks_like_recipe(text, parent.config.getini("recipe_checks_key")):
-            return None
+    if searched is None and not is_recipe_file(file_path, parent.config.getini("recipe_checks_key")):
+        return None
     return RecipeFile.from_parent(parent, path=file_path)
 
 
