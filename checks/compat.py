@@ -175,6 +175,12 @@ def lora_create_new_module(lora_config, adapter_name: str, target, **kwargs):
     return require("peft.tuners.lora.model.LoraModel._create_new_module")(lora_config, adapter_name, target, **kwargs)
 
 
+def pattern_key(patterns: list[str], name: str) -> str:
+    """peft's get_pattern_key (peft.utils.other, not exported by peft.utils): the rank_pattern or
+    alpha_pattern key peft picks for a module name."""
+    return require("peft.utils.other.get_pattern_key")(patterns, name)
+
+
 def include_all_linear_layers(peft_config, model):
     """peft's _maybe_include_all_linear_layers: the config with 'all-linear' expanded for this model."""
     return require("peft.tuners.tuners_utils._maybe_include_all_linear_layers")(peft_config, model)

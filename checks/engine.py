@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from checks.context import RecipeContext, RecipeState
-from checks.findings import Finding, Severity
+from checks.compat import CompatError
+from checks.findings import Finding, Location, Severity
 from checks.gpus import GpuCatalog, GpuProfile
 from checks.options import Options
 from checks.rules import CHECKS, GPU_CHECKS, IGNORES_CHECK, TRACED_CHECKS, rules_for
@@ -109,6 +110,11 @@ def run_check(state: RecipeState, check: str, gpu: str | None = None) -> CheckRe
                     continue
                 try:
                     found = list(rule_cls().run(ctx))
+                except CompatError as exc:  # an installed library lacks what the rule asks of it
+                    found = [Finding(rule_cls.id, str(exc), ctx.loaded.location(()) if ctx.state.loaded else
+                                     Location(state.path), check=check, why="the rule asks the library itself",
+                                     help="install a library version in the supported range (the report header "
+                                          "lists the installed ones; the README, the range)")]
                 except CannotJudge as exc:
                     explained = _static_errors(state, key[1], check)
                     if explained:

@@ -15,6 +15,8 @@ from typing import Any, Callable
 
 import yaml
 
+from checks.models.blocks import decoder_blocks
+
 _BLOCK_INDEX = re.compile(r"^(?P<prefix>.*?)\.(?P<idx>\d+)(?:\.|$)")
 
 
@@ -67,14 +69,9 @@ def block_index(name: str, block_list: str | None) -> int | None:
 
 
 def find_block_list(model: Any) -> tuple[str | None, int]:
-    """The ModuleList holding the repeated blocks: the longest one outside expert lists."""
-    import torch
-
-    best: tuple[str | None, int] = (None, 0)
-    for name, module in model.named_modules():
-        if isinstance(module, torch.nn.ModuleList) and "expert" not in name and len(module) > best[1]:
-            best = (name, len(module))
-    return best
+    """The name and length of the ModuleList holding the repeated blocks (checks.models.blocks)."""
+    found = decoder_blocks(model, strict=False)
+    return (found[0], len(found[1])) if found is not None else (None, 0)
 
 
 # how peft's dispatch says it has no LoRA layer for a module type (LoraModel._create_new_module)
@@ -285,10 +282,12 @@ def suggest_for(target: str, wrappable: list[str]) -> list[str]:
 
 
 def analysis_for(ctx) -> TargetAnalysis | Exception | None:
-    import warnings
     """The recipe's analysis, computed once per recipe; None when the recipe has no lora section."""
+    import warnings
+
+    from checks.recipe.library import lora_config
+    from checks.recipe.validate import library_kwargs
     from checks.regex_safety import unsafe_pattern_error
-    from checks.rules.rc104_lora_config_rejected import build_lora_config
 
     memo = ctx.state.memo
     if "targets" not in memo:
@@ -298,9 +297,10 @@ def analysis_for(ctx) -> TargetAnalysis | Exception | None:
         elif (unsafe := unsafe_pattern_error(recipe.lora.model_dump(exclude_unset=True))) is not None:
             memo["targets"] = unsafe  # matching it against every module could take hours; RC103 reports it
         else:
-            config = build_lora_config(recipe.lora)
-            if isinstance(config, Exception):
-                memo["targets"] = config
+            try:
+                config = lora_config(library_kwargs(recipe.lora))
+            except Exception as exc:  # peft refuses the arguments: RC104 reports it
+                memo["targets"] = exc
             else:
                 # peft warns about what the rules report (Conv1D fan_in_fan_out, unmatched parameters)
                 with warnings.catch_warnings():
@@ -320,6 +320,6 @@ def rank_and_alpha_for(config, name: str) -> tuple[int, float]:
 
 def peft_pattern_key(patterns, name: str) -> str:
     """The rank_pattern/alpha_pattern key peft picks for `name` (a key must match a whole dotted suffix)."""
-    from peft.utils.other import get_pattern_key  # compat: peft 0.21 (not exported by peft.utils)
+    from checks.compat import pattern_key
 
-    return get_pattern_key(list(patterns), name)
+    return pattern_key(list(patterns), name)

@@ -4,6 +4,9 @@ tracker which block's span of the step is running, so that block 1 can stand for
 
 from __future__ import annotations
 
+from checks.models.blocks import decoder_blocks as find_decoder_blocks
+from checks.models.blocks import text_config
+
 # A model with many identical decoder blocks is traced with four (two edges, two interior blocks
 # compared with each other) and replayed with block 1's events repeated for the blocks left out.
 TRACED_BLOCKS = 4
@@ -14,22 +17,10 @@ class NotPeriodic(Exception):
     """Blocks that looked identical allocate differently: trace every block instead."""
 
 
-def text_config(config):
-    """The decoder's config: the text part of a multimodal config, else the config itself."""
-    return config.get_text_config() if hasattr(config, "get_text_config") else config
-
-
 def decoder_blocks(model):
-    """The ModuleList of the model's decoder blocks: the one list of num_hidden_layers modules of
-    one class; None when there is no such single list (encoder-decoder, vision towers, ...)."""
-    import torch
-
-    count = getattr(text_config(model.config), "num_hidden_layers", None)
-    found = [
-        m for m in model.modules()
-        if isinstance(m, torch.nn.ModuleList) and count and len(m) == count and len({type(b) for b in m}) == 1
-    ]
-    return found[0] if len(found) == 1 else None
+    """The ModuleList of the model's decoder blocks (checks.models.blocks); None when there is no single one."""
+    found = find_decoder_blocks(model)
+    return found[1] if found is not None else None
 
 
 def _fingerprint(block) -> tuple:

@@ -54,9 +54,9 @@ def quiet():
 
 def lora_config(settings: StepSettings):
     """peft's LoraConfig for the settings' adapters (the recipe's lora section, as peft takes it)."""
-    from peft import LoraConfig
+    from checks.recipe.library import lora_config as from_kwargs
 
-    return LoraConfig(**thaw(settings.lora))
+    return from_kwargs(thaw(settings.lora))
 
 
 def build_step_model(resolved, settings: StepSettings, task_type: str = "CAUSAL_LM", *, real: bool = False,

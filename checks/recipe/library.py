@@ -51,3 +51,11 @@ def library_class_name(section: str) -> str:
         "lora": "peft.LoraConfig",
         "quantization": "transformers.BitsAndBytesConfig",
     }[section]
+
+
+def lora_config(kwargs: dict):
+    """peft.LoraConfig from a lora section's kwargs: the one place recipe-checks builds one (the
+    rules, the target analysis and the memory engine); raises what peft raises."""
+    from peft import LoraConfig
+
+    return LoraConfig(**kwargs)

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
+from checks.recipe.library import lora_config
 from checks.recipe.validate import library_kwargs
 from checks.rules.base import Rule
 
 
 def build_lora_config(lora):
     """The peft.LoraConfig for a recipe's lora section, or the exception peft raises for it."""
-    from peft import LoraConfig
-
     try:
-        return LoraConfig(**library_kwargs(lora))
+        return lora_config(library_kwargs(lora))
     except Exception as exc:  # peft raises ValueError/TypeError for inconsistent arguments
         return exc
 
