@@ -309,7 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command in ("check", "estimate"):
-        from checks.compat import version_warnings
+        from checks.compat import drop_cpu_kernel_notice, version_warnings
+
+        drop_cpu_kernel_notice()
 
         for warning in version_warnings():
             print(f"recipe-checks: warning: {warning}", file=sys.stderr)

@@ -196,3 +196,22 @@ def skip_at_item(reason: str):
         raise pytest.skip.Exception(reason, _use_item_location=True)
     except TypeError:  # a pytest without the flag: the same skip, at the plugin's line
         pytest.skip(reason)
+
+
+# -- bitsandbytes' import-time notice ---------------------------------------------------------------
+class _DropCpuKernelNotice:
+    """bitsandbytes 0.49-0.50 logs, when imported on a CPU with AVX512-BF16, that it could not load a
+    CPU 4-bit kernel from the kernels hub. recipe-checks never needs it (the trace emulates the CUDA
+    kernels; CPU runs fall back to bitsandbytes' own code), and a check run must not tell users to
+    install packages from a hub."""
+
+    def filter(self, record) -> bool:
+        return "Failed to load CPU gemm_4bit_forward" not in record.getMessage()
+
+
+def drop_cpu_kernel_notice() -> None:
+    import logging
+
+    logger = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    if not any(isinstance(f, _DropCpuKernelNotice) for f in logger.filters):
+        logger.addFilter(_DropCpuKernelNotice())

@@ -71,6 +71,10 @@ def pytest_configure(config: pytest.Config) -> None:
         gpu_profiles=profiles,
     )
     config.stash[SESSION_KEY] = RecipeSession(options=options, catalog=catalog)
+    if _asks_for_recipes(config):
+        from checks.compat import drop_cpu_kernel_notice
+
+        drop_cpu_kernel_notice()
     if hasattr(config, "workerinput"):  # a pytest-xdist worker: its controller prints the summary
         config.stash[_WORKER_KEY] = True
 
