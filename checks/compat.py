@@ -1,7 +1,7 @@
 """Every private API of torch, transformers, peft and bitsandbytes that recipe-checks touches, in one place,
 and the library versions it is tested with.
 
-Written against torch 2.13, transformers 5.0-5.24, peft 0.18-0.21, bitsandbytes 0.46.1-0.50 (the range in
+Written against torch 2.13, transformers 5.20-5.24, peft 0.21, bitsandbytes 0.50 (the range in
 SUPPORTED, proven by ci/oldest-releases and ci/newest-releases). Each symbol is looked up at first use; a
 missing one raises CompatError, which names the library, its installed version, the symbol and the
 supported range, instead of an AttributeError in the middle of a trace. Nothing here imports a heavy
@@ -22,11 +22,11 @@ from checks.memory.errors import TraceError
 # pyproject.toml declares the same range and ci/constraints.txt pins the newest.
 SUPPORTED: dict[str, tuple[str, str]] = {
     "torch": ("2.13.0", "2.13"),
-    "transformers": ("5.0.0", "5.24"),
-    "peft": ("0.18.0", "0.21"),
-    "bitsandbytes": ("0.46.1", "0.50"),
+    "transformers": ("5.20.0", "5.24"),
+    "peft": ("0.21.0", "0.21"),
+    "bitsandbytes": ("0.50.0", "0.50"),
     "accelerate": ("1.2.0", "1.15"),
-    "huggingface_hub": ("1.3.0", "2.4"),
+    "huggingface_hub": ("1.31.0", "2.4"),
     "pydantic": ("2.8.0", "2.14"),
 }
 
@@ -49,8 +49,10 @@ def _release(version: str) -> tuple[int, ...]:
 
 
 def supported_range(distribution: str) -> str:
+    """The tested range as people write it: '5.20-5.24', or '0.21' for a single release series."""
     oldest, newest = SUPPORTED[distribution]
-    return f"{'.'.join(oldest.split('.')[:2]) if oldest.endswith('.0') else oldest}-{newest}"
+    low = ".".join(oldest.split(".")[:2]) if oldest.endswith(".0") else oldest
+    return low if low == newest else f"{low}-{newest}"
 
 
 def _recipe_checks_version() -> str:

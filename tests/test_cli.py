@@ -66,7 +66,20 @@ def test_explain_an_unknown_rule_suggests(capsys):
     assert "did you mean 'RC301'" in capsys.readouterr().err
 
 
+def _pinned(distribution: str) -> str:
+    for line in (REPO / "ci" / "constraints.txt").read_text().splitlines():
+        name, _, version = line.partition("==")
+        if name.strip().lower() == distribution:
+            return version.strip()
+    raise LookupError(distribution)
+
+
 def test_published_json_schema_is_current():
+    import pydantic
+
+    if pydantic.VERSION != _pinned("pydantic"):  # each pydantic release words its JSON Schema a little differently
+        pytest.skip(f"the published schema is generated with pydantic {_pinned('pydantic')} (ci/constraints.txt); "
+                    f"this is {pydantic.VERSION}: compare with the pinned version, as CI does")
     published = json.loads((REPO / "checks" / "schema" / "recipe.schema.json").read_text())
     assert published == recipe_json_schema(), "regenerate: recipe-checks schema -o checks/schema/recipe.schema.json"
 

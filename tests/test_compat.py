@@ -30,15 +30,15 @@ def test_installed_versions_inside_the_range_give_no_warning(monkeypatch):
 def test_a_version_below_the_range_warns_with_the_range_and_the_fix(monkeypatch):
     _versions(monkeypatch, transformers="4.55.0")
     [warning] = compat.version_warnings()
-    assert warning.startswith("transformers 4.55.0 is below the tested range 5.0-5.24 of recipe-checks 0.1.0: ")
-    assert warning.endswith("install transformers>=5.0.0")
+    assert warning.startswith("transformers 4.55.0 is below the tested range 5.20-5.24 of recipe-checks 0.1.0: ")
+    assert warning.endswith("install transformers>=5.20.0")
 
 
 def test_a_version_above_the_range_warns_that_it_is_untested(monkeypatch):
     _versions(monkeypatch, bitsandbytes="0.51.0", peft="1.0.0")
     warnings = compat.version_warnings()
     assert [w.split(" is ")[0] for w in warnings] == ["peft 1.0.0", "bitsandbytes 0.51.0"]
-    assert warnings[1].startswith("bitsandbytes 0.51.0 is above the tested range 0.46.1-0.50 of recipe-checks")
+    assert warnings[1].startswith("bitsandbytes 0.51.0 is above the tested range 0.50 of recipe-checks")
 
 
 def test_an_absent_optional_library_is_not_a_warning(monkeypatch):
@@ -52,7 +52,7 @@ def test_a_missing_symbol_is_a_compat_error_naming_library_version_and_range(mon
     with pytest.raises(compat.CompatError) as error:
         compat.require("transformers.masking_utils.no_such_function")
     assert str(error.value) == ("transformers 4.57.1 lacks transformers.masking_utils.no_such_function; "
-                                "recipe-checks supports transformers 5.0-5.24")
+                                "recipe-checks supports transformers 5.20-5.24")
     assert isinstance(error.value, TraceError)  # the vram check turns it into a finding
     with pytest.raises(compat.CompatError, match="peft .* lacks peft.no_such_module.thing"):
         compat.require("peft.no_such_module.thing")

@@ -391,7 +391,7 @@ def test_an_out_of_range_library_version_is_warned_about_at_session_start(pytest
     pytester.makefile(".yaml", good=GOOD_RECIPE)
     result = pytester.runpytest("good.yaml", "-k", "schema", "-p", "no:cacheprovider")
     result.stdout.fnmatch_lines([
-        "recipe-checks: WARNING: transformers 4.55.0 is below the tested range 5.0-*",
+        "recipe-checks: WARNING: transformers 4.55.0 is below the tested range 5.20-*",
         "*RecipeVersionWarning: transformers 4.55.0 is below the tested range*",
     ], consecutive=False)
     host = pytester.runpytest("-p", "no:cacheprovider")  # a run that checks no recipe: nothing of ours
