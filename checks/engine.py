@@ -26,6 +26,7 @@ class CheckResult:
     suppressed: list[Finding] = field(default_factory=list)
     skipped: str | None = None  # why the check did not run
     waiting: list[str] = field(default_factory=list)  # rules of the check that did not run, and why
+    judged: set[str] = field(default_factory=set)  # ids of the rules that reached a verdict
     error: BaseException | None = None  # a bug in a rule: reported as a crash of that item only
 
     @property
@@ -122,6 +123,7 @@ def run_check(state: RecipeState, check: str, gpu: str | None = None) -> CheckRe
                                           f"{', '.join(explained)} first")
                         continue
                     found = [exc.finding]
+                result.judged.add(rule_cls.id)
                 for finding in found:  # an ignore silences failures; information is never hidden
                     ignored = finding.rule_id in ignores and finding.severity is not Severity.INFO
                     (result.suppressed if ignored else result.findings).append(finding)
@@ -142,14 +144,14 @@ def unused_ignores(state: RecipeState) -> CheckResult:
     Never runs a check itself: an ignore of a rule whose check did not run (deselected, skipped, or
     run in another process) is not judged.
     """
-    from checks.rules.rc109_unused_ignore import unused_ignore_findings
+    from checks.rules.rc109_unused_ignore import UnusedIgnore, unused_ignore_findings
 
     result = CheckResult(check=IGNORES_CHECK, gpu=None)
-    ran = {c for (c, _), r in state.results.items() if r.skipped is None and r.error is None and c != IGNORES_CHECK}
-    used = {f.rule_id for (c, _), r in state.results.items() for f in r.suppressed}
-    if state.recipe is not None and state.validation is not None and not state.validation.blocked(frozenset({"checks"})):
+    judged = {rule_id for r in state.results.values() if r.error is None for rule_id in r.judged}
+    used = {f.rule_id for r in state.results.values() for f in r.suppressed}
+    if _rule_blocked(state, UnusedIgnore) is None:
         try:
-            result.findings.extend(unused_ignore_findings(RecipeContext(state), ran, used))
+            result.findings.extend(unused_ignore_findings(RecipeContext(state), judged, used))
         except Exception as exc:
             result.error = exc
     return result

@@ -396,3 +396,12 @@ def test_an_out_of_range_library_version_is_warned_about_at_session_start(pytest
     ], consecutive=False)
     host = pytester.runpytest("-p", "no:cacheprovider")  # a run that checks no recipe: nothing of ours
     assert "recipe-checks:" not in host.stdout.str() and "WARNING" not in host.stdout.str()
+
+
+def test_an_ignore_of_a_rule_that_waits_for_a_broken_section_is_not_judged(pytester):
+    # lora is broken (r: 0): RC301 reads lora and waits, while the optimizer check's other rules run
+    text = GOOD_RECIPE.replace("r: 16", "r: 0") + "checks:\n  ignore: {RC301: \"no host RAM to page into\"}\n"
+    pytester.makefile(".yaml", waiting=text)
+    result = pytester.runpytest("waiting.yaml", "-k", "not vram", "-p", "no:cacheprovider")
+    result.stdout.fnmatch_lines(["RC103 lora.r: *"])
+    assert "RC109" not in result.stdout.str()

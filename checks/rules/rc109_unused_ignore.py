@@ -40,11 +40,12 @@ class UnusedIgnore(Rule):
         return ()  # a post-pass over the checks that ran: the engine calls unused_ignore_findings
 
 
-def unused_ignore_findings(ctx: RecipeContext, ran: set[str], used: set[str]) -> list[Finding]:
+def unused_ignore_findings(ctx: RecipeContext, judged: set[str], used: set[str]) -> list[Finding]:
     """Findings for the recipe's ignores that suppress nothing.
 
-    `ran`: the checks that ran on this recipe; `used`: the rule ids an ignore suppressed there.
-    An ignore of a rule whose check did not run is not judged.
+    `judged`: the ids of the rules that reached a verdict on this recipe; `used`: the rule ids an
+    ignore suppressed there. An ignore of a rule that did not run (its check deselected or skipped,
+    or the rule waiting for a broken section) is not judged.
     """
     from checks.rules import all_rules
     from checks.suggest import did_you_mean
@@ -64,7 +65,7 @@ def unused_ignore_findings(ctx: RecipeContext, ran: set[str], used: set[str]) ->
                 ctx, f"ignored rule '{written}' does not exist", key, at_value=False,
                 help=f"{hint} `recipe-checks explain` lists the rules.".strip(),
             ))
-        elif known[rule_id].check in ran and rule_id not in used:
+        elif rule_id in judged and rule_id not in used:
             findings.append(rule.finding(
                 ctx, f"ignoring {rule_id} ({known[rule_id].name}) suppresses nothing in this recipe",
                 key, at_value=False, help="remove the entry: the recipe no longer needs the exception",
