@@ -12,6 +12,7 @@ from typing import Any
 
 from checks.findings import Finding, Location
 from checks.gpus import GpuCatalog, GpuProfile, UnknownGpuError
+from checks.limits import MAX_ERROR_CHARS, shorten
 from checks.models.resolve import ModelResolutionError, ResolvedModel, resolve_model_config
 from checks.models.skeleton import ModelBuildError, build_meta_model
 from checks.options import Options
@@ -47,7 +48,7 @@ class RecipeState:
             state.load_error = exc.finding
         except Exception as exc:  # never a crash of the session: the file is reported, the others still run
             state.load_error = Finding(
-                "RC101", f"cannot read the recipe: {type(exc).__name__}: {_short(str(exc))}", Location(display_path),
+                "RC101", f"cannot read the recipe: {_error_text(exc)}", Location(display_path),
                 check="schema", help="make the file a readable UTF-8 YAML mapping",
             )
         return state
@@ -60,7 +61,7 @@ class RecipeState:
                 self._validation = validate(self.loaded) if self.loaded is not None else None
             except Exception as exc:  # e.g. a structure too deep for pydantic: reported, not raised
                 self._validation = Validation(recipe=None, invalid_values=[InvalidValue(
-                    (), f"the recipe cannot be validated: {type(exc).__name__}: {_short(str(exc))}", None, "unreadable",
+                    (), f"the recipe cannot be validated: {_error_text(exc)}", None, "unreadable",
                 )])
         return self._validation
 
@@ -115,7 +116,7 @@ class RecipeState:
                 self._resolved = exc
             except Exception as exc:  # whatever the input makes the resolver raise is a finding, not a crash
                 self._resolved = ModelResolutionError(
-                    f"cannot resolve model '{_short(recipe.model.name)}': {type(exc).__name__}: {_short(str(exc))}",
+                    f"cannot resolve model '{shorten(recipe.model.name)}': {_error_text(exc)}",
                     "check model.id / model.config: a hub id (org/name), or a config.json or model directory",
                 )
         return self._resolved
@@ -132,7 +133,7 @@ class RecipeState:
             try:
                 return build_meta_model(self.resolved_model(), task, trust_remote_code=trust, fresh=True)
             except Exception as exc:  # built once already: a failure now is the same input's, reported alike
-                return ModelBuildError(f"transformers cannot build a fresh copy: {type(exc).__name__}: {_short(str(exc))}",
+                return ModelBuildError(f"transformers cannot build a fresh copy: {_error_text(exc)}",
                                        "fix the config.json values the message names")
         if self._model is _UNSET:
             resolved = self.resolved_model()
@@ -149,17 +150,16 @@ class RecipeState:
                 self._model = exc
             except Exception as exc:  # transformers refusing an absurd config is a finding, not a crash
                 self._model = ModelBuildError(
-                    f"transformers cannot build '{_short(recipe.model.name)}' from its config: "
-                    f"{type(exc).__name__}: {_short(str(exc))}",
+                    f"transformers cannot build '{shorten(recipe.model.name)}' from its config: "
+                    f"{_error_text(exc)}",
                     "fix the config.json values the message names, or point model.config at the model's real config",
                 )
         return self._model
 
 
-def _short(text: str, limit: int = 200) -> str:
-    """A value quoted in a message: hostile inputs can be megabytes long."""
-    text = text.replace("\x00", "\\0")
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+def _error_text(exc: BaseException) -> str:
+    """An exception as a finding quotes it: its type and its (bounded) message."""
+    return f"{type(exc).__name__}: {shorten(str(exc), MAX_ERROR_CHARS)}"
 
 
 @dataclass

@@ -78,11 +78,14 @@ MAX_CONFIG_POSITIONS = 2**27
 # --- messages -----------------------------------------------------------------------------------
 # A quoted value in a finding is cut to this many characters, so a 1 MiB key is not echoed whole.
 MAX_QUOTED_CHARS = 80
+# A library's error message quoted in a finding: long enough for the sentence that says what is wrong.
+MAX_ERROR_CHARS = 200
 
 
 def shorten(text: object, limit: int = MAX_QUOTED_CHARS) -> str:
-    """`text` as a string of at most `limit` characters, saying how long it really was."""
-    text = str(text)
+    """`text` as a string of at most `limit` characters, saying how long it really was; a NUL byte
+    is shown as \\0, never written to a terminal or a log."""
+    text = str(text).replace("\x00", "\\0")
     if len(text) <= limit:
         return text
     return f"{text[:limit - 1]}…({len(text):,} characters)"
