@@ -172,7 +172,6 @@ class Training(_LibrarySection):
     learning_rate: float = Field(5e-5, gt=0, le=1)
     num_train_epochs: float = Field(3.0, gt=0, le=limits.MAX_STEPS)
     max_steps: int = Field(-1, ge=-1, le=limits.MAX_STEPS)
-    warmup_ratio: float = Field(0.0, ge=0, le=1)
     warmup_steps: int | float = Field(0, ge=0, le=limits.MAX_STEPS)
     weight_decay: float = Field(0.0, ge=0, le=limits.MAX_SCALE)
     max_grad_norm: float = Field(1.0, ge=0, le=limits.MAX_SCALE)
