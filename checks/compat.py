@@ -217,3 +217,25 @@ def drop_cpu_kernel_notice() -> None:
     logger = logging.getLogger("bitsandbytes.backends.cpu.ops")
     if not any(isinstance(f, _DropCpuKernelNotice) for f in logger.filters):
         logger.addFilter(_DropCpuKernelNotice())
+
+
+# -- activation checkpointing, as the Trainer enables it ---------------------------------------------
+def activation_checkpointing(args) -> tuple[bool, dict | None]:
+    """(enabled, kwargs) of TrainingArguments: transformers 5.24 names them activation_checkpointing(_kwargs)
+    and keeps gradient_checkpointing(_kwargs) as deprecated aliases; 5.20-5.23 have only the old names."""
+    if hasattr(args, "activation_checkpointing"):
+        return bool(args.activation_checkpointing), args.activation_checkpointing_kwargs
+    return bool(args.gradient_checkpointing), args.gradient_checkpointing_kwargs
+
+
+def enable_activation_checkpointing(model, kwargs: dict | None) -> None:
+    """What Trainer.train does before its first step (transformers 5.24: activation_checkpointing_enable,
+    which pops every_n_layers and offload out of the kwargs; 5.20-5.23: gradient_checkpointing_enable)."""
+    kwargs = dict(kwargs or {})
+    if hasattr(model, "activation_checkpointing_enable"):
+        every_n_layers = kwargs.pop("every_n_layers", 1)
+        offload = kwargs.pop("offload", False)
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs or None,
+                                              every_n_layers=every_n_layers, offload=offload)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs or None)

@@ -14,8 +14,8 @@ from checks.compat import CompatError
 from checks.findings import Finding, Location, Severity
 from checks.gpus import GpuCatalog, GpuProfile
 from checks.options import Options
-from checks.rules import CHECKS, GPU_CHECKS, IGNORES_CHECK, TRACED_CHECKS, rules_for
-from checks.rules.base import CannotJudge, Rule
+from checks.rules import CHECKS, GPU_CHECKS, IGNORES_CHECK, RUN_CHECKS, TRACED_CHECKS, rules_for
+from checks.rules.base import CannotJudge, NotRun, Rule
 
 
 @dataclass
@@ -86,7 +86,7 @@ def _static_errors(state: RecipeState, gpu: str | None, besides: str) -> list[st
     """The static checks (not traced) that report errors: the explanation a failed trace points at."""
     return [
         f"{state.path}::{c}" for c in CHECKS
-        if c != besides and c not in TRACED_CHECKS and run_check(state, c, gpu).errors
+        if c != besides and c not in TRACED_CHECKS | RUN_CHECKS and run_check(state, c, gpu).errors
     ]
 
 
@@ -116,6 +116,9 @@ def run_check(state: RecipeState, check: str, gpu: str | None = None) -> CheckRe
                                      Location(state.path), check=check, why="the rule asks the library itself",
                                      help="install a library version in the supported range (the report header "
                                           "lists the installed ones; the README, the range)")]
+                except NotRun as exc:  # nothing to judge here: the check skips, saying what it needs
+                    result.skipped = result.skipped or str(exc)
+                    continue
                 except CannotJudge as exc:
                     explained = _static_errors(state, key[1], check)
                     if explained:

@@ -8,10 +8,12 @@ import pkgutil
 
 from checks.rules.base import Rule
 
-CHECKS = ("schema", "target-modules", "quantization", "precision", "optimizer", "throughput", "vram")
+CHECKS = ("schema", "target-modules", "quantization", "precision", "optimizer", "throughput", "vram", "cpu-step")
 GPU_CHECKS = frozenset({"precision", "optimizer", "throughput", "vram"})
 # Checks that trace a training step (seconds, not milliseconds): deselect with -k "not vram".
 TRACED_CHECKS = frozenset({"vram"})
+# Checks that run the recipe for real (a tiny-random model on the CPU, the full-size one on a GPU).
+RUN_CHECKS = frozenset({"cpu-step"})
 # The engine's post-pass after every other check of a recipe: ignores that suppressed nothing (RC109).
 IGNORES_CHECK = "ignores"
 

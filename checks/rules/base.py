@@ -79,3 +79,8 @@ class CannotJudge(Exception):
     def __init__(self, finding: Finding) -> None:
         super().__init__(finding.message)
         self.finding = finding
+
+
+class NotRun(Exception):
+    """Raised by a rule with nothing to judge on this machine (e.g. no tiny-random model of the
+    architecture): the check is skipped with this reason, which says what is needed."""

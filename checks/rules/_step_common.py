@@ -1,0 +1,25 @@
+"""Helpers shared by the cpu-step rules (not a rule: the registry skips modules without 'rc')."""
+
+from __future__ import annotations
+
+from checks.rules.base import NotRun
+
+# What every cpu-step rule reads: the step is built from all of it.
+STEP_READS = frozenset({"model", "quantization", "lora", "training"})
+
+
+def step_report(ctx):
+    """The recipe's real step (run once per recipe), or None when the step could not be built (RC701
+    reports that); NotRun when this machine has nothing to run it on."""
+    from checks.run.cpu_step import cpu_step
+
+    outcome = cpu_step(ctx.state)
+    if outcome.cannot_run:
+        raise NotRun(f"not run: {outcome.cannot_run}; build it with `recipe-checks fixtures build {ctx.path}`")
+    return outcome.report
+
+
+def modules_line(names: list[str]) -> str:
+    from checks.run.step import summarize_modules
+
+    return summarize_modules(names)

@@ -1,0 +1,83 @@
+"""cpu-step: the recipe's real step on the tiny-random model of its architecture, once per recipe.
+
+The outcome is shared by the cpu-step rules (RC701-RC707) through the recipe's memo, so the step runs
+once however many rules judge it. When the step goes wrong (a non-finite loss or update), the training
+keys are reset one at a time to find the one it comes from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from checks.limits import shorten
+from checks.run.setup import Scale, SetupRefused, blame_key, build_training, training_kwargs
+from checks.run.step import StepReport, run_real_step
+
+MEMO_KEY = "cpu-step"
+
+
+@dataclass
+class StepOutcome:
+    report: StepReport | None = None
+    refused: SetupRefused | None = None
+    cannot_run: str | None = None  # why there is no step to judge (no fixture for the model, ...)
+    fixture: Any = None
+    broken_by: str | None = None  # the training key whose default makes a non-finite step finite
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def _broken(report: StepReport) -> bool:
+    return not report.finite_loss or bool(report.non_finite_parameters or report.non_finite_gradients)
+
+
+def cpu_step(state) -> StepOutcome:
+    """The recipe's step on its tiny-random model, run once per recipe and shared by the rules."""
+    if MEMO_KEY not in state.memo:
+        state.memo[MEMO_KEY] = _run(state)
+    return state.memo[MEMO_KEY]
+
+
+def _run(state) -> StepOutcome:
+    import time
+
+    from checks.fixtures.cache import ensure_fixture
+    from checks.memory.settings import settings_from_recipe
+
+    recipe = state.recipe
+    resolved = state.resolved_model()
+    outcome = StepOutcome()
+    started = time.perf_counter()
+    task = recipe.lora.task_type if recipe.lora is not None else "CAUSAL_LM"
+    try:
+        outcome.fixture = ensure_fixture(resolved, task_type=task or "CAUSAL_LM")
+    except Exception as exc:  # noqa: BLE001  no tiny model for this architecture: nothing to run
+        outcome.cannot_run = f"no tiny-random model of '{shorten(recipe.model.name)}' could be built: {shorten(str(exc), 200)}"
+        return outcome
+    outcome.seconds["fixture"] = time.perf_counter() - started
+    weights_dtype = settings_from_recipe(recipe, resolved.config).weights_dtype
+    scale = Scale.small(recipe)
+    vocab_size = _vocab_size(outcome.fixture.path)
+
+    def step(kwargs: dict | None = None) -> StepReport:
+        setup = build_training(recipe, str(outcome.fixture.path), scale, weights_dtype=weights_dtype, kwargs=kwargs)
+        return run_real_step(setup, recipe, vocab_size=vocab_size)
+
+    try:
+        outcome.report = step()
+    except SetupRefused as exc:
+        outcome.refused = exc
+        return outcome
+    finally:
+        outcome.seconds["step"] = time.perf_counter() - started - outcome.seconds["fixture"]
+    if _broken(outcome.report):
+        outcome.broken_by = blame_key(training_kwargs(recipe, scale), lambda kw: _broken(step(kw)))
+    return outcome
+
+
+def _vocab_size(path) -> int:
+    import json
+    from pathlib import Path
+
+    config = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
+    return int((config.get("text_config") or config)["vocab_size"])  # a multimodal config nests the decoder's
