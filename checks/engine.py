@@ -14,7 +14,7 @@ from checks.compat import CompatError
 from checks.findings import Finding, Location, Severity
 from checks.gpus import GpuCatalog, GpuProfile
 from checks.options import Options
-from checks.rules import CHECKS, GPU_CHECKS, IGNORES_CHECK, RUN_CHECKS, TRACED_CHECKS, rules_for
+from checks.rules import CHECKS, GPU_CHECKS, IGNORES_CHECK, PREREQUISITES, RUN_CHECKS, TRACED_CHECKS, rules_for
 from checks.rules.base import CannotJudge, NotRun, Rule
 
 
@@ -66,6 +66,9 @@ def _skip_reason(state: RecipeState, check: str, gpu: str | None) -> str | None:
             )
         if not isinstance(state.gpu_profile(gpu), GpuProfile):
             return f"not checked: '{gpu}' is not a known GPU (see {state.path}::schema)"
+    first = PREREQUISITES.get(check)
+    if first is not None and run_check(state, first, gpu).failed():
+        return f"not run: {state.path}::{first} fails, and {check} would fail for the same reason"
     return None
 
 

@@ -19,6 +19,8 @@ class Options:
     strict: bool = False  # warnings fail too
     ignore: dict[str, str] = field(default_factory=dict)  # project-wide rule id -> reason
     gpu_profiles: tuple[str, ...] = ()  # extra profile files
+    fixture_cache: str | None = None  # huggingface_hub cache of the tiny-random models (None: its default)
+    train_steps: int = 30  # optimizer steps of cpu-train and gpu-train
 
 
 def split_names(values: list[str] | None) -> tuple[str, ...]:
@@ -68,6 +70,26 @@ def add_options(add: Callable[..., Any], *, prefix_gpu: str = "--gpu") -> None:
         metavar="FILE",
         help="extra GPU profiles (YAML, same format as the shipped profiles.yaml)",
     )
+    add(
+        "--recipes-train-steps",
+        type=positive_steps,
+        default=30,
+        metavar="N",
+        help="optimizer steps of the short training runs (cpu-train, gpu-train; default 30)",
+    )
+
+
+def positive_steps(value: str) -> int:
+    """An argparse type: a step count from 1 to 10,000, or a readable error."""
+    import argparse
+
+    try:
+        steps = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{value}' is not a whole number of steps") from None
+    if not 1 <= steps <= 10_000:
+        raise argparse.ArgumentTypeError(f"{steps} steps: give 1 to 10000")
+    return steps
 
 
 def parse_ignore_lines(lines: list[str]) -> dict[str, str]:

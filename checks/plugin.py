@@ -46,6 +46,8 @@ def pytest_configure(config: pytest.Config) -> None:
         "present, skipped elsewhere (acts on recipe items only)",
     )
     config.addinivalue_line("markers", "recipe_check: a recipe-checks item (recipe x check)")
+    config.addinivalue_line("markers", "slow: a recipe-checks item that takes seconds (cpu-train); "
+                                       "deselect with -m 'not slow'")
     profiles = tuple(str(p) for p in config.getini("recipe_checks_gpu_profiles")) + tuple(
         config.getoption("gpu_profiles") or ()
     )
@@ -69,6 +71,7 @@ def pytest_configure(config: pytest.Config) -> None:
         strict=config.getoption("recipes_strict") or config.getini("recipe_checks_strict"),
         ignore=parse_ignore_lines(config.getini("recipe_checks_ignore")),
         gpu_profiles=profiles,
+        train_steps=config.getoption("recipes_train_steps"),
     )
     config.stash[SESSION_KEY] = RecipeSession(options=options, catalog=catalog)
     if _asks_for_recipes(config):

@@ -8,6 +8,15 @@ Two tiers: `pytest tests/ -m "not slow"` for the edit-test loop, `pytest tests/`
 
 from __future__ import annotations
 
+import os
+import tempfile
+
+# Tiny-random fixtures (cpu-step, cpu-train) are built into a huggingface_hub cache of the test runs' own,
+# never the user's, and loaded offline as CI loads them. Set before huggingface_hub reads its constants.
+os.environ["HF_HUB_CACHE"] = os.environ.get("RECIPE_CHECKS_TEST_HUB_CACHE") or os.path.join(
+    tempfile.gettempdir(), "recipe-checks-tests-hub-cache")
+os.environ["HF_HUB_OFFLINE"] = "1"
+
 import json
 import textwrap
 from pathlib import Path

@@ -28,16 +28,19 @@ def test_the_corpus_has_at_least_30_broken_recipes():
 
 
 def _case(path):
-    # a corpus file about the traced vram check traces a step (seconds): the slow tier
-    return pytest.param(path, id=path.stem, marks=[pytest.mark.slow] if "RC601" in expected_ids(path) else [])
+    # a corpus file about the traced vram check or the training run takes seconds: the slow tier
+    slow = any(r == "RC601" or r.startswith("RC71") for r in expected_ids(path))
+    return pytest.param(path, id=path.stem, marks=[pytest.mark.slow] if slow else [])
 
 
 @pytest.mark.parametrize("path", [_case(p) for p in CORPUS_FILES])
 def test_broken_recipe_fails_with_its_expected_rules(pytester, path):
     shutil.copy(path, pytester.path / path.name)
     expected = expected_ids(path)
-    # the traced vram check takes seconds a recipe: run it where the corpus file is about it
-    select = [] if "RC601" in expected else ["-k", "not vram"]
+    # the traced and the real checks take seconds a recipe: run each where the corpus file is about it
+    costly = {"vram": "RC601", "cpu-step": "RC70", "cpu-train": "RC71"}
+    left_out = [check for check, rules in costly.items() if not any(r.startswith(rules) for r in expected)]
+    select = ["-k", " and ".join(f"not {check}" for check in left_out)] if left_out else []
     result = pytester.runpytest(path.name, "--recipes-strict", "-p", "no:cacheprovider", *select)
     output = result.stdout.str()
     assert result.ret == pytest.ExitCode.TESTS_FAILED, output

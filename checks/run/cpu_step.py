@@ -38,30 +38,52 @@ def cpu_step(state) -> StepOutcome:
     return state.memo[MEMO_KEY]
 
 
+@dataclass
+class TinyModel:
+    """The tiny-random stand-in of a recipe's model, as a real run loads it."""
+
+    fixture: Any
+    weights_dtype: str
+    vocab_size: int
+
+
+def tiny_model(state) -> TinyModel | str:
+    """The recipe's tiny-random model (built into the huggingface_hub cache on first use; once per
+    recipe), or why there is none."""
+    if "tiny-model" not in state.memo:
+        from checks.fixtures.cache import ensure_fixture
+        from checks.memory.settings import settings_from_recipe
+
+        recipe = state.recipe
+        resolved = state.resolved_model()
+        task = recipe.lora.task_type if recipe.lora is not None else "CAUSAL_LM"
+        try:
+            fixture = ensure_fixture(resolved, cache_dir=state.options.fixture_cache, task_type=task or "CAUSAL_LM")
+            state.memo["tiny-model"] = TinyModel(fixture, settings_from_recipe(recipe, resolved.config).weights_dtype,
+                                                 _vocab_size(fixture.path))
+        except Exception as exc:  # noqa: BLE001  no tiny model for this architecture: nothing to run
+            state.memo["tiny-model"] = (f"no tiny-random model of '{shorten(recipe.model.name)}' could be built: "
+                                        f"{shorten(str(exc), 200)}")
+    return state.memo["tiny-model"]
+
+
 def _run(state) -> StepOutcome:
     import time
 
-    from checks.fixtures.cache import ensure_fixture
-    from checks.memory.settings import settings_from_recipe
-
     recipe = state.recipe
-    resolved = state.resolved_model()
     outcome = StepOutcome()
     started = time.perf_counter()
-    task = recipe.lora.task_type if recipe.lora is not None else "CAUSAL_LM"
-    try:
-        outcome.fixture = ensure_fixture(resolved, task_type=task or "CAUSAL_LM")
-    except Exception as exc:  # noqa: BLE001  no tiny model for this architecture: nothing to run
-        outcome.cannot_run = f"no tiny-random model of '{shorten(recipe.model.name)}' could be built: {shorten(str(exc), 200)}"
+    tiny = tiny_model(state)
+    if isinstance(tiny, str):
+        outcome.cannot_run = tiny
         return outcome
+    outcome.fixture = tiny.fixture
     outcome.seconds["fixture"] = time.perf_counter() - started
-    weights_dtype = settings_from_recipe(recipe, resolved.config).weights_dtype
     scale = Scale.small(recipe)
-    vocab_size = _vocab_size(outcome.fixture.path)
 
     def step(kwargs: dict | None = None) -> StepReport:
-        setup = build_training(recipe, str(outcome.fixture.path), scale, weights_dtype=weights_dtype, kwargs=kwargs)
-        return run_real_step(setup, recipe, vocab_size=vocab_size)
+        setup = build_training(recipe, str(tiny.fixture.path), scale, weights_dtype=tiny.weights_dtype, kwargs=kwargs)
+        return run_real_step(setup, recipe, vocab_size=tiny.vocab_size)
 
     try:
         outcome.report = step()
