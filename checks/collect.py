@@ -18,7 +18,7 @@ from checks.findings import Finding
 from checks.gpus import GIB, GpuCatalog
 from checks.options import Options
 from checks.render import render_finding
-from checks.rules import CHECKS, GPU_CHECKS, IGNORES_CHECK, SLOW_CHECKS
+from checks.rules import CHECKS, CUDA_CHECKS, GPU_CHECKS, IGNORES_CHECK, SLOW_CHECKS
 
 
 class RecipeWarning(UserWarning):
@@ -64,6 +64,8 @@ class RecipeFile(pytest.File):
                 item.off_target = off_target
                 if check in SLOW_CHECKS:
                     item.add_marker(pytest.mark.slow)
+                if check in CUDA_CHECKS:
+                    item.add_marker(pytest.mark.gpu)
                 yield item
         if has_ignores(self.state):  # last: judged over every check of the recipe that ran before it
             item = RecipeItem.from_parent(self, name=IGNORES_CHECK, check=IGNORES_CHECK, gpu=None)

@@ -163,12 +163,12 @@ def int8_matmul_classes() -> tuple[type, type]:
             require("bitsandbytes.autograd._functions.MatmulLtState"))
 
 
-def quantize_on_cpu(param):
-    """Really quantize a Params4bit or Int8Params on the CPU (their private _quantize; .to('cpu')
-    does not quantize a tensor already on the CPU)."""
+def quantize_on_cpu(param, device: str = "cpu"):
+    """Really quantize a Params4bit or Int8Params on `device` (their private _quantize; .to(device)
+    does not quantize a tensor already on that device)."""
     if not hasattr(type(param), "_quantize"):
         raise _missing(f"bitsandbytes.nn.{type(param).__name__}._quantize")
-    return param._quantize("cpu")
+    return param._quantize(device)
 
 
 # -- peft -------------------------------------------------------------------------------------------

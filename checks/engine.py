@@ -194,9 +194,10 @@ def _profile_key(catalog: GpuCatalog, name: str) -> str | None:
 
 
 def check_recipe(path: Path, options: Options, catalog: GpuCatalog, display_path: str | None = None,
-                 *, traced: bool = True) -> tuple[RecipeState, list[CheckResult]]:
+                 *, traced: bool = True, run: bool = False) -> tuple[RecipeState, list[CheckResult]]:
     """Every check of one recipe against every GPU it is checked against in this run, then the
-    unused-ignore post-pass (`traced=False`: the static checks only, without tracing a step).
+    unused-ignore post-pass (`traced=False`: the static checks only, without tracing a step; `run`:
+    the real steps and training runs too, cpu-step, cpu-train and, where CUDA is, gpu-step and gpu-train).
     An off-target recipe (it declares other GPUs than --gpu) gets no results, as pytest deselects it."""
     state = RecipeState.from_file(path, display_path or str(path), options, catalog)
     results: list[CheckResult] = []
@@ -204,7 +205,7 @@ def check_recipe(path: Path, options: Options, catalog: GpuCatalog, display_path
     if not gpus:
         return state, results
     for check in CHECKS:
-        if not traced and check in TRACED_CHECKS:
+        if (not traced and check in TRACED_CHECKS) or (not run and check in RUN_CHECKS):
             continue
         for gpu in gpus if check in GPU_CHECKS else [None]:
             results.append(run_check(state, check, gpu))

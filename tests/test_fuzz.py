@@ -65,7 +65,7 @@ def mutated_recipes(draw) -> str:
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
 
 
-def check_text(text: str, traced: bool = False):
+def check_text(text: str, traced: bool = False, run: bool = False):
     from checks.engine import check_recipe
     from checks.gpus import GpuCatalog
     from checks.options import Options
@@ -73,7 +73,7 @@ def check_text(text: str, traced: bool = False):
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "fuzzed.yaml"
         path.write_text(text, encoding="utf-8")
-        _, results = check_recipe(path, Options(), GpuCatalog.load(()), traced=traced)
+        _, results = check_recipe(path, Options(), GpuCatalog.load(()), traced=traced, run=run)
     errors = [f"{r.check}: {type(r.error).__name__}: {r.error}" for r in results if r.error is not None]
     assert errors == [], f"internal errors for\n{text}\n{errors}"
     return results
@@ -100,6 +100,13 @@ def test_a_thousand_mutated_recipes_give_findings_never_internal_errors(text):
 @settings(max_examples=5, **_SETTINGS)
 def test_mutated_recipes_traced_give_findings_never_internal_errors(text):
     check_text(text, traced=True)
+
+
+@pytest.mark.slow
+@given(mutated_recipes())
+@settings(max_examples=10, **_SETTINGS)
+def test_mutated_recipes_run_for_real_give_findings_never_internal_errors(text):
+    check_text(text, run=True)
 
 
 def test_the_mutations_reach_the_checks():

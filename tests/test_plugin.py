@@ -8,7 +8,10 @@ import pytest
 
 from tests.conftest import GOOD_RECIPE, RECIPES
 
-CHECKS = ["schema", "target-modules", "quantization", "precision", "optimizer", "throughput", "vram"]
+from checks.rules import CHECKS, CUDA_CHECKS, GPU_CHECKS  # every check of a recipe, in item order
+
+# gpu-step and gpu-train: collected everywhere, skipped on a machine without CUDA (this one)
+CUDA = len(CUDA_CHECKS)
 
 
 @pytest.fixture
@@ -21,7 +24,8 @@ def shipped(pytester: pytest.Pytester):
 
 def test_shipped_recipes_all_pass_against_their_own_gpus(pytester, shipped):
     result = pytester.runpytest("recipes/", "-p", "no:cacheprovider")
-    result.assert_outcomes(passed=len(list(shipped.glob("*.yaml"))) * len(CHECKS) + 4)  # mistral: 2 GPUs
+    recipes = len(list(shipped.glob("*.yaml")))  # mistral-7b-qlora-r8-qkvo: 2 GPUs, its GPU checks twice
+    result.assert_outcomes(passed=recipes * (len(CHECKS) - CUDA) + len(GPU_CHECKS) - CUDA, skipped=(recipes + 1) * CUDA)
     assert result.ret == 0
 
 
@@ -73,7 +77,7 @@ def test_k_selects_one_check(pytester):
 def test_failure_names_rule_file_line_and_fix(pytester):
     pytester.makefile(".yaml", bad=GOOD_RECIPE.replace("optim: paged_adamw_8bit", "optim: adamw_torch"))
     result = pytester.runpytest(".", "-p", "no:cacheprovider")
-    result.assert_outcomes(passed=len(CHECKS) - 1, failed=1)  # a policy finding does not stop the vram verdict
+    result.assert_outcomes(passed=len(CHECKS) - 1 - CUDA, failed=1, skipped=CUDA)  # a policy finding does not stop the vram verdict
     result.stdout.fnmatch_lines([
         "*_ optimizer _*",
         "RC301 QLoRA recipe uses optimizer 'adamw_torch', which is not paged",
@@ -91,7 +95,7 @@ def test_malformed_yaml_is_a_finding_and_other_recipes_are_still_checked(pyteste
     pytester.makefile(".yaml", good=GOOD_RECIPE)
     pytester.makefile(".yaml", broken="model: x\nlora:\n  r: 16\n lora_alpha: 32\n")
     result = pytester.runpytest(".", "-p", "no:cacheprovider", "-rs")
-    result.assert_outcomes(passed=len(CHECKS), failed=1, skipped=len(CHECKS) - 1)
+    result.assert_outcomes(passed=len(CHECKS) - CUDA, failed=1, skipped=len(CHECKS) - 1 + CUDA)
     result.stdout.fnmatch_lines([
         "RC101 the file is not valid YAML:*",
         "  --> broken.yaml:4:*",
@@ -117,7 +121,7 @@ def test_bad_input_is_a_schema_finding_with_file_and_line(pytester, replace, by,
     result.stdout.fnmatch_lines([rule, "  --> bad.yaml:*"])
     assert "Traceback" not in result.stdout.str()
     outcomes = result.parseoutcomes()
-    assert outcomes["failed"] == 1 and outcomes["passed"] >= len(CHECKS)  # good.yaml fully checked
+    assert outcomes["failed"] == 1 and outcomes["passed"] >= len(CHECKS) - CUDA  # good.yaml fully checked
 
 
 def test_unknown_gpu_option_is_a_usage_error_with_the_nearest_name(pytester):
@@ -130,20 +134,20 @@ def test_unknown_gpu_option_is_a_usage_error_with_the_nearest_name(pytester):
 def test_gpu_names_are_forgiving(pytester):
     pytester.makefile(".yaml", good=GOOD_RECIPE)
     result = pytester.runpytest(".", "--gpu=RTX 4090", "-p", "no:cacheprovider")
-    result.assert_outcomes(passed=len(CHECKS))
+    result.assert_outcomes(passed=len(CHECKS) - CUDA, skipped=CUDA)
 
 
 def test_all_gpus_checks_every_recipe_against_the_given_gpu(pytester):
     pytester.makefile(".yaml", good=GOOD_RECIPE)
     result = pytester.runpytest(".", "--gpu=t4", "--recipes-all-gpus", "-p", "no:cacheprovider")
-    result.assert_outcomes(passed=len(CHECKS) - 1, failed=1)  # bf16 on a T4: precision fails
+    result.assert_outcomes(passed=len(CHECKS) - 1 - CUDA, failed=1, skipped=CUDA)  # bf16 on a T4: precision fails
     result.stdout.fnmatch_lines(["RC404 bnb_4bit_compute_dtype bfloat16 on t4*", "RC401 bf16 training on t4*"])
 
 
 def test_a_recipe_without_gpu_skips_gpu_checks_with_the_way_to_fix_it(pytester):
     pytester.makefile(".yaml", nogpu=GOOD_RECIPE.replace("hardware:\n  gpu: rtx4090\n", ""))
     result = pytester.runpytest(".", "-rs", "-p", "no:cacheprovider")
-    result.assert_outcomes(passed=3, skipped=4)
+    result.assert_outcomes(passed=len(CHECKS) - len(GPU_CHECKS), skipped=len(GPU_CHECKS))
     result.stdout.fnmatch_lines(["*names no target GPU; set hardware.gpu in the recipe or pass --gpu=NAME*"])
 
 
@@ -161,10 +165,10 @@ def test_warnings_show_in_the_summary_and_fail_with_strict(pytester):
     fp16 = GOOD_RECIPE.replace("bf16: true", "fp16: true").replace("bfloat16", "float16")
     pytester.makefile(".yaml", warn=fp16)
     result = pytester.runpytest(".", "-p", "no:cacheprovider")
-    result.assert_outcomes(passed=len(CHECKS), warnings=1)
+    result.assert_outcomes(passed=len(CHECKS) - CUDA, skipped=CUDA, warnings=1)
     result.stdout.fnmatch_lines(["*RecipeWarning: RC406 fp16 training on a llama model*"])
     strict = pytester.runpytest(".", "--recipes-strict", "-p", "no:cacheprovider")
-    strict.assert_outcomes(passed=len(CHECKS) - 1, failed=1)
+    strict.assert_outcomes(passed=len(CHECKS) - 1 - CUDA, failed=1, skipped=CUDA)
 
 
 def test_recipe_ignore_with_reason_suppresses_and_is_recorded(pytester):
@@ -172,7 +176,7 @@ def test_recipe_ignore_with_reason_suppresses_and_is_recorded(pytester):
     text += "checks:\n  ignore: {RC301: \"72 GB of host RAM is not available for paging on this box\"}\n"
     pytester.makefile(".yaml", ignored=text)
     result = pytester.runpytest(".", "-p", "no:cacheprovider", "--junitxml=report.xml")
-    result.assert_outcomes(passed=len(CHECKS) + 1)  # and the `ignores` item: the ignore is used
+    result.assert_outcomes(passed=len(CHECKS) + 1 - CUDA, skipped=CUDA)  # and the `ignores` item: the ignore is used
     assert 'name="RC301 (ignored)"' in (pytester.path / "report.xml").read_text()
 
 
@@ -191,7 +195,7 @@ def test_project_wide_ignore_from_the_ini(pytester):
     pytester.makefile(".yaml", bad=GOOD_RECIPE.replace("optim: paged_adamw_8bit", "optim: adamw_torch"))
     pytester.makeini("[pytest]\nrecipe_checks_ignore =\n    RC301: our cluster nodes have no spare host RAM\n")
     result = pytester.runpytest(".", "-p", "no:cacheprovider")
-    result.assert_outcomes(passed=len(CHECKS))
+    result.assert_outcomes(passed=len(CHECKS) - CUDA, skipped=CUDA)
 
 
 def test_junit_shows_one_testcase_per_recipe_and_check(pytester):
@@ -261,7 +265,7 @@ def test_trust_remote_code_needs_the_opt_in_flag(pytester):
     refused = pytester.runpytest(".", "-p", "no:cacheprovider")
     refused.stdout.fnmatch_lines(["RC107 the recipe asks to run the model repository's code*"])
     allowed = pytester.runpytest(".", "--recipes-trust-remote-code", "-p", "no:cacheprovider")
-    allowed.assert_outcomes(passed=len(CHECKS))
+    allowed.assert_outcomes(passed=len(CHECKS) - CUDA, skipped=CUDA)
 
 
 # -- the plugin stays out of sessions that do not ask for it --------------------------------------------
@@ -325,7 +329,8 @@ def test_an_unknown_lora_key_and_foreign_targets_are_reported_in_one_run(pyteste
         "*",
     ], consecutive=False)
     result.stdout.fnmatch_lines(["RC201 target module 'query_key_value' matches nothing in LlamaForCausalLM"])
-    result.assert_outcomes(failed=2, passed=len(CHECKS) - 3, deselected=1)  # schema and target-modules
+    # schema and target-modules fail; cpu-step and cpu-train wait for lora, gpu-step and gpu-train for CUDA
+    result.assert_outcomes(failed=2, passed=len(CHECKS) - 3 - 2 - CUDA, skipped=2 + CUDA, deselected=1)
 
 
 def test_an_invalid_value_stops_only_the_rules_that_read_its_section(pytester):
@@ -338,7 +343,7 @@ def test_an_invalid_value_stops_only_the_rules_that_read_its_section(pytester):
     result.stdout.fnmatch_lines(["RC103 lora.r: *"])
     assert "RC301 QLoRA recipe uses optimizer 'adamw_torch'" not in result.stdout.str()  # RC301 reads lora too
     outcomes = result.parseoutcomes()  # target-modules and throughput (the method) read lora
-    assert outcomes["failed"] == 1 and outcomes["skipped"] == 2 and outcomes["passed"] == 3, outcomes
+    assert outcomes["failed"] == 1 and outcomes["skipped"] == 4 + CUDA and outcomes["passed"] == 3, outcomes
 
 
 def test_a_qlora_recipe_failing_rc301_still_gets_its_vram_verdict(pytester):

@@ -34,8 +34,17 @@ def test_each_rule_is_documented_in_four_sections():
         assert rule.why
 
 
+# Rules no recipe file can trigger on this machine, each tested where it can be (tests/test_real_steps.py).
+NOT_FROM_A_RECIPE = {
+    "RC705": "a base weight that trains or changes needs a bug outside the recipe: tested by unfreezing one",
+    "RC707": "checkpointing that does nothing needs a model or wrapper that ignores it: tested by switching it off",
+    "RC721": "needs a CUDA GPU: tested with a CPU device standing in for one",
+    "RC722": "needs a CUDA GPU: tested with a CPU device standing in for one",
+}
+
+
 def test_every_rule_but_the_informational_one_has_a_broken_recipe_in_the_corpus():
-    expected: set[str] = set()
+    expected: set[str] = set(NOT_FROM_A_RECIPE)
     for path in CORPUS.glob("*.yaml"):
         match = re.search(r"^# expect: (.*)$", path.read_text(), re.MULTILINE)
         if match:

@@ -60,13 +60,14 @@ def lora_config(settings: StepSettings):
 
 
 def build_step_model(resolved, settings: StepSettings, task_type: str = "CAUSAL_LM", *, real: bool = False,
-                     replicate_blocks: bool = False) -> StepModel:
+                     replicate_blocks: bool = False, device: str = "cpu") -> StepModel:
     """The model a recipe trains, as the training script builds it.
 
     Fake (the default): built on the meta device (module conversions such as peft's .to() cannot
     swap fake parameters), then every parameter and buffer becomes a fake CPU tensor. Real: built
     with real CPU tensors and really quantized, to validate the fake trace on small models.
     `replicate_blocks`: when every decoder block is identical, keep only TRACED_BLOCKS of them.
+    `device`: where a real model is built (gpu-step builds the full-size model on the GPU).
     """
     import torch
     import transformers
@@ -80,7 +81,7 @@ def build_step_model(resolved, settings: StepSettings, task_type: str = "CAUSAL_
     weights_dtype = getattr(torch, settings.weights_dtype)
     quantized = 0
     notes = []
-    with quiet(), torch.device("cpu" if real else "meta"):
+    with quiet(), torch.device(device if real else "meta"):
         model = auto_class.from_config(config, dtype=weights_dtype, attn_implementation=settings.attn_implementation)
         attention = compat.attn_implementation(model.config)
         if settings.attn_implementation is None and attention != "sdpa":
@@ -98,10 +99,10 @@ def build_step_model(resolved, settings: StepSettings, task_type: str = "CAUSAL_
         if settings.quant_4bit:
             quant = thaw(settings.quant_4bit)
             q = _QuantSettings(quant["quant_type"], quant["double_quant"], quant["quant_storage"], list(quant["skip"] or []))
-            quantized = quantize_model_4bit(model, q, getattr(torch, quant["compute_dtype"]), real=real)
+            quantized = quantize_model_4bit(model, q, getattr(torch, quant["compute_dtype"]), real=real, device=device)
         if settings.quant_8bit:
             quant = dict(settings.quant_8bit)
-            quantized = quantize_model_8bit(model, quant["threshold"], list(quant["skip"]), real=real)
+            quantized = quantize_model_8bit(model, quant["threshold"], list(quant["skip"]), real=real, device=device)
             if quant["threshold"] > 0:
                 notes.append("LLM.int8() outlier columns depend on the data: the trace takes none (their "
                              "fp16 input slice, tokens x outlier columns, is not counted)")

@@ -40,7 +40,7 @@ def quant_state_for(shape: torch.Size, blocksize: int, quant_type: str, dtype: t
                       quant_type=quant_type, dtype=dtype, offset=torch.empty((), dtype=torch.float32), state2=state2)
 
 
-def quantize_model_4bit(model, quantization, compute_dtype: torch.dtype, real: bool = False) -> int:
+def quantize_model_4bit(model, quantization, compute_dtype: torch.dtype, real: bool = False, device: str = "cpu") -> int:
     """Replace the Linear layers transformers would quantize by bitsandbytes Linear4bit; return how many.
 
     `real`: quantize the model's actual weights with bitsandbytes' Params4bit (for validating the
@@ -66,7 +66,8 @@ def quantize_model_4bit(model, quantization, compute_dtype: torch.dtype, real: b
                 originals[name].weight.data.to(compute_dtype), requires_grad=False, blocksize=64,
                 compress_statistics=quantization.bnb_4bit_use_double_quant,
                 quant_type=quantization.bnb_4bit_quant_type, quant_storage=torch.uint8, module=module,
-            ))
+            ), device)
+            originals[name].weight = None  # the unquantized weight is freed as each layer is quantized
             module.weight = weight
             module.quant_state = weight.quant_state
             if module.bias is not None:
@@ -95,7 +96,7 @@ def quantize_model_4bit(model, quantization, compute_dtype: torch.dtype, real: b
     return count
 
 
-def quantize_model_8bit(model, threshold: float, skip_modules: list, real: bool = False) -> int:
+def quantize_model_8bit(model, threshold: float, skip_modules: list, real: bool = False, device: str = "cpu") -> int:
     """Replace the Linear layers transformers would quantize for LLM.int8() by bitsandbytes
     Linear8bitLt; return how many. Frozen int8 weights (has_fp16_weights False, as for training
     adapters): the row-major int8 weight (CB) and its fp32 row scales (SCB). `real`: quantize the
@@ -113,7 +114,7 @@ def quantize_model_8bit(model, threshold: float, skip_modules: list, real: bool 
             continue
         if real:
             weight = compat.quantize_on_cpu(bnb.nn.Int8Params(originals[name].weight.data, requires_grad=False,
-                                                              has_fp16_weights=False))
+                                                              has_fp16_weights=False), device)
         else:
             weight = torch.nn.Parameter(torch.empty((module.out_features, module.in_features), dtype=torch.int8),
                                         requires_grad=False)

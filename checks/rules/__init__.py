@@ -8,16 +8,19 @@ import pkgutil
 
 from checks.rules.base import Rule
 
-CHECKS = ("schema", "target-modules", "quantization", "precision", "optimizer", "throughput", "vram", "cpu-step", "cpu-train")
-GPU_CHECKS = frozenset({"precision", "optimizer", "throughput", "vram"})
+CHECKS = ("schema", "target-modules", "quantization", "precision", "optimizer", "throughput", "vram", "cpu-step", "cpu-train",
+          "gpu-step", "gpu-train")
+GPU_CHECKS = frozenset({"precision", "optimizer", "throughput", "vram", "gpu-step", "gpu-train"})
 # Checks that trace a training step (seconds, not milliseconds): deselect with -k "not vram".
 TRACED_CHECKS = frozenset({"vram"})
 # Checks that run the recipe for real (a tiny-random model on the CPU, the full-size one on a GPU).
-RUN_CHECKS = frozenset({"cpu-step", "cpu-train"})
+RUN_CHECKS = frozenset({"cpu-step", "cpu-train", "gpu-step", "gpu-train"})
+# Checks that need a CUDA GPU: marked `gpu`, run where CUDA is present and skipped elsewhere, saying so.
+CUDA_CHECKS = frozenset({"gpu-step", "gpu-train"})
 # A check that runs only when another passed: a training run adds nothing where one step already fails.
-PREREQUISITES = {"cpu-train": "cpu-step"}
+PREREQUISITES = {"cpu-train": "cpu-step", "gpu-train": "gpu-step"}
 # Checks marked `slow` (seconds a recipe): deselect with -m "not slow".
-SLOW_CHECKS = frozenset({"cpu-train"})
+SLOW_CHECKS = frozenset({"cpu-train", "gpu-step", "gpu-train"})
 # The engine's post-pass after every other check of a recipe: ignores that suppressed nothing (RC109).
 IGNORES_CHECK = "ignores"
 

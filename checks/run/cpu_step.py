@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from checks.limits import shorten
-from checks.run.setup import Scale, SetupRefused, blame_key, build_training, training_kwargs
+from checks.run.setup import Scale, SetupRefused, blame_key, build_training, one_thread, training_kwargs
 from checks.run.step import StepReport, run_real_step
 
 MEMO_KEY = "cpu-step"
@@ -34,7 +34,8 @@ def _broken(report: StepReport) -> bool:
 def cpu_step(state) -> StepOutcome:
     """The recipe's step on its tiny-random model, run once per recipe and shared by the rules."""
     if MEMO_KEY not in state.memo:
-        state.memo[MEMO_KEY] = _run(state)
+        with one_thread():
+            state.memo[MEMO_KEY] = _run(state)
     return state.memo[MEMO_KEY]
 
 
@@ -89,6 +90,9 @@ def _run(state) -> StepOutcome:
         outcome.report = step()
     except SetupRefused as exc:
         outcome.refused = exc
+        return outcome
+    except Exception as exc:  # noqa: BLE001  whatever a library raises on this recipe is a finding
+        outcome.refused = SetupRefused("the step", exc, ())
         return outcome
     finally:
         outcome.seconds["step"] = time.perf_counter() - started - outcome.seconds["fixture"]

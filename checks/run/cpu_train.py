@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from checks.run.cpu_step import tiny_model
-from checks.run.setup import Scale, SetupRefused, build_training
+from checks.run.setup import Scale, SetupRefused, build_training, one_thread
 from checks.run.train import DEFAULT_STEPS, TrainReport, run_training
 
 MEMO_KEY = "cpu-train"
@@ -24,7 +24,8 @@ class TrainOutcome:
 def cpu_train(state, steps: int | None = None) -> TrainOutcome:
     """The recipe's short run on its tiny-random model, once per recipe."""
     if MEMO_KEY not in state.memo:
-        state.memo[MEMO_KEY] = _run(state, steps or state.options.train_steps or DEFAULT_STEPS)
+        with one_thread():
+            state.memo[MEMO_KEY] = _run(state, steps or state.options.train_steps or DEFAULT_STEPS)
     return state.memo[MEMO_KEY]
 
 
@@ -40,3 +41,5 @@ def _run(state, steps: int) -> TrainOutcome:
         return TrainOutcome(report=run_training(setup, recipe, vocab_size=tiny.vocab_size, steps=steps))
     except SetupRefused as exc:
         return TrainOutcome(refused=exc)
+    except Exception as exc:  # noqa: BLE001  whatever a library raises on this recipe is a finding
+        return TrainOutcome(refused=SetupRefused("the training run", exc, ()))

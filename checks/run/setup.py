@@ -246,6 +246,20 @@ def _refuses(build: Callable[[], Any]) -> bool:
 
 
 @contextlib.contextmanager
+def one_thread():
+    """Run a tiny model's ops on one CPU thread: they are too small to split, and with several threads
+    (two pytest-xdist workers on two cores) the threads wait on each other; measured 50x slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@contextlib.contextmanager
 def autocast(precision: str, device: str = "cpu"):
     """Mixed precision as the Trainer (through accelerate) applies it to the forward pass."""
     import torch

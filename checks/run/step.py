@@ -126,12 +126,12 @@ def _check_identity(setup: TrainingSetup, batch, report: StepReport) -> None:
 
     hooks = [layer.register_forward_hook(record(name)) for name, layer in layers.items()]
     try:
-        with torch.no_grad(), autocast(setup.precision):
+        with torch.no_grad(), autocast(setup.precision, batch.device.type):
             adapted = model(input_ids=batch).logits.float()
     finally:
         for hook in hooks:
             hook.remove()
-    with torch.no_grad(), autocast(setup.precision), model.disable_adapter():
+    with torch.no_grad(), autocast(setup.precision, batch.device.type), model.disable_adapter():
         base = model(input_ids=batch).logits.float()
     report.identity_max_diff = float((adapted - base).abs().max().item())
     report.identity_tolerance = _tolerance(base, setup.precision)
@@ -140,7 +140,7 @@ def _check_identity(setup: TrainingSetup, batch, report: StepReport) -> None:
     # name the modules: each adapted layer on the input it saw, with and without its adapter
     for name, (args, out) in seen.items():
         layer = layers[name]
-        with torch.no_grad(), autocast(setup.precision):
+        with torch.no_grad(), autocast(setup.precision, batch.device.type):
             layer.enable_adapters(False)
             try:
                 plain = layer(*args)
@@ -173,7 +173,7 @@ def _count_block_calls(setup: TrainingSetup):
     return counts, inner.register_forward_pre_hook(count)
 
 
-def run_real_step(setup: TrainingSetup, recipe, *, vocab_size: int, seed: int = 0) -> StepReport:
+def run_real_step(setup: TrainingSetup, recipe, *, vocab_size: int, seed: int = 0, device: str = "cpu") -> StepReport:
     """One optimizer step at the first LR past warmup, as many micro-batches as the accumulation, then
     one more backward pass to see the gradients a zero-initialised LoRA B withholds from A on step 1."""
     import torch
@@ -184,7 +184,7 @@ def run_real_step(setup: TrainingSetup, recipe, *, vocab_size: int, seed: int = 
     scale_note = setup.scale.describe(recipe)
     if scale_note:
         report.notes.append(scale_note)
-    batches = _batches(vocab_size, setup.scale, setup.scale.gradient_accumulation + 1, seed)
+    batches = [b.to(device) for b in _batches(vocab_size, setup.scale, setup.scale.gradient_accumulation + 1, seed)]
     torch.manual_seed(seed)
     _check_identity(setup, batches[0], report)
 
@@ -212,7 +212,7 @@ def run_real_step(setup: TrainingSetup, recipe, *, vocab_size: int, seed: int = 
         with quiet():
             optimizer.zero_grad(set_to_none=True)
             for batch in batches[:-1]:
-                with autocast(setup.precision):
+                with autocast(setup.precision, batch.device.type):
                     loss = model(input_ids=batch, labels=batch).loss
                 report.losses.append(float(loss.detach().float().item()))
                 counts["phase"] = "backward"
@@ -226,7 +226,7 @@ def run_real_step(setup: TrainingSetup, recipe, *, vocab_size: int, seed: int = 
             optimizer.zero_grad(set_to_none=True)
             report.block_forwards, report.block_recomputes = counts["forward"], counts["backward"]
             # one more backward (no update): LoRA's A gets its first gradient once B is no longer zero
-            with autocast(setup.precision):
+            with autocast(setup.precision, batch.device.type):
                 probe = model(input_ids=batches[-1], labels=batches[-1]).loss
             counts["phase"] = "probe"
             probe.backward()
@@ -240,7 +240,8 @@ def run_real_step(setup: TrainingSetup, recipe, *, vocab_size: int, seed: int = 
     for n, _ in trainable:
         by_module.setdefault(module_of(n), []).append(n)
     report.trained_modules = len(by_module)
-    report.no_gradient = sorted(m for m, names in by_module.items() if not any(n in got_gradient for n in names))
+    # every trained tensor, each matrix of an adapter pair included (A's first one comes in the probe)
+    report.no_gradient = sorted(m for m, names in by_module.items() if not all(n in got_gradient for n in names))
     report.non_finite_parameters = sorted({module_of(n) for n, p in named if not torch.isfinite(p.detach().float()).all()})
     report.base_changed = sorted({module_of(n) for n, p in named if n in frozen and not torch.equal(p.detach(), frozen[n])})
     # a module changed when any of its trained tensors did (LoRA's A may not move on step 1: B was zero)
