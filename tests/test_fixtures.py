@@ -3,6 +3,7 @@ huggingface_hub does, builds are deterministic, reused, rebuilt when broken, and
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import math
 import os
@@ -436,6 +437,12 @@ def test_build_all_builds_every_bundled_model_once_and_then_finds_them(tmp_path)
 
 
 # -- the pytest fixture ----------------------------------------------------------------------------------
+# Loaded through its pytest11 entry point once installed; named with -p until then (naming it both ways
+# would register one module twice).
+_FIXTURES_PLUGIN = () if any(ep.value == "checks.fixtures.pytest_fixtures" for ep in
+                             importlib.metadata.entry_points(group="pytest11")) else ("-p", "checks.fixtures.pytest_fixtures")
+
+
 def test_the_tiny_random_model_fixture_builds_into_the_configured_cache(pytester, tiny_fixture_cache, monkeypatch):
     pytester.makepyfile(test_user=f"""
         import os
@@ -450,15 +457,14 @@ def test_the_tiny_random_model_fixture_builds_into_the_configured_cache(pytester
             tiny_random_model("no-such-org/no-such-model")
     """)
     monkeypatch.setenv("EXPECTED_CACHE", str(tiny_fixture_cache))
-    option = pytester.runpytest("-p", "checks.fixtures.pytest_fixtures", "-p", "no:cacheprovider",
-                                f"--recipes-fixture-cache={tiny_fixture_cache}")
+    option = pytester.runpytest(*_FIXTURES_PLUGIN, "-p", "no:cacheprovider", f"--recipes-fixture-cache={tiny_fixture_cache}")
     option.assert_outcomes(passed=1, failed=1)
     option.stdout.fnmatch_lines(["*tiny_random_model('no-such-org/no-such-model'): model 'no-such-org/no-such-model'"
                                  " has no config.json here*", "help: *"])
     option.stdout.no_fnmatch_line("*During handling of the above exception*")  # one message, not a traceback
     pytester.makeini("[pytest]\nrecipe_checks_fixture_cache = hub-cache\n")  # relative to the ini file
     monkeypatch.setenv("EXPECTED_CACHE", str(pytester.path / "hub-cache"))
-    ini = pytester.runpytest("-p", "checks.fixtures.pytest_fixtures", "-p", "no:cacheprovider", "test_user.py::test_user")
+    ini = pytester.runpytest(*_FIXTURES_PLUGIN, "-p", "no:cacheprovider", "test_user.py::test_user")
     ini.assert_outcomes(passed=1)
 
 
