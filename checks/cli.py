@@ -42,6 +42,7 @@ def _options(args: argparse.Namespace, catalog) -> Options:
         trust_remote_code=args.recipes_trust_remote_code,
         strict=args.recipes_strict,
         gpu_profiles=tuple(args.gpu_profiles),
+        train_steps=args.recipes_train_steps,
     )
 
 
@@ -122,7 +123,7 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
     from checks.gpus import GIB, GpuCatalog, GpuProfileError, UnknownGpuError
     from checks.memory.estimate import TraceError, estimate
     from checks.render import render_finding
-    from checks.rules import CHECKS, GPU_CHECKS, TRACED_CHECKS
+    from checks.rules import CHECKS, GPU_CHECKS, RUN_CHECKS, TRACED_CHECKS
     from checks.throughput import recipe_ceiling
 
     def bad_input(message: str) -> int:
@@ -157,7 +158,7 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
     except UnknownGpuError as exc:
         return bad_input(str(exc))
     static_errors = [
-        f for check in CHECKS if check not in TRACED_CHECKS and check != "schema"
+        f for check in CHECKS if check not in TRACED_CHECKS | RUN_CHECKS and check != "schema"
         for f in run_check(state, check, gpu.key if check in GPU_CHECKS else None).errors
     ]
     try:

@@ -72,6 +72,7 @@ def pytest_configure(config: pytest.Config) -> None:
         ignore=parse_ignore_lines(config.getini("recipe_checks_ignore")),
         gpu_profiles=profiles,
         train_steps=config.getoption("recipes_train_steps"),
+        fixture_cache=_fixture_cache(config),
     )
     config.stash[SESSION_KEY] = RecipeSession(options=options, catalog=catalog)
     if _asks_for_recipes(config):
@@ -80,6 +81,16 @@ def pytest_configure(config: pytest.Config) -> None:
         drop_cpu_kernel_notice()
     if hasattr(config, "workerinput"):  # a pytest-xdist worker: its controller prints the summary
         config.stash[_WORKER_KEY] = True
+
+
+def _fixture_cache(config: pytest.Config) -> str | None:
+    """The tiny-random fixtures' cache the fixtures plugin's options name (None: huggingface_hub's own)."""
+    option = config.getoption("recipes_fixture_cache", None)
+    try:
+        ini = config.getini("recipe_checks_fixture_cache")
+    except ValueError:  # the fixtures plugin is not loaded (-p no:recipe_checks_fixtures)
+        ini = []
+    return str(option) if option else (str(ini[0]) if ini else None)
 
 
 # The options that say "check recipes": passing any of them searches every collected path for recipes.
