@@ -269,3 +269,19 @@ def test_gpu_items_are_collected_with_the_gpu_marker_and_skip_naming_the_require
     result = pytester.runpytest("good.yaml", "-m", "gpu", "-rs", "-p", "no:cacheprovider")
     result.assert_outcomes(skipped=2, deselected=9)
     result.stdout.fnmatch_lines(["*needs a CUDA GPU: torch.cuda.is_available() is False here*"])
+
+
+def test_the_gpu_rules_report_through_the_engine_with_a_device_standing_in(tiny_llama_recipe, monkeypatch):
+    from checks.run import gpu
+
+    state = _state(tiny_llama_recipe)
+    without = run_check(state, "gpu-step", "rtx4090")
+    assert without.skipped and "no CUDA device" in without.skipped  # this machine: the requirement named
+    monkeypatch.setattr(gpu, "local_device", lambda: StandInGpu(141 * GIB))
+    state = _state(tiny_llama_recipe)
+    step = run_check(state, "gpu-step", "rtx4090")
+    assert step.error is None and not step.errors
+    assert [f.rule_id for f in step.infos] == ["RC721"] and "limited to" in step.infos[0].message
+    train = run_check(state, "gpu-train", "rtx4090")
+    assert train.error is None and not train.errors, _errors(train)
+    assert "tokens/s on NVIDIA H200" in train.infos[0].message

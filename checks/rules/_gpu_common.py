@@ -26,5 +26,23 @@ def memoized(ctx, key: str, compute):
     return memo[full_key]
 
 
-def oom_lines(outcome) -> str:
-    return "; ".join(outcome.out_of_memory.lines())
+def run_on_gpu(rule, ctx, key: str, compute):
+    """(device, outcome, findings): the memoised outcome of `compute(device)` on the local GPU; NotRun when
+    there is none or the outcome skipped; `findings` already says a failed run or an out-of-memory one."""
+    from checks.limits import shorten
+
+    device = device_or_skip()
+    try:
+        outcome = memoized(ctx, key, lambda: compute(device))
+    except Exception as exc:  # noqa: BLE001  a failure of the real run is a finding, not a crash
+        return device, None, [rule.finding(
+            ctx, f"the {key} run failed on {device.name}: {type(exc).__name__}: {shorten(str(exc), 300)}",
+            ("training",), at_value=False, help="run the cpu checks first (they name refused settings)")]
+    if outcome.skip:
+        raise NotRun(f"not run: {outcome.skip}")
+    if outcome.out_of_memory is not None:
+        return device, outcome, [rule.finding(
+            ctx, f"out of memory on {device.name} standing for {ctx.gpu.key}: "
+                 + "; ".join(outcome.out_of_memory.lines()),
+            ("training",), at_value=False, help="apply the fixes `recipe-checks estimate` ranks for this recipe")]
+    return device, outcome, []

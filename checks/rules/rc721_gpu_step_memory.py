@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from checks.findings import Severity
-from checks.limits import shorten
-from checks.rules._gpu_common import GPU_READS, device_or_skip, memoized, oom_lines
-from checks.rules.base import NotRun, Rule
+from checks.rules._gpu_common import GPU_READS, run_on_gpu
+from checks.rules.base import Rule
 
 
 class GpuStepMemory(Rule):
@@ -45,20 +44,10 @@ class GpuStepMemory(Rule):
     def run(self, ctx):
         from checks.run.gpu import gpu_step
 
-        device = device_or_skip()
-        try:
-            outcome = memoized(ctx, "gpu-step", lambda: gpu_step(ctx.recipe, ctx.state.resolved_model(), ctx.gpu, device))
-        except Exception as exc:  # noqa: BLE001  a failure of the real run is the finding, not a crash
-            yield self.finding(ctx, f"the full-size step failed on {device.name}: {type(exc).__name__}: "
-                                    f"{shorten(str(exc), 300)}", ("training",), at_value=False,
-                               help="run cpu-step first (it names refused settings); this one needs the GPU")
-            return
-        if outcome.skip:
-            raise NotRun(f"not run: {outcome.skip}")
-        if outcome.out_of_memory is not None:
-            yield self.finding(ctx, f"out of memory on {device.name} standing for {ctx.gpu.key}: {oom_lines(outcome)}",
-                               ("training",), at_value=False,
-                               help="apply the fixes `recipe-checks estimate` ranks for this recipe")
+        _, outcome, failed = run_on_gpu(
+            self, ctx, "gpu-step", lambda device: gpu_step(ctx.recipe, ctx.state.resolved_model(), ctx.gpu, device))
+        if failed:
+            yield from failed
             return
         comparison = outcome.comparison
         text = f"{outcome.plan.describe()}; " + "; ".join(comparison.lines())

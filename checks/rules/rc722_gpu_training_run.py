@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from checks.findings import Severity
-from checks.limits import shorten
-from checks.rules._gpu_common import GPU_READS, device_or_skip, memoized, oom_lines
-from checks.rules.base import NotRun, Rule
+from checks.rules._gpu_common import GPU_READS, run_on_gpu
+from checks.rules.base import Rule
 
 
 class GpuTrainingRun(Rule):
@@ -41,21 +40,12 @@ class GpuTrainingRun(Rule):
         from checks.run.gpu import gpu_train
         from checks.run.train import MIN_LOSS_DROP
 
-        device = device_or_skip()
         steps = ctx.state.options.train_steps
-        try:
-            outcome = memoized(ctx, "gpu-train", lambda: gpu_train(ctx.recipe, ctx.state.resolved_model(), ctx.gpu,
-                                                                    device, steps=steps))
-        except Exception as exc:  # noqa: BLE001
-            yield self.finding(ctx, f"the training run failed on {device.name}: {type(exc).__name__}: "
-                                    f"{shorten(str(exc), 300)}", ("training",), at_value=False,
-                               help="run cpu-train first; this one needs the GPU")
-            return
-        if outcome.skip:
-            raise NotRun(f"not run: {outcome.skip}")
-        if outcome.out_of_memory is not None:
-            yield self.finding(ctx, f"out of memory on {device.name} standing for {ctx.gpu.key}: {oom_lines(outcome)}",
-                               ("training",), at_value=False, help="apply the fixes `recipe-checks estimate` ranks")
+        device, outcome, failed = run_on_gpu(
+            self, ctx, "gpu-train",
+            lambda device: gpu_train(ctx.recipe, ctx.state.resolved_model(), ctx.gpu, device, steps=steps))
+        if failed:
+            yield from failed
             return
         report = outcome.train
         where = f"{report.steps} steps: loss {report.first_loss:.4f} -> {report.last_loss:.4f} ({report.drop:+.1%})"

@@ -13,7 +13,7 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
-from checks.run.measure import MemoryComparison, MemoryPlan, OutOfMemory, Skip, compare_with_estimate, memory_limit_for
+from checks.run.measure import MemoryComparison, MemoryPlan, OutOfMemory, Skip, compare_with_estimate, memory_limit_for  # noqa: E501
 from checks.run.setup import Scale, SetupRefused, TrainingSetup, _optimizer_and_scheduler, training_arguments, training_kwargs  # noqa: E501
 
 # Real steps gpu-step runs: the first allocates the optimizer's states; the peak of the steady state
@@ -62,8 +62,17 @@ def full_size_setup(recipe, resolved, scale: Scale, device: str, *, schedule_ste
     )
 
 
-def _plan(recipe, profile, device) -> MemoryPlan | Skip:
-    return memory_limit_for(profile, device, needs_bf16=recipe.training.bf16)
+def _start(recipe, profile, device) -> GpuOutcome:
+    """An outcome holding how the device stands for the target, or why it cannot."""
+    plan = memory_limit_for(profile, device, needs_bf16=recipe.training.bf16)
+    return GpuOutcome(skip=plan.reason) if isinstance(plan, Skip) else GpuOutcome(plan=plan)
+
+
+def _drop_setup(holder: dict) -> None:
+    """After an out-of-memory failure: the gradients a failed backward left on the parameters go."""
+    setup = holder.pop("setup", None)
+    if setup is not None:
+        setup.optimizer.zero_grad(set_to_none=True)
 
 
 def _vocab(resolved) -> int:
@@ -78,12 +87,10 @@ def gpu_step(recipe, resolved, profile, device, *, estimate=None) -> GpuOutcome:
     from checks.run.measure import cuda_context_bytes
     from checks.run.step import _batches
 
-    outcome = GpuOutcome()
-    plan = _plan(recipe, profile, device)
-    if isinstance(plan, Skip):
-        outcome.skip = plan.reason
+    outcome = _start(recipe, profile, device)
+    if outcome.skip:
         return outcome
-    outcome.plan = plan
+    plan = outcome.plan
     traced = estimate if estimate is not None else trace_estimate(recipe, resolved, profile)
     where = torch_device(device)
     scale = Scale.full(recipe)
@@ -116,13 +123,8 @@ def gpu_step(recipe, resolved, profile, device, *, estimate=None) -> GpuOutcome:
             optimizer.zero_grad(set_to_none=True)
         return device.peak_allocated(), device.peak_reserved()
 
-    def cleanup():
-        setup = holder.pop("setup", None)
-        if setup is not None:
-            setup.optimizer.zero_grad(set_to_none=True)
-
     context = cuda_context_bytes() if device.kind == "cuda" else 0
-    result = _guarded(device, build_and_run, traced.budget_bytes, cleanup, holder)
+    result = _guarded(device, build_and_run, traced.budget_bytes, holder)
     if isinstance(result, OutOfMemory):
         outcome.out_of_memory = result
         return outcome
@@ -135,12 +137,10 @@ def gpu_train(recipe, resolved, profile, device, *, steps: int) -> GpuOutcome:
     """A short run through the Trainer at the recipe's sizes on `device`, limited to the target's memory."""
     from checks.run.train import run_training
 
-    outcome = GpuOutcome()
-    plan = _plan(recipe, profile, device)
-    if isinstance(plan, Skip):
-        outcome.skip = plan.reason
+    outcome = _start(recipe, profile, device)
+    if outcome.skip:
         return outcome
-    outcome.plan = plan
+    plan = outcome.plan
     where = torch_device(device)
     holder: dict[str, Any] = {}
 
@@ -153,15 +153,10 @@ def gpu_train(recipe, resolved, profile, device, *, steps: int) -> GpuOutcome:
         report = run_training(setup, recipe, vocab_size=_vocab(resolved), steps=steps, device=where)
         return report, device.peak_allocated(), device.peak_reserved()
 
-    def cleanup():
-        setup = holder.pop("setup", None)
-        if setup is not None:
-            setup.optimizer.zero_grad(set_to_none=True)
-
     from checks.memory.estimate import budget_for
 
     budget, _ = budget_for(recipe, profile)
-    result = _guarded(device, build_and_train, budget, cleanup, holder)
+    result = _guarded(device, build_and_train, budget, holder)
     if isinstance(result, OutOfMemory):
         outcome.out_of_memory = result
         return outcome
@@ -171,13 +166,13 @@ def gpu_train(recipe, resolved, profile, device, *, steps: int) -> GpuOutcome:
     return outcome
 
 
-def _guarded(device, fn, budget_bytes: int, cleanup, holder: dict):
+def _guarded(device, fn, budget_bytes: int, holder: dict):
     """fn under guarded_step (an out-of-memory failure becomes a report, its memory released); the
     memory limit lifted afterwards, whatever happened, so the next recipe starts from a clean device."""
     from checks.run.measure import guarded_step
 
     try:
-        return guarded_step(device, fn, budget_bytes=budget_bytes, cleanup=cleanup)
+        return guarded_step(device, fn, budget_bytes=budget_bytes, cleanup=lambda: _drop_setup(holder))
     finally:
         holder.clear()
         device.limit_memory(None)

@@ -240,9 +240,13 @@ def run_real_step(setup: TrainingSetup, recipe, *, vocab_size: int, seed: int = 
     for n, _ in trainable:
         by_module.setdefault(module_of(n), []).append(n)
     report.trained_modules = len(by_module)
-    # every trained tensor, each matrix of an adapter pair included (A's first one comes in the probe)
-    report.no_gradient = sorted(m for m, names in by_module.items() if not all(n in got_gradient for n in names))
     report.non_finite_parameters = sorted({module_of(n) for n, p in named if not torch.isfinite(p.detach().float()).all()})
+    # every trained tensor, each matrix of an adapter pair included (A's first gradient comes in the probe,
+    # once the update moved B); an update that moved nothing (lr 0) or broke the weights shows no such
+    # second gradient: RC706 or RC703 say why, and the pair is judged on the step alone
+    moved = report.learning_rate > 0 and not report.non_finite_parameters and report.finite_loss
+    judge = all if moved else any
+    report.no_gradient = sorted(m for m, names in by_module.items() if not judge(n in got_gradient for n in names))
     report.base_changed = sorted({module_of(n) for n, p in named if n in frozen and not torch.equal(p.detach(), frozen[n])})
     # a module changed when any of its trained tensors did (LoRA's A may not move on step 1: B was zero)
     changed = {module_of(n) for n, p in trainable if not torch.equal(p.detach(), before[n])}
