@@ -285,3 +285,15 @@ def test_the_gpu_rules_report_through_the_engine_with_a_device_standing_in(tiny_
     train = run_check(state, "gpu-train", "rtx4090")
     assert train.error is None and not train.errors, _errors(train)
     assert "tokens/s on NVIDIA H200" in train.infos[0].message
+
+
+def test_activation_checkpointing_the_new_name_is_traced_and_run_as_checkpointing(tmp_path):
+    from checks.memory.settings import settings_from_recipe
+
+    recipe_text = QWEN_LORA.replace("  learning_rate: 1.0e-4\n", "  learning_rate: 1.0e-4\n  activation_checkpointing: true\n")
+    state = _state(_write(tmp_path, recipe_text))
+    assert settings_from_recipe(state.recipe, state.resolved_model().config).gradient_checkpointing
+    from checks.run.cpu_step import cpu_step
+
+    report = cpu_step(state).report
+    assert report.checkpointing_asked and report.block_recomputes > 0

@@ -73,12 +73,16 @@ def settings_from_recipe(recipe, config: dict) -> StepSettings:
             "quant_storage": q.bnb_4bit_quant_storage or "uint8",
         }.items()))
     chunked = _liger_chunked_loss(t, config.get("model_type"), notes)
+    # transformers 5.24 names it activation_checkpointing(_kwargs); gradient_checkpointing is its deprecated alias
+    extra = t.model_extra or {}
+    checkpointing = bool(extra.get("activation_checkpointing", t.gradient_checkpointing))
+    checkpoint_kwargs = extra.get("activation_checkpointing_kwargs", t.gradient_checkpointing_kwargs)
     return StepSettings(
         micro_batch=t.per_device_train_batch_size,
         seq_len=t.max_seq_length,
         gradient_accumulation=t.gradient_accumulation_steps,
-        gradient_checkpointing=t.gradient_checkpointing,
-        gradient_checkpointing_kwargs=tuple(sorted((t.gradient_checkpointing_kwargs or {}).items())),
+        gradient_checkpointing=checkpointing,
+        gradient_checkpointing_kwargs=tuple(sorted((checkpoint_kwargs or {}).items())),
         precision=precision,
         weights_dtype=dtype,
         attn_implementation=attn,
