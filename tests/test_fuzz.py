@@ -104,7 +104,7 @@ def test_mutated_recipes_traced_give_findings_never_internal_errors(text):
 
 @pytest.mark.slow
 @given(mutated_recipes())
-@settings(max_examples=10, **_SETTINGS)
+@settings(max_examples=4, **_SETTINGS)
 def test_mutated_recipes_run_for_real_give_findings_never_internal_errors(text):
     check_text(text, run=True)
 

@@ -180,7 +180,7 @@ def tiny_llama_recipe(tmp_path):
     return _write(tmp_path, """\
         model: {config: tiny}
         lora: {r: 8, lora_alpha: 16, target_modules: [q_proj, v_proj]}
-        training: {per_device_train_batch_size: 2, max_seq_length: 64, learning_rate: 2.0e-4, max_grad_norm: 1.0}
+        training: {per_device_train_batch_size: 2, max_seq_length: 64, learning_rate: 1.0e-3, max_grad_norm: 1.0}
         hardware: {gpu: rtx4090}
         """)
 
@@ -253,7 +253,7 @@ def test_gpu_train_learns_within_the_budget_and_measures_tokens_per_second(tiny_
     from checks.run.gpu import gpu_train
 
     recipe, resolved = _recipe_and_model(tiny_llama_recipe)
-    outcome = gpu_train(recipe, resolved, GpuCatalog.load(()).get("rtx4090"), StandInGpu(141 * GIB), steps=30)
+    outcome = gpu_train(recipe, resolved, GpuCatalog.load(()).get("rtx4090"), StandInGpu(141 * GIB), steps=10)
     assert outcome.out_of_memory is None and outcome.comparison.fits
     report = outcome.train
     assert report.finite and report.drop > 0.001 and report.tokens_per_second > 0

@@ -15,8 +15,7 @@ class TrainingRun(Rule):
     transformers' `Trainer` (`--recipes-train-steps` changes the count), on one fixed batch of random
     tokens that a training run can memorise. The loss on that batch must end at least 0.1% below where
     it started, every logged loss must be finite, the trained parameters must have changed and the
-    frozen base must not. Sizes are scaled down (sequence 32, micro-batch at most 2, accumulation at
-    most 2) and the recipe's warmup is kept as the same fraction of the run; the report says so.
+    frozen base must not. Sizes are scaled down (one row of 32 tokens a step, no accumulation) and the recipe's warmup is kept as the same fraction of the run; the report says so.
 
     ## Why it matters
     A recipe can build and take one good step and still not learn: a schedule that decays to 0 at
