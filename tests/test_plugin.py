@@ -14,6 +14,14 @@ from checks.rules import CHECKS, CUDA_CHECKS, GPU_CHECKS  # every check of a rec
 CUDA = len(CUDA_CHECKS)
 
 
+@pytest.fixture(autouse=True)
+def short_training_runs(request, monkeypatch):
+    """cpu-train of 2 steps in the runs that are about the plugin, not about training (CI's 15 minutes);
+    the shipped recipes are still trained for the full 30 steps in the test that checks them all."""
+    if request.node.name != "test_shipped_recipes_all_pass_against_their_own_gpus":
+        monkeypatch.setenv("PYTEST_ADDOPTS", "--recipes-train-steps=2")
+
+
 @pytest.fixture
 def shipped(pytester: pytest.Pytester):
     """The shipped recipes, copied into the pytester directory."""
