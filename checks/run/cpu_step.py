@@ -105,5 +105,6 @@ def _vocab_size(path) -> int:
     import json
     from pathlib import Path
 
-    config = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
-    return int((config.get("text_config") or config)["vocab_size"])  # a multimodal config nests the decoder's
+    from checks.run.setup import vocab_size
+
+    return vocab_size(json.loads((Path(path) / "config.json").read_text(encoding="utf-8")))

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from checks.run.measure import MemoryComparison, MemoryPlan, OutOfMemory, Skip, compare_with_estimate, memory_limit_for  # noqa: E501
-from checks.run.setup import Scale, SetupRefused, TrainingSetup, _optimizer_and_scheduler, training_arguments, training_kwargs  # noqa: E501
+from checks.run.setup import Scale, TrainingSetup, optimizer_and_scheduler, training_arguments, training_kwargs, vocab_size
 
 # Real steps gpu-step runs: the first allocates the optimizer's states; the peak of the steady state
 # (what the trace estimates) is reached from the second on.
@@ -27,7 +27,6 @@ class GpuOutcome:
     plan: MemoryPlan | None = None
     out_of_memory: OutOfMemory | None = None
     comparison: MemoryComparison | None = None
-    refused: SetupRefused | None = None
     train: Any = None  # the TrainReport of gpu-train
     notes: list[str] = field(default_factory=list)
 
@@ -53,12 +52,11 @@ def full_size_setup(recipe, resolved, scale: Scale, device: str, *, schedule_ste
     args = training_arguments(kwargs, output_dir=tempfile.mkdtemp(prefix="recipe-checks-gpu-"),
                               on_cpu=device == "cpu")
     built = build_step_model(resolved, settings, task or "CAUSAL_LM", real=True, device=device)
-    trainer, optimizer, scheduler = _optimizer_and_scheduler(built.model, args, schedule_steps)
+    trainer, optimizer, scheduler = optimizer_and_scheduler(built.model, args, schedule_steps)
     return TrainingSetup(
         model=built.model, args=args, trainer=trainer, optimizer=optimizer, scheduler=scheduler,
-        schedule_steps=schedule_steps, warmup_steps=args.get_warmup_steps(schedule_steps),
-        precision=recipe.training_dtype, weights_dtype=settings.weights_dtype, quantized=bool(built.quantized),
-        checkpointing=settings.gradient_checkpointing, scale=scale, notes=list(built.notes),
+        schedule_steps=schedule_steps, precision=recipe.training_dtype, weights_dtype=settings.weights_dtype,
+        quantized=bool(built.quantized), checkpointing=settings.gradient_checkpointing, scale=scale, notes=list(built.notes),
     )
 
 
@@ -75,17 +73,12 @@ def _drop_setup(holder: dict) -> None:
         setup.optimizer.zero_grad(set_to_none=True)
 
 
-def _vocab(resolved) -> int:
-    config = resolved.config
-    return int((config.get("text_config") or config)["vocab_size"])
-
-
 def gpu_step(recipe, resolved, profile, device, *, estimate=None) -> GpuOutcome:
     """GPU_STEPS real steps of the full-size model on `device`, limited to the target's memory; the peak
     against the budget and the traced estimate (`estimate`: an Estimate, traced here when not given)."""
     from checks.memory.estimate import estimate as trace_estimate
     from checks.run.measure import cuda_context_bytes
-    from checks.run.step import _batches
+    from checks.run.step import token_batches
 
     outcome = _start(recipe, profile, device)
     if outcome.skip:
@@ -108,7 +101,7 @@ def gpu_step(recipe, resolved, profile, device, *, estimate=None) -> GpuOutcome:
         device.reset_peak()
         model, optimizer = setup.model, setup.optimizer
         trainable = [p for p in model.parameters() if p.requires_grad]
-        batches = _batches(_vocab(resolved), scale, scale.gradient_accumulation, seed=0)
+        batches = token_batches(vocab_size(resolved.config), scale, scale.gradient_accumulation, seed=0)
         model.train()
         for _ in range(GPU_STEPS):
             for batch in batches:
@@ -150,7 +143,7 @@ def gpu_train(recipe, resolved, profile, device, *, steps: int) -> GpuOutcome:
         device.release()
         plan.apply(device)
         device.reset_peak()
-        report = run_training(setup, recipe, vocab_size=_vocab(resolved), steps=steps, device=where)
+        report = run_training(setup, recipe, vocab_size=vocab_size(resolved.config), steps=steps, device=where)
         return report, device.peak_allocated(), device.peak_reserved()
 
     from checks.memory.estimate import budget_for

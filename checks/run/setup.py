@@ -70,13 +70,21 @@ class TrainingSetup:
     optimizer: Any
     scheduler: Any
     schedule_steps: int  # the steps the LR schedule spans
-    warmup_steps: int
     precision: str  # autocast dtype of the step: bfloat16, float16 or float32
     weights_dtype: str  # the dtype the weights were loaded in
     quantized: bool
     checkpointing: bool  # the trainer enabled activation checkpointing
     scale: Scale
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def warmup_steps(self) -> int:
+        return self.args.get_warmup_steps(self.schedule_steps)
+
+
+def vocab_size(config: dict) -> int:
+    """The decoder's vocabulary size from a config.json (a multimodal config nests the decoder's)."""
+    return int((config.get("text_config") or config)["vocab_size"])
 
 
 def training_kwargs(recipe, scale: Scale) -> dict[str, Any]:
@@ -212,23 +220,23 @@ def build_training(recipe, model_path: str, scale: Scale, *, weights_dtype: str,
     if args.max_steps <= 0 and schedule_steps is None:
         notes.append(f"the LR schedule spans {steps} steps (the recipe sets no max_steps)")
     try:
-        trainer, optimizer, scheduler = _optimizer_and_scheduler(model, args, steps)
+        trainer, optimizer, scheduler = optimizer_and_scheduler(model, args, steps)
     except Exception as exc:
         def refuses(kw):
             trial = training_arguments(kw, output_dir=output_dir, on_cpu=on_cpu)
-            return _refuses(lambda: _optimizer_and_scheduler(model, trial, steps))
+            return _refuses(lambda: optimizer_and_scheduler(model, trial, steps))
 
         key = blame_key(kwargs, refuses)
         raise SetupRefused("the optimizer and LR scheduler", exc, ("training", key) if key else ("training", "optim")) from None
     return TrainingSetup(
         model=model, args=args, trainer=trainer, optimizer=optimizer, scheduler=scheduler, schedule_steps=steps,
-        warmup_steps=args.get_warmup_steps(steps), precision=recipe.training_dtype, weights_dtype=weights_dtype,
-        quantized=quantized,
+        precision=recipe.training_dtype, weights_dtype=weights_dtype, quantized=quantized,
         checkpointing=checkpointing, scale=scale, notes=notes,
     )
 
 
-def _optimizer_and_scheduler(model, args, steps: int):
+def optimizer_and_scheduler(model, args, steps: int):
+    """The Trainer that builds the recipe's optimizer and LR scheduler, as it does before training."""
     from transformers import Trainer
 
     with quiet():

@@ -81,7 +81,7 @@ def summarize_modules(names: list[str], limit: int = 6) -> str:
     return text + (f" and {len(shown) - limit} more" if len(shown) > limit else "")
 
 
-def _batches(vocab_size: int, scale, count: int, seed: int):
+def token_batches(vocab_size: int, scale, count: int, seed: int):
     """Fixed token batches: the same data every run, so a step is reproducible."""
     import torch
 
@@ -184,7 +184,7 @@ def run_real_step(setup: TrainingSetup, recipe, *, vocab_size: int, seed: int = 
     scale_note = setup.scale.describe(recipe)
     if scale_note:
         report.notes.append(scale_note)
-    batches = [b.to(device) for b in _batches(vocab_size, setup.scale, setup.scale.gradient_accumulation + 1, seed)]
+    batches = [b.to(device) for b in token_batches(vocab_size, setup.scale, setup.scale.gradient_accumulation + 1, seed)]
     torch.manual_seed(seed)
     _check_identity(setup, batches[0], report)
 
