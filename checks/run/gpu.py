@@ -13,8 +13,22 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
-from checks.run.measure import MemoryComparison, MemoryPlan, OutOfMemory, Skip, compare_with_estimate, memory_limit_for  # noqa: E501
-from checks.run.setup import Scale, TrainingSetup, optimizer_and_scheduler, training_arguments, training_kwargs, vocab_size
+from checks.run.measure import (
+    MemoryComparison,
+    MemoryPlan,
+    OutOfMemory,
+    Skip,
+    compare_with_estimate,
+    memory_limit_for,
+)
+from checks.run.setup import (
+    Scale,
+    TrainingSetup,
+    optimizer_and_scheduler,
+    training_arguments,
+    training_kwargs,
+    vocab_size,
+)
 
 # Real steps gpu-step runs: the first allocates the optimizer's states; the peak of the steady state
 # (what the trace estimates) is reached from the second on.

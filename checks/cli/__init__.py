@@ -1,0 +1,38 @@
+"""The `recipe-checks` command: lint recipes, estimate their memory, explain rules, list GPUs and bundled
+models, print the schema, build fixtures. One module per command; each registers its own subparser.
+
+`check` runs the same engine as the pytest plugin (checks.engine), with the same options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from checks.cli import check, estimate, fixtures, info
+from checks.cli.common import EXIT_FINDINGS, EXIT_OK, EXIT_USAGE, UsageError
+
+__all__ = ["EXIT_FINDINGS", "EXIT_OK", "EXIT_USAGE", "UsageError", "build_parser", "main"]
+
+COMMANDS = (check, estimate, info, fixtures)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="recipe-checks", description="Check fine-tuning recipes against a target GPU before any GPU hour is spent."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    for command in COMMANDS:
+        command.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "warns_versions", False):
+        from checks.compat import drop_cpu_kernel_notice, version_warnings
+
+        drop_cpu_kernel_notice()
+        for warning in version_warnings():
+            print(f"recipe-checks: warning: {warning}", file=sys.stderr)
+    return args.func(args)

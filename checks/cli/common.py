@@ -1,0 +1,40 @@
+"""What the commands share: exit codes, the usage error, reading the run options from the flags."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from checks.options import Options, split_names
+
+EXIT_OK, EXIT_FINDINGS, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """Flags that do not go together: exit 2 with the message."""
+
+
+def lexists(path: str) -> bool:
+    """Whether a path names anything, a dangling or looping link included (it gets its finding)."""
+    try:
+        return os.path.lexists(path)
+    except (ValueError, OSError):  # a NUL byte: reported as a finding of that path, not a crash
+        return True
+
+
+def options_from_args(args: argparse.Namespace, catalog) -> Options:
+    """The run options from the flags `add_options` declared: one reading for check and estimate."""
+    gpus = split_names(args.gpu)
+    for name in gpus:
+        catalog.get(name)  # UnknownGpuError: a usage error, reported by the caller
+    if args.recipes_all_gpus and not gpus:
+        raise UsageError("--recipes-all-gpus needs --gpu NAME: the GPU to check every recipe against")
+    return Options(
+        gpus=gpus,
+        all_gpus=args.recipes_all_gpus,
+        allow_network=args.recipes_allow_network,
+        trust_remote_code=args.recipes_trust_remote_code,
+        strict=args.recipes_strict,
+        gpu_profiles=tuple(args.gpu_profiles),
+        train_steps=args.recipes_train_steps,
+    )

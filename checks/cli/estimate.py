@@ -1,0 +1,117 @@
+"""`recipe-checks estimate RECIPE`: the traced peak of one training step, its breakdown, fixes, throughput."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from checks.cli.common import EXIT_FINDINGS, EXIT_OK, EXIT_USAGE, UsageError, options_from_args
+from checks.options import add_options
+
+
+def register(sub) -> None:
+    est = sub.add_parser("estimate", help="trace one training step of the full-size model: peak memory, "
+                         "breakdown, fixes, throughput ceiling (exit 0 fits, 1 does not, 2 bad input)")
+    est.add_argument("recipe", help="a recipe file")
+    add_options(est.add_argument)  # the same flags as `check` (one --gpu: default, the recipe's first)
+    est.add_argument("--json", action="store_true", help="print one JSON object")
+    est.add_argument("--dataset-tokens", type=int, default=0, help="tokens per epoch, for hours per epoch")
+    est.add_argument("--no-fixes", action="store_true", help="do not trace the fixes when it does not fit")
+    est.set_defaults(func=run, warns_versions=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Trace one training step of the recipe's full-size model and print the memory it needs."""
+    from checks.context import RecipeState
+    from checks.engine import run_check
+    from checks.gpus import GIB, GpuCatalog, GpuProfileError, UnknownGpuError
+    from checks.memory.estimate import TraceError, estimate
+    from checks.render import render_finding
+    from checks.rules import CHECKS, GPU_CHECKS, RUN_CHECKS, TRACED_CHECKS
+    from checks.throughput import recipe_ceiling
+
+    def bad_input(message: str) -> int:
+        if args.json:
+            print(json.dumps({"error": message}))
+        else:
+            print(f"recipe-checks: {message}", file=sys.stderr)
+        return EXIT_USAGE
+
+    path = Path(args.recipe)
+    if not path.is_file():
+        return bad_input(f"no such recipe file: {path}")
+    try:
+        catalog = GpuCatalog.load(tuple(args.gpu_profiles))
+        options = options_from_args(args, catalog)
+    except (GpuProfileError, UnknownGpuError, UsageError) as exc:
+        return bad_input(str(exc))
+    if len(options.gpus) > 1:
+        return bad_input(f"estimate traces one GPU at a time; got --gpu {', '.join(options.gpus)}")
+    state = RecipeState.from_file(path, str(path), options, catalog)
+    schema = run_check(state, "schema")
+    if schema.errors or state.recipe is None:
+        for finding in schema.errors:
+            print(render_finding(finding, state.source_line(finding.location.line)), file=sys.stderr)
+        return bad_input(f"{path} has schema errors; `recipe-checks check {path}` lists them")
+    recipe = state.recipe
+    names = list(options.gpus) or recipe.hardware.gpu
+    if not names:
+        return bad_input("the recipe names no GPU: pass --gpu NAME")
+    try:
+        gpu = catalog.get(names[0])
+    except UnknownGpuError as exc:
+        return bad_input(str(exc))
+    static_errors = [
+        f for check in CHECKS if check not in TRACED_CHECKS | RUN_CHECKS and check != "schema"
+        for f in run_check(state, check, gpu.key if check in GPU_CHECKS else None).errors
+    ]
+    try:
+        result = estimate(recipe, state.resolved_model(), gpu, with_fixes=not args.no_fixes)
+    except TraceError as exc:
+        if static_errors:  # the recipe as written does not start: its findings say why, not the library's error
+            for finding in static_errors:
+                print(render_finding(finding, state.source_line(finding.location.line)) + "\n", file=sys.stderr)
+            return bad_input(f"the training step cannot be traced until the {len(static_errors)} error(s) above "
+                             f"are fixed ({exc})")
+        return bad_input(f"the training step cannot be traced: {exc}")
+    model = state.meta_model()
+    speed = recipe_ceiling(recipe, model, gpu)
+    hours = speed.hours_per_epoch(args.dataset_tokens) if args.dataset_tokens else None
+    if args.json:
+        out = result.to_dict()
+        out.update({
+            "gpu": gpu.key,
+            "method": recipe.method.value,
+            "flops_per_token": speed.flops_per_token,
+            "ceiling_tokens_per_second": speed.tokens_per_second,
+            "hours_per_epoch_at_ceiling": hours,
+            "static_errors": [f.to_dict() for f in static_errors],
+        })
+        print(json.dumps(out, indent=2))
+    else:
+        verdict = "fits" if result.fits else ("fits only if paged optimizer state spills to host memory"
+                                              if result.fits_with_paging else "does NOT fit")
+        print(f"{path} on {gpu.key} ({recipe.method.label}): peak {result.peak_bytes / GIB:.2f} GiB, "
+              f"budget {result.budget_bytes / GIB:.2f} GiB ({result.budget_source}): {verdict}")
+        print(f"breakdown at the peak ({result.peak_phase}):")
+        for category, nbytes in sorted(result.breakdown.items(), key=lambda kv: -kv[1]):
+            print(f"  {category:<24}{nbytes / GIB:>9.3f} GiB")
+        if result.paged_bytes:
+            print(f"  (of which paged optimizer state, can spill to host memory: {result.paged_bytes / GIB:.3f} GiB)")
+        for fix in result.fixes:
+            print(f"fix: {fix.name}: peak {fix.peak_bytes / GIB:.2f} GiB, saves {fix.saved_bytes / GIB:.2f} GiB"
+                  f"{' (fits)' if fix.fits else ''}  --  {fix.change}")
+        if speed.tokens_per_second:
+            line = (f"throughput ceiling: {speed.tokens_per_second:,.0f} tokens/s ({speed.flops_per_token / 1e9:.1f} GFLOP/token"
+                    f" at {speed.peak_tflops:g} dense TFLOP/s)")
+            if hours is not None:
+                line += f"; at least {hours:.2f} h per epoch of {args.dataset_tokens:,} tokens"
+            print(line)
+        for note in result.notes:
+            print(f"note: {note}")
+        if static_errors:
+            print(f"note: the recipe has {len(static_errors)} static error(s) that do not change this estimate "
+                  f"(e.g. {static_errors[0].rule_id}); `recipe-checks check {path}` lists them")
+    return EXIT_OK if result.fits else EXIT_FINDINGS
