@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -22,8 +21,11 @@ def register(sub) -> None:
     models = sub.add_parser("models", help="list the model configs bundled with recipe-checks")
     models.set_defaults(func=_cmd_models)
 
-    schema = sub.add_parser("schema", help="print the JSON Schema of the recipe format")
+    schema = sub.add_parser("schema", help="print the JSON Schema of the recipe format (the one shipped with "
+                            "the package, generated with the pinned libraries)")
     schema.add_argument("--output", "-o", help="write it to this file")
+    schema.add_argument("--installed", action="store_true",
+                        help="generate it from the installed transformers and peft instead (imports them)")
     schema.set_defaults(func=_cmd_schema)
 
 
@@ -73,9 +75,9 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_schema(args: argparse.Namespace) -> int:
-    from checks.recipe.jsonschema import recipe_json_schema
+    from checks.recipe.jsonschema import recipe_json_schema, schema_text, shipped_schema_text
 
-    text = json.dumps(recipe_json_schema(), indent=2) + "\n"
+    text = schema_text(recipe_json_schema()) if args.installed else shipped_schema_text()
     if args.output:
         Path(args.output).write_text(text, encoding="utf-8")
     else:
