@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from checks.findings import Finding, Location
-from checks.gpus import GpuCatalog, GpuProfile, UnknownGpuError
+from checks.gpus import GpuCatalog, GpuFamily, GpuProfile, UnknownGpuError
 from checks.limits import MAX_ERROR_CHARS, shorten
 from checks.models.resolve import ModelResolutionError, ResolvedModel, resolve_model_config
 from checks.models.skeleton import ModelBuildError, build_meta_model
@@ -94,9 +94,11 @@ class RecipeState:
             return [g for g in gpu if isinstance(g, str)]
         return []
 
-    def gpu_profile(self, name: str) -> GpuProfile | UnknownGpuError:
+    def gpu_profile(self, name: str) -> GpuProfile | GpuFamily | UnknownGpuError:
+        """The profile a GPU name means, the family of profiles an ambiguous name matches ('a100'),
+        or the error that says it is no known GPU."""
         try:
-            return self.catalog.get(name)
+            return self.catalog.resolve(name)
         except UnknownGpuError as exc:
             return exc
 
@@ -185,11 +187,12 @@ class RecipeContext:
         return recipe
 
     @property
-    def gpu(self) -> GpuProfile | None:
+    def gpu(self) -> GpuProfile | GpuFamily | None:
+        """The target's profile; a GpuFamily only in the checks that run on what a family shares."""
         if self.gpu_name is None:
             return None
         profile = self.state.gpu_profile(self.gpu_name)
-        return profile if isinstance(profile, GpuProfile) else None
+        return profile if isinstance(profile, (GpuProfile, GpuFamily)) else None
 
     @property
     def model(self) -> Any:

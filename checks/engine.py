@@ -12,9 +12,9 @@ from pathlib import Path
 from checks.context import RecipeContext, RecipeState
 from checks.compat import CompatError
 from checks.findings import Finding, Location, Severity
-from checks.gpus import GpuCatalog, GpuProfile
+from checks.gpus import GpuCatalog, GpuFamily, NeedsExactCard, UnknownGpuError
 from checks.options import Options
-from checks.rules import CHECKS, GPU_CHECKS, IGNORES_CHECK, PREREQUISITES, RUN_CHECKS, TRACED_CHECKS, rules_for
+from checks.rules import CHECKS, CUDA_CHECKS, GPU_CHECKS, IGNORES_CHECK, PREREQUISITES, RUN_CHECKS, TRACED_CHECKS, rules_for
 from checks.rules.base import CannotJudge, NotRun, Rule
 
 
@@ -64,12 +64,26 @@ def _skip_reason(state: RecipeState, check: str, gpu: str | None) -> str | None:
                 f"not checked: {state.path} names no target GPU; set hardware.gpu in the recipe "
                 "or pass --gpu=NAME"
             )
-        if not isinstance(state.gpu_profile(gpu), GpuProfile):
+        if isinstance(state.gpu_profile(gpu), UnknownGpuError):
             return f"not checked: '{gpu}' is not a known GPU (see {state.path}::schema)"
     first = PREREQUISITES.get(check)
     if first is not None and run_check(state, first, gpu).failed():
         return f"not run: {state.path}::{first} fails, and {check} would fail for the same reason"
     return None
+
+
+def _exact_card_finding(state: RecipeState, check: str, gpu: str, family: GpuFamily, attribute: str) -> Finding:
+    """A GPU check against an ambiguous name ('a100') read what its profiles do not share: ask for the card."""
+    declared = state.declared_gpus()
+    at = ("hardware", "gpu", declared.index(gpu)) if gpu in declared else ()
+    if at and at not in state.loaded.value_spans:
+        at = ("hardware", "gpu")
+    return Finding(
+        "RC105", f"the {check} check needs the exact card: '{gpu}' matches {family.listing()}",
+        state.loaded.location(at), check=check, key="hardware.gpu" if at else "",
+        why=f"the {check} check reads the card's {attribute}, which those profiles do not share",
+        help=f"name one of them in {'hardware.gpu' if at else '--gpu'}: {' or '.join(family.keys)}",
+    )
 
 
 def _rule_blocked(state: RecipeState, rule: type[Rule]) -> str | None:
@@ -113,7 +127,15 @@ def run_check(state: RecipeState, check: str, gpu: str | None = None) -> CheckRe
                         waiting.setdefault(why, []).append(rule_cls.id)
                     continue
                 try:
+                    if check in CUDA_CHECKS and isinstance(ctx.gpu, GpuFamily):
+                        raise NeedsExactCard(ctx.gpu, "memory")  # a local GPU stands in for the target's memory
                     found = list(rule_cls().run(ctx))
+                except NeedsExactCard as exc:  # an ambiguous target ('a100'): what its profiles do not share
+                    finding = _exact_card_finding(state, check, key[1], exc.family, exc.attribute)
+                    if not any(f.rule_id == finding.rule_id for f in result.findings + result.suppressed):
+                        result.judged.add(finding.rule_id)
+                        (result.suppressed if finding.rule_id in ignores else result.findings).append(finding)
+                    continue
                 except CompatError as exc:  # an installed library lacks what the rule asks of it
                     found = [Finding(rule_cls.id, str(exc), ctx.loaded.location(()) if ctx.state.loaded else
                                      Location(state.path), check=check, why="the rule asks the library itself",
@@ -181,16 +203,15 @@ def gpus_for(state: RecipeState, options: Options) -> list[str | None]:
         return list(declared) or [None]
     if options.all_gpus or not declared:
         return list(options.gpus)
-    keys = {g: _profile_key(state.catalog, g) for g in declared}
-    chosen = [g for g in options.gpus if _profile_key(state.catalog, g) in keys.values()]
-    return chosen or [g for g, key in keys.items() if key is None]
+    keys = {g: _profile_keys(state.catalog, g) for g in declared}
+    wanted = frozenset().union(*keys.values())
+    chosen = [g for g in options.gpus if _profile_keys(state.catalog, g) & wanted]
+    return chosen or [g for g, found in keys.items() if not found]
 
 
-def _profile_key(catalog: GpuCatalog, name: str) -> str | None:
-    try:
-        return catalog.get(name).key
-    except LookupError:
-        return None
+def _profile_keys(catalog: GpuCatalog, name: str) -> frozenset[str]:
+    """The profiles a name stands for: one, several for an ambiguous name ('a100'), none if unknown."""
+    return frozenset(p.key for p in catalog.matches(name))
 
 
 def check_recipe(path: Path, options: Options, catalog: GpuCatalog, display_path: str | None = None,

@@ -58,7 +58,7 @@ def pytest_configure(config: pytest.Config) -> None:
     gpus = split_names(config.getoption("gpu"))
     for name in gpus:
         try:
-            catalog.get(name)
+            catalog.resolve(name)  # an ambiguous name ('a100') runs the checks its profiles agree on
         except UnknownGpuError as exc:
             raise pytest.UsageError(f"--gpu: {exc}") from None
     if config.getoption("recipes_all_gpus") and not gpus:
@@ -139,7 +139,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         return []  # a host project's plain run: nothing of ours to report
     session: RecipeSession = config.stash[SESSION_KEY]
     if session.options.gpus:
-        targets = "; ".join(session.catalog.get(g).describe() for g in session.options.gpus)
+        targets = "; ".join(session.catalog.resolve(g).describe() for g in session.options.gpus)
         scope = " (every recipe)" if session.options.all_gpus else ""
         target_line = f"target GPU: {targets}{scope}"
     else:

@@ -1,10 +1,14 @@
-"""GPU profiles: the shipped data validates, names are forgiving, unknown names suggest the nearest."""
+"""GPU profiles: the shipped data validates, names are forgiving, a unique prefix resolves, an ambiguous
+name lists its profiles (and the checks run on what they share), unknown names suggest only related cards."""
 
 from __future__ import annotations
 
 import pytest
 
-from checks.gpus import GpuCatalog, GpuProfileError, UnknownGpuError
+from checks.engine import check_recipe
+from checks.gpus import AmbiguousGpuError, GpuCatalog, GpuFamily, GpuProfileError, NeedsExactCard, UnknownGpuError
+from checks.gpus.names import parse_card_name
+from checks.options import Options
 
 REQUIRED = ["rtx4060", "rtx4070", "rtx4080", "rtx4090", "rtx5090", "rtx3090", "t4", "v100-16gb", "a10g", "l4",
             "l40s", "a6000", "a100-40gb", "a100-80gb", "h100", "h200"]
@@ -58,3 +62,122 @@ def test_an_invalid_profile_file_is_a_clear_error(tmp_path):
     extra.write_text("mygpu:\n  name: x\n")
     with pytest.raises(GpuProfileError, match="GPU profile 'mygpu' is invalid"):
         GpuCatalog.load((str(extra),))
+
+
+@pytest.mark.parametrize("name,profiles", [
+    ("v100", ["v100-16gb", "v100-32gb"]), ("a100", ["a100-40gb", "a100-80gb"]),
+    ("Tesla V100", ["v100-16gb", "v100-32gb"]), ("nvidia a100", ["a100-40gb", "a100-80gb"]),
+])
+def test_a_name_of_several_profiles_says_so_and_lists_them(catalog, name, profiles):
+    with pytest.raises(AmbiguousGpuError) as info:
+        catalog.get(name)
+    assert isinstance(info.value, UnknownGpuError)  # callers that catch UnknownGpuError still report it
+    assert [p.key for p in info.value.candidates] == profiles
+    assert f"'{name}' matches 2 GPU profiles: {profiles[0]} (" in str(info.value)
+    family = catalog.resolve(name)
+    assert isinstance(family, GpuFamily) and family.keys == profiles
+
+
+@pytest.mark.parametrize("name,key", [
+    ("rtx3060", "rtx3060-12gb"), ("RTX 3060", "rtx3060-12gb"), ("RTX 4060 Ti", "rtx4060ti-16gb"),
+    ("geforce rtx 4060 ti", "rtx4060ti-16gb"), ("rtx4060", "rtx4060"), ("h100", "h100"), ("4090", "rtx4090"),
+])
+def test_a_unique_prefix_resolves_and_an_exact_name_wins(catalog, name, key):
+    assert catalog.get(name).key == key
+
+
+@pytest.mark.parametrize("name", ["l40", "a10", "rtx", "nvidia", "tesla"])
+def test_a_prefix_resolves_only_up_to_a_separator_and_with_a_model_number(catalog, name):
+    # L40 and A10 are other cards than L40S and A10G; 'rtx' names no card at all
+    with pytest.raises(UnknownGpuError) as info:
+        catalog.resolve(name)
+    assert not isinstance(info.value, AmbiguousGpuError)
+
+
+@pytest.mark.parametrize("name,suggested", [
+    ("rtx4099", ["rtx4090"]), ("rtz4090", ["rtx4090"]), ("a6001", ["a6000"]), ("rtx a6001", ["a6000"]),
+    ("t4 16gb", ["t4"]),
+    # other cards than any profile: never offered the nearest-looking one
+    ("rtx5080", []), ("rtx3080", []), ("rtx4050", []), ("v100s", []), ("h800", []), ("p40", []),
+    ("rtx 4060 ti 8gb", []), ("v100-24gb", []), ("a1000", []), ("l40", []),
+])
+def test_suggestions_are_cards_of_the_same_family_and_memory(catalog, name, suggested):
+    with pytest.raises(UnknownGpuError) as info:
+        catalog.get(name)
+    assert info.value.suggestions == suggested
+
+
+def test_no_suggestion_is_another_series_generation_or_variant(catalog):
+    # every one-digit change of every known name: a suggestion keeps series, generation and variant
+    for profile in catalog:
+        for spelling in (profile.key, *profile.aliases):
+            written = parse_card_name(spelling)
+            if written is None:
+                continue
+            for digit in "0123456789":
+                name = spelling.replace(written.number, written.number[:-1] + digit, 1)
+                try:
+                    catalog.resolve(name)
+                    continue
+                except UnknownGpuError as exc:
+                    suggestions = exc.suggestions
+                for key in suggestions:
+                    other = parse_card_name(key)
+                    assert (other.number[:-1], other.variant) == (written.number[:-1], written.variant), (name, key)
+
+
+def test_a_family_shares_what_its_profiles_agree_on_and_nothing_else(catalog):
+    a100 = catalog.resolve("a100")
+    assert a100.agrees and a100.cc == (8, 0) and a100.supports_bf16 and not a100.supports_fp8
+    assert a100.dense_bf16_tflops == 312  # the same on both cards
+    with pytest.raises(NeedsExactCard, match="differ in memory_bytes"):
+        a100.memory_bytes
+
+
+MIXED = """\
+model: HuggingFaceTB/SmolLM2-135M
+lora: {r: 8, target_modules: [q_proj, v_proj]}
+training: {per_device_train_batch_size: 1, bf16: true, max_seq_length: 256}
+hardware:
+  gpu: [GPU]
+"""
+
+
+def _findings(results, check):
+    return [f for r in results if r.check == check for f in r.findings]
+
+
+def test_an_ambiguous_target_runs_the_precision_checks_and_asks_for_the_card_in_vram(write, catalog):
+    path = write("v100.yaml", MIXED.replace("GPU", "v100"))
+    state, results = check_recipe(path, Options(), catalog)
+    schema = _findings(results, "schema")
+    assert [(f.rule_id, f.severity.value) for f in schema] == [("RC105", "warning")]
+    assert "v100-16gb (15.8 GiB), v100-32gb (31.7 GiB)" in schema[0].message
+    # bf16 on a V100 of either size: the precision check ran against what they share
+    assert [f.rule_id for f in _findings(results, "precision")] == ["RC401"]
+    vram = _findings(results, "vram")
+    assert [(f.rule_id, f.severity.value) for f in vram] == [("RC105", "error")]
+    assert vram[0].message.startswith("the vram check needs the exact card: 'v100' matches v100-16gb")
+    assert "v100-16gb or v100-32gb" in vram[0].help and vram[0].location.line == 5
+    assert not any(r.error for r in results)
+
+
+def test_an_ambiguous_target_with_a_vram_budget_is_checked_against_the_budget(write, catalog):
+    path = write("a100.yaml", MIXED.replace("GPU", "a100") + "  vram_budget_gib: 30\n")
+    _, results = check_recipe(path, Options(), catalog)
+    assert [f.rule_id for f in _findings(results, "vram")] == ["RC601"]  # the budget needs no card memory
+
+
+def test_a_unique_prefix_is_said_as_information(write, catalog):
+    _, results = check_recipe(write("r.yaml", MIXED.replace("GPU", "rtx3060")), Options(), catalog, traced=False)
+    info = _findings(results, "schema")
+    assert [(f.rule_id, f.severity.value) for f in info] == [("RC105", "info")]
+    assert "'rtx3060' is taken as rtx3060-12gb" in info[0].message
+
+
+def test_an_exact_gpu_option_selects_a_recipe_declaring_its_family(write, catalog):
+    path = write("a100.yaml", MIXED.replace("GPU", "a100"))
+    _, results = check_recipe(path, Options(gpus=["a100-80gb"]), catalog, traced=False)
+    assert {r.gpu for r in results if r.check == "precision"} == {"a100-80gb"}
+    _, results = check_recipe(path, Options(gpus=["rtx4090"]), catalog, traced=False)
+    assert results == []  # off target, as before

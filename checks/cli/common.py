@@ -26,7 +26,7 @@ def options_from_args(args: argparse.Namespace, catalog) -> Options:
     """The run options from the flags `add_options` declared: one reading for check and estimate."""
     gpus = split_names(args.gpu)
     for name in gpus:
-        catalog.get(name)  # UnknownGpuError: a usage error, reported by the caller
+        catalog.resolve(name)  # UnknownGpuError: a usage error; an ambiguous name ('a100') runs what it can
     if args.recipes_all_gpus and not gpus:
         raise UsageError("--recipes-all-gpus needs --gpu NAME: the GPU to check every recipe against")
     return Options(

@@ -12,7 +12,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from checks.suggest import nearest, normalize_name
+from checks.gpus.names import boundary_prefixes, related_suggestions
+from checks.suggest import normalize_name
 
 PROFILES_FILE = Path(__file__).with_name("profiles.yaml")
 GIB = 1024**3
@@ -71,13 +72,77 @@ class GpuProfile(BaseModel):
         )
 
 
+class GpuFamily:
+    """The profiles one name matches ('a100': a100-40gb and a100-80gb). Where they agree on what the
+    precision and optimizer checks read (vendor, compute capability, bf16, fp8) the family stands in for
+    the card there; it has no memory figures: the memory checks need the exact card."""
+
+    def __init__(self, name: str, profiles: tuple[GpuProfile, ...]) -> None:
+        self.key = name.strip()  # as written: findings say "bf16 training on v100"
+        self.profiles = profiles
+        self.name = " or ".join(p.name for p in profiles)
+
+    @property
+    def keys(self) -> list[str]:
+        return [p.key for p in self.profiles]
+
+    @property
+    def agrees(self) -> bool:
+        """Whether every profile has the same vendor, compute capability, bf16 and fp8."""
+        return len({(p.vendor, p.compute_capability, p.bf16, p.fp8) for p in self.profiles}) == 1
+
+    def __getattr__(self, attribute: str):
+        """A profile attribute the profiles share (compute_capability, supports_bf16); one they do not
+        share (memory_bytes) raises NeedsExactCard, which the engine reports as a finding."""
+        if attribute.startswith("_") or not hasattr(GpuProfile, attribute) and attribute not in GpuProfile.model_fields:
+            raise AttributeError(attribute)
+        values = {getattr(p, attribute) for p in self.profiles}
+        if len(values) != 1:
+            raise NeedsExactCard(self, attribute)
+        return values.pop()
+
+    def listing(self) -> str:
+        return ", ".join(f"{p.key} ({p.memory_bytes / GIB:.1f} GiB)" for p in self.profiles)
+
+    def shared_traits(self) -> str:
+        """What the profiles share, as `describe` words it ('sm_80, bf16 yes, fp8 no')."""
+        if not self.agrees:
+            return "they differ in compute capability or bf16/fp8"
+        p = self.profiles[0]
+        return f"sm_{p.compute_capability.replace('.', '')}, bf16 {'yes' if p.bf16 else 'no'}, fp8 {'yes' if p.fp8 else 'no'}"
+
+    def describe(self) -> str:
+        exact = "; memory checks need the exact card" if self.agrees else ""
+        return f"{self.key} (any of {self.listing()}: {self.shared_traits()}{exact})"
+
+
+class NeedsExactCard(Exception):
+    """A check read what the profiles of an ambiguous name ('a100') do not share (memory, speed): it
+    needs the exact card. The engine turns this into a finding that names the profiles."""
+
+    def __init__(self, family: GpuFamily, attribute: str) -> None:
+        super().__init__(f"'{family.key}' matches {family.listing()}, which differ in {attribute}")
+        self.family = family
+        self.attribute = attribute
+
+
 class UnknownGpuError(LookupError):
-    def __init__(self, name: str, known: list[str]) -> None:
+    def __init__(self, name: str, known: list[str], suggestions: list[str] | None = None) -> None:
         self.name = name
         self.known = known
-        self.suggestions = nearest(name, known, n=3, cutoff=0.5)
+        self.suggestions = list(suggestions or [])
         hint = f"; did you mean '{self.suggestions[0]}'?" if self.suggestions else ""
         super().__init__(f"'{name}' is not a known GPU{hint} Known: {', '.join(known)}")
+
+
+class AmbiguousGpuError(UnknownGpuError):
+    """A name that matches several profiles: not one GPU, so nothing that needs the exact card can use it."""
+
+    def __init__(self, name: str, candidates: list[GpuProfile], known: list[str]) -> None:
+        super().__init__(name, known, [p.key for p in candidates])
+        self.candidates = candidates
+        listing = ", ".join(f"{p.key} ({p.memory_bytes / GIB:.1f} GiB)" for p in candidates)
+        LookupError.__init__(self, f"'{name}' matches {len(candidates)} GPU profiles: {listing}; name one of them")
 
 
 class GpuProfileError(ValueError):
@@ -106,10 +171,16 @@ class GpuCatalog:
     def __init__(self, profiles: dict[str, GpuProfile]) -> None:
         self._profiles = profiles
         self._index: dict[str, str] = {}
+        self._prefixes: dict[str, set[str]] = {}  # a normalized prefix at a separator -> the profiles it starts
+        self._spellings: list[tuple[str, str, float]] = []  # (key or alias, key, memory GB): for suggestions
         for norm_key, profile in profiles.items():
             self._index[norm_key] = norm_key
             for alias in profile.aliases:
                 self._index.setdefault(normalize_name(alias), norm_key)
+            for spelling in (profile.key, *profile.aliases):
+                self._spellings.append((spelling, profile.key, profile.memory_gb))
+                for prefix in boundary_prefixes(spelling):
+                    self._prefixes.setdefault(prefix, set()).add(norm_key)
 
     @classmethod
     def load(cls, extra_files: tuple[str, ...] = ()) -> GpuCatalog:
@@ -122,11 +193,27 @@ class GpuCatalog:
     def names(self) -> list[str]:
         return sorted(p.key for p in self._profiles.values())
 
+    def matches(self, name: str) -> list[GpuProfile]:
+        """The profiles a name stands for: the one it spells (key or alias), else every profile it is a
+        prefix of up to a separator ('rtx3060' of 'rtx3060-12gb', 'a100' of a100-40gb and a100-80gb)."""
+        norm = normalize_name(name)
+        if norm in self._index:
+            return [self._profiles[self._index[norm]]]
+        return sorted((self._profiles[k] for k in self._prefixes.get(norm, ())), key=lambda p: p.key)
+
+    def resolve(self, name: str) -> GpuProfile | GpuFamily:
+        """The profile a name means, or the family of profiles it matches; UnknownGpuError if none."""
+        found = self.matches(name)
+        if not found:
+            raise UnknownGpuError(name, self.names, related_suggestions(name, self._spellings))
+        return found[0] if len(found) == 1 else GpuFamily(name, tuple(found))
+
     def get(self, name: str) -> GpuProfile:
-        norm = self._index.get(normalize_name(name))
-        if norm is None:
-            raise UnknownGpuError(name, self.names)
-        return self._profiles[norm]
+        """The one profile a name means: UnknownGpuError if none, AmbiguousGpuError if several."""
+        found = self.resolve(name)
+        if isinstance(found, GpuFamily):
+            raise AmbiguousGpuError(name, list(found.profiles), self.names)
+        return found
 
     def __iter__(self):
         return iter(sorted(self._profiles.values(), key=lambda p: p.key))
