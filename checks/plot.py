@@ -1,0 +1,120 @@
+"""The traced estimate as a picture (`recipe-checks estimate RECIPE --plot FILE.png`): the breakdown at
+the peak as a stacked bar, the budgets of the target GPU and its neighbours, the traced fixes.
+
+matplotlib (the `plot` extra) is imported only here, and only when a plot is asked for; the figure
+is drawn on matplotlib's Agg canvas, never through pyplot's global state or a display.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+from checks.gpus import GIB
+
+EXTRA_HINT = "pip install 'recipe-checks[plot]'"
+
+
+class PlotUnavailable(RuntimeError):
+    """matplotlib is not installed: the message names the extra that brings it."""
+
+
+def require_matplotlib() -> None:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise PlotUnavailable(f"--plot needs matplotlib, which is not installed: {EXTRA_HINT}") from None
+
+
+def neighbours(catalog, gpu, precision: str = "float32") -> list:
+    """The next smaller and the next larger card of the catalog by memory among those that train in
+    `precision` (a bf16 recipe's neighbours have bf16), none where there is none."""
+    usable = [p for p in catalog if precision != "bfloat16" or p.supports_bf16]
+    smaller = [p for p in usable if p.memory_bytes < gpu.memory_bytes]
+    larger = [p for p in usable if p.memory_bytes > gpu.memory_bytes]
+    out = []
+    if smaller:
+        out.append(max(smaller, key=lambda p: (p.memory_bytes, p.key)))
+    if larger:
+        out.append(min(larger, key=lambda p: (p.memory_bytes, p.key)))
+    return out
+
+
+def _short_fix_name(name: str) -> str:
+    return textwrap.fill(name.split(" (", 1)[0], 16)
+
+
+def plot_estimate(path: str | Path, result, *, recipe, recipe_name: str, gpu, catalog) -> None:
+    """Write the figure of one Estimate (checks.memory.estimate) of `recipe` to `path` as a PNG."""
+    require_matplotlib()
+    from matplotlib.figure import Figure
+
+    from checks.memory.estimate import budget_for
+
+    peak = result.peak_bytes / GIB
+    budget = result.budget_bytes / GIB
+    verdict = "fits" if result.fits else ("fits only if paged state spills" if result.fits_with_paging
+                                          else "does NOT fit")
+    # a neighbour's budget is its own memory less the margin, whatever budget the recipe sets for its target
+    plain = recipe.model_copy(update={"hardware": recipe.hardware.model_copy(update={"vram_budget_gib": None})})
+    others = [(p, budget_for(plain, p)[0] / GIB) for p in neighbours(catalog, gpu, recipe.training_dtype)]
+    fixes = list(result.fixes)
+    top = max([peak, budget, *(b for _, b in others), *(f.peak_bytes / GIB for f in fixes)]) * 1.12
+
+    fig = Figure(figsize=(11, 6.5), dpi=110, layout="constrained")
+    ax = fig.add_subplot()
+    categories = sorted(result.breakdown.items(), key=lambda kv: -kv[1])
+    colors = _palette(len(categories))
+    bottom = 0.0
+    for (category, nbytes), color in zip(categories, colors):
+        height = nbytes / GIB
+        ax.bar(0, height, bottom=bottom, width=0.6, color=color, edgecolor="white", linewidth=0.6,
+               label=f"{category.replace('_', ' ')}  {height:.2f} GiB")
+        if height >= 0.035 * top:  # label the segments tall enough to hold a line of text
+            ax.text(0, bottom + height / 2, f"{category.replace('_', ' ')}\n{height:.2f} GiB", ha="center",
+                    va="center", fontsize=8, color=_text_color(color))
+        bottom += height
+    ax.text(0, peak + top * 0.01, f"peak {peak:.2f} GiB", ha="center", va="bottom", fontsize=9, fontweight="bold")
+
+    for i, fix in enumerate(fixes, start=1):
+        height = fix.peak_bytes / GIB
+        ax.bar(i, height, width=0.6, color="#4c9a5a" if fix.fits else "#c4635a", alpha=0.85,
+               edgecolor="black", linewidth=0.5, hatch="//")
+        ax.text(i, height + top * 0.01, f"{height:.2f} GiB\n{'fits' if fix.fits else 'does not fit'}",
+                ha="center", va="bottom", fontsize=8)
+
+    right = len(fixes) + 0.55  # budget labels sit at the right end of their line, above it
+    box = {"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1}
+    ax.axhline(budget, color="black", linewidth=2)
+    ax.text(right, budget, f"{gpu.key} budget {budget:.2f} GiB", va="bottom", ha="right", fontsize=9,
+            fontweight="bold", bbox=box)
+    for profile, other in others:
+        ax.axhline(other, color="#666666", linewidth=1.2, linestyle="--")
+        ax.text(right, other, f"{profile.key} ({'smaller' if other < budget else 'larger'} card) {other:.2f} GiB",
+                va="bottom", ha="right", fontsize=8, color="#444444", bbox=box)
+
+    ax.set_xticks(range(len(fixes) + 1), ["as written", *(f"fix:\n{_short_fix_name(f.name)}" for f in fixes)],
+                  fontsize=8)
+    ax.set_xlim(-0.6, len(fixes) + 0.6)
+    ax.set_ylim(0, top)
+    ax.set_ylabel("GiB at the peak of one training step (traced)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_axisbelow(True)
+    ax.set_title(f"{recipe_name} on {gpu.key} ({recipe.method.label}): peak {peak:.2f} GiB, budget {budget:.2f} GiB: {verdict}",
+                 fontsize=11)
+    handles, labels = ax.get_legend_handles_labels()
+    ax.legend(handles[::-1], labels[::-1], title=f"at the peak ({result.peak_phase})", loc="upper left",
+              bbox_to_anchor=(1.01, 1.0), fontsize=8, title_fontsize=9, frameon=False)
+    fig.savefig(path, format="png")
+
+
+def _palette(n: int) -> list:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab20"]
+    return [cmap(i % 20) for i in range(n)]
+
+
+def _text_color(rgba) -> str:
+    r, g, b = rgba[:3]
+    return "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.55 else "white"
