@@ -21,9 +21,14 @@ def _snippet(source_line: str, finding: Finding) -> list[str]:
     ]
 
 
-def render_finding(finding: Finding, source_line: str = "") -> str:
+def render_finding(finding: Finding, source_line: str = "", *, location_first: bool = False) -> str:
+    """A finding for people: the rule and message, where, the source line marked, why and help.
+
+    `location_first`: the command line's form, `path:line:col: RULE message` on the first line (ruff's
+    concise head, which editors and terminals turn into links), the excerpt and help below it."""
     label = {Severity.ERROR: "", Severity.WARNING: " (warning)", Severity.INFO: " (info)"}[finding.severity]
-    lines = [f"{finding.rule_id}{label} {finding.message}", f"  --> {finding.location}"]
+    head = f"{finding.rule_id}{label} {finding.message}"
+    lines = [f"{finding.location}: {head}"] if location_first else [head, f"  --> {finding.location}"]
     lines.extend(_snippet(source_line, finding))
     for name, text in (("why", finding.why), ("help", finding.help)):
         if text and finding.severity is not Severity.INFO:
@@ -43,10 +48,14 @@ def github_annotation(finding: Finding) -> str:
     level = {Severity.ERROR: "error", Severity.WARNING: "warning", Severity.INFO: "notice"}[finding.severity]
     message = finding.message + (f" -- help: {finding.help}" if finding.help else "")
     loc = finding.location
-    return (
-        f"::{level} file={_escape_property(loc.path)},line={loc.line},col={loc.column},"
-        f"title={_escape_property(f'{finding.rule_id} {finding.check}')}::{_escape_data(message)}"
-    )
+    return workflow_command(level, message, file=loc.path, line=loc.line, col=loc.column,
+                            title=f"{finding.rule_id} {finding.check}")
+
+
+def workflow_command(command: str, message: str, **properties: object) -> str:
+    """`::command k=v,..::message`, each value and the message escaped (None values left out)."""
+    props = ",".join(f"{k}={_escape_property(str(v))}" for k, v in properties.items() if v is not None)
+    return f"::{command}{' ' + props if props else ''}::{_escape_data(message)}"
 
 
 def _escape_data(text: str) -> str:

@@ -9,22 +9,34 @@ from __future__ import annotations
 import argparse
 import sys
 
-from checks.cli import check, estimate, fixtures, info
+from checks.cli import check, convert, estimate, fixtures, info, init
 from checks.cli.common import EXIT_FINDINGS, EXIT_OK, EXIT_USAGE, UsageError
 
 __all__ = ["EXIT_FINDINGS", "EXIT_OK", "EXIT_USAGE", "UsageError", "build_parser", "main"]
 
-COMMANDS = (check, estimate, info, fixtures)
+COMMANDS = (check, estimate, info, fixtures, init, convert)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="recipe-checks", description="Check fine-tuning recipes against a target GPU before any GPU hour is spent."
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     for command in COMMANDS:
         command.register(sub)
     return parser
+
+
+def version() -> str:
+    """The installed distribution's version (no import of the package's heavy parts)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as distribution_version
+
+    try:
+        return distribution_version("recipe-checks")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,90 +1,152 @@
-"""`recipe-checks check PATH...`: lint recipes with the same engine and options as the pytest plugin."""
+"""`recipe-checks check PATH...` (alias `lint`): lint recipes with the same engine and options as the pytest
+plugin, static checks by default (`--with-vram` adds the traced budget), in the format a reader wants.
+
+Exit codes: 0 clean (warnings and information do not fail unless --recipes-strict), 1 findings or an
+internal error, 2 a usage error or input that is no recipe at all (see `recipes_to_check`).
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import sys
+import time
+from pathlib import Path
 
 from checks.cli.common import EXIT_FINDINGS, EXIT_OK, EXIT_USAGE, UsageError, lexists, options_from_args
 from checks.options import add_options
+from checks.report import FORMATS
 
 
 def register(sub) -> None:
-    check = sub.add_parser("check", help="check recipes (files or directories) and print the findings")
+    check = sub.add_parser(
+        "check", aliases=["lint"], help="check recipes (files or directories) and print the findings",
+        description="Check recipes (files, or directories searched for *.yaml/*.yml files with a top-level "
+                    "'model' key). Exit 0 clean, 1 findings, 2 usage error or no recipe to check.",
+    )
     check.add_argument("paths", nargs="+", help="recipe files or directories to search")
     add_options(check.add_argument)
-    check.add_argument("--format", choices=("text", "json", "github"), default="text",
-                       help="text for people, json for tools, github for workflow annotations")
-    check.add_argument("-v", "--verbose", action="store_true", help="also print information and skipped checks")
+    check.add_argument("--format", choices=tuple(FORMATS), default="text",
+                       help="text for people; json for tools; github for workflow annotations; sarif for code "
+                            "scanning (SARIF 2.1.0); junit for CI test views (one testcase per recipe x check)")
+    check.add_argument("-o", "--output", metavar="FILE", help="write the report to FILE instead of stdout")
+    check.add_argument("--with-vram", action="store_true",
+                       help="also trace a training step on fake tensors and check the VRAM budget (seconds a recipe)")
+    check.add_argument("--select", action="append", default=[], metavar="RULES",
+                       help="report only these rules: ids, names or id prefixes, comma-separated (RC3: RC3xx; ALL)")
+    check.add_argument("--ignore", action="append", default=[], metavar="RULES",
+                       help="do not report these rules (ids, names or prefixes); the more specific of "
+                            "--select and --ignore wins, as in ruff")
+    verbosity = check.add_mutually_exclusive_group()
+    verbosity.add_argument("-v", "--verbose", action="store_true", help="also print information and skipped checks")
+    verbosity.add_argument("-q", "--quiet", action="store_true",
+                           help="only the findings: no progress bar, no summary line, no list of recipes not checked")
     check.set_defaults(func=run, warns_versions=True)
 
 
 def run(args: argparse.Namespace) -> int:
-    from checks.discover import discover_recipes
-    from checks.engine import check_recipe
-    from checks.findings import Severity
+    from checks.cli import version
     from checks.gpus import GpuCatalog, GpuProfileError, UnknownGpuError
-    from checks.render import github_annotation, render_finding
+    from checks.report import RunReport, RuleSelection, SelectionError
+    from checks.rules import TRACED_CHECKS, all_rules
 
+    started = time.perf_counter()
     try:
         catalog = GpuCatalog.load(tuple(args.gpu_profiles))
         options = options_from_args(args, catalog)
-    except (GpuProfileError, UnknownGpuError, UsageError) as exc:
+        selection = RuleSelection.parse(args.select, args.ignore, all_rules())
+        recipes = recipes_to_check(args.paths)
+    except (GpuProfileError, UnknownGpuError, UsageError, SelectionError) as exc:
         print(f"recipe-checks: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    missing = [p for p in args.paths if not lexists(p)]
-    if missing:
-        print(f"recipe-checks: no such file or directory: {', '.join(missing)}", file=sys.stderr)
+    rules = selection.selected(all_rules())
+    # the trace takes seconds a recipe: only when asked for, and only when a rule it feeds is selected
+    traced = args.with_vram and any(r.check in TRACED_CHECKS for r in rules)
+    report = RunReport(rules=rules, target_gpus=options.gpus, strict=options.strict, verbose=args.verbose,
+                       quiet=args.quiet, with_vram=traced, version=version())
+    for path in _progress(recipes, quiet=args.quiet):
+        report.recipes.append(check_one(path, options, catalog, selection, traced=traced, verbose=args.verbose))
+    report.seconds = time.perf_counter() - started
+    for recipe, check, error in report.internal_errors():  # bugs of recipe-checks: on stderr, whatever the format
+        where = f"internal error in check '{check.check}'" if check else "internal error"
+        print(f"{recipe.path}: {where}: {error}", file=sys.stderr)
+    rendered = FORMATS[args.format](report)
+    try:
+        _write(rendered, args.output)
+    except OSError as exc:
+        print(f"recipe-checks: cannot write the report to {args.output}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_USAGE
-    failed = False
-    report: list[dict] = []
-    not_checked: list[dict] = []
-    internal: list[dict] = []  # bugs of recipe-checks, never a finding of the recipe
-    recipes = list(discover_recipes(args.paths))
-    for path in recipes:
-        try:
-            state, results = check_recipe(path, options, catalog)
-        except Exception as exc:  # a bug must not cost the other recipes their report
-            failed = True
-            internal.append({"path": str(path), "check": None, "error": f"{type(exc).__name__}: {exc}"})
-            print(f"{path}: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+    return EXIT_FINDINGS if report.failed else EXIT_OK
+
+
+def recipes_to_check(paths: list[str]) -> list[Path]:
+    """The recipes this run checks, in order, each once: the one place that decides it.
+
+    A file named on the command line is a recipe whatever it holds (what is wrong with it is its
+    finding, RC101 for a file that cannot be read); a directory is searched as pytest collects. A path
+    that does not exist, or a directory with no recipe under it, is a usage error (exit 2).
+    """
+    from checks.discover import discover_recipes
+
+    missing = [p for p in paths if not lexists(p)]
+    if missing:
+        raise UsageError(f"no such file or directory: {', '.join(missing)}")
+    recipes: dict[Path, None] = {}
+    empty: list[str] = []
+    for raw in paths:
+        found = list(discover_recipes([raw])) if os.path.isdir(raw) else [Path(raw)]
+        if not found:
+            empty.append(raw)
+        recipes.update(dict.fromkeys(found))
+    if empty:
+        raise UsageError(f"no recipe under {', '.join(empty)}: a recipe is a *.yaml or *.yml file with a "
+                         "top-level 'model' key (hidden directories are not searched); name a file to check it anyway")
+    return list(recipes)
+
+
+def check_one(path: Path, options, catalog, selection, *, traced: bool, verbose: bool):
+    """One recipe's RecipeReport: every check it is checked with, the selected findings of each."""
+    from checks.engine import check_recipe
+    from checks.findings import Severity
+    from checks.report import CheckReport, RecipeReport
+
+    try:
+        state, results = check_recipe(path, options, catalog, traced=traced)
+    except Exception as exc:  # a bug must not cost the other recipes their report
+        return RecipeReport(str(path), error=f"{type(exc).__name__}: {exc}")
+    recipe = RecipeReport(state.path)
+    if not results:  # off target: pytest deselects it, so this is no failure either
+        recipe.other_gpus = state.declared_gpus()
+        return recipe
+    several = len({r.gpu for r in results if r.gpu is not None}) > 1  # the plugin's item names
+    for result in results:
+        name = f"{result.check}[{result.gpu}]" if several and result.gpu is not None else result.check
+        check = CheckReport(result.check, name, result.gpu, skipped=result.skipped, waiting=list(result.waiting))
+        recipe.checks.append(check)
+        if result.error is not None:
+            check.error = f"{type(result.error).__name__}: {result.error}"
             continue
-        if not results:  # off target: pytest deselects it, so this is no failure either
-            not_checked.append({"path": state.path, "gpus": state.declared_gpus()})
-            if args.format == "text":
-                print(f"{state.path}: not checked: declares {', '.join(state.declared_gpus())}, "
-                      f"not {', '.join(options.gpus)} (use --recipes-all-gpus)\n")
-            continue
-        for result in results:
-            if result.error is not None:
-                failed = True
-                internal.append({"path": state.path, "check": result.check,
-                                 "error": f"{type(result.error).__name__}: {result.error}"})
-                message = f"internal error in check '{result.check}': {type(result.error).__name__}: {result.error}"
-                print(f"{state.path}: {message}", file=sys.stderr)
-                continue
-            failed = failed or result.failed(options.strict)
-            shown = [f for f in result.findings if f.severity is not Severity.INFO or args.verbose]
-            for finding in shown:
-                if args.format == "json":
-                    report.append({**finding.to_dict(), "gpu": result.gpu})
-                elif args.format == "github":
-                    print(github_annotation(finding))
-                else:
-                    print(render_finding(finding, state.source_line(finding.location.line)))
-                    print()
-            if args.format == "text" and args.verbose:
-                if result.skipped:
-                    print(f"{state.path}::{result.check}: skipped: {result.skipped}\n")
-                for waiting in result.waiting:
-                    print(f"{state.path}::{result.check}: not run: {waiting}\n")
-    if args.format == "json":
-        checked = [str(p) for p in recipes if str(p) not in {n["path"] for n in not_checked}]
-        print(json.dumps({"recipes": checked, "not_checked": not_checked, "findings": report,
-                          "internal_errors": internal, "failed": failed}, indent=2))
-    elif args.format == "text":
-        print(f"{len(recipes) - len(not_checked)} recipe(s) checked"
-              f"{f', {len(not_checked)} for other GPUs not checked' if not_checked else ''}: "
-              f"{'FAILED' if failed else 'ok'}")
-    return EXIT_FINDINGS if failed else EXIT_OK
+        selected = [f for f in result.findings if selection.selects(f.rule_id)]
+        check.failed = any(f.is_error or (options.strict and f.severity is Severity.WARNING) for f in selected)
+        check.findings = [f for f in selected if f.severity is not Severity.INFO or verbose]
+        for finding in check.findings:
+            line = finding.location.line
+            recipe.source_lines.setdefault(line, state.source_line(line))
+    return recipe
+
+
+def _progress(recipes: list[Path], *, quiet: bool):
+    """A progress bar on stderr when a person watches it (a terminal) and did not ask for quiet."""
+    if quiet or not sys.stderr.isatty():
+        return recipes
+    from tqdm import tqdm
+
+    return tqdm(recipes, desc="recipe-checks", unit="recipe", file=sys.stderr, leave=False, dynamic_ncols=True)
+
+
+def _write(text: str, output: str | None) -> None:
+    if output is None:
+        if text:
+            print(text)
+        return
+    Path(output).write_text(text + "\n", encoding="utf-8")

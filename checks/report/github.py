@@ -1,0 +1,19 @@
+"""The github format: GitHub Actions workflow commands, one annotation per finding on its line."""
+
+from __future__ import annotations
+
+from checks.render import github_annotation, workflow_command
+from checks.report.model import RunReport
+
+
+def render(report: RunReport) -> str:
+    lines = [github_annotation(finding) for _, _, finding in report.findings()]
+    for recipe, check, error in report.internal_errors():
+        where = f"{recipe.path}::{check.name}" if check else recipe.path
+        lines.append(workflow_command("error", f"{where}: {error}", file=recipe.path,
+                                      title="recipe-checks internal error"))
+    for recipe in report.not_checked:
+        message = (f"not checked: declares {', '.join(recipe.other_gpus or [])}, not "
+                   f"{', '.join(report.target_gpus)} (use --recipes-all-gpus)")
+        lines.append(workflow_command("notice", message, file=recipe.path, title="recipe-checks"))
+    return "\n".join(lines)

@@ -1,0 +1,27 @@
+"""The json format, for tools: every finding with its place, the recipes checked and not, each check's outcome.
+
+Keys kept from the first version: recipes, not_checked, findings, internal_errors, failed.
+"""
+
+from __future__ import annotations
+
+import json
+
+from checks.report.model import RunReport
+
+
+def render(report: RunReport) -> str:
+    return json.dumps({
+        "version": report.version,
+        "recipes": [r.path for r in report.checked],
+        "not_checked": [{"path": r.path, "gpus": r.other_gpus} for r in report.not_checked],
+        "findings": [{**f.to_dict(), "gpu": check.gpu} for _, check, f in report.findings()],
+        "internal_errors": [{"path": r.path, "check": c.check if c else None, "error": e}
+                            for r, c, e in report.internal_errors()],
+        "checks": [{"path": r.path, "check": c.check, "name": c.name, "gpu": c.gpu, "outcome": c.outcome,
+                    "skipped": c.skipped} for r in report.recipes for c in r.checks],
+        "summary": report.counts(),
+        "with_vram": report.with_vram,
+        "rules": [r.id for r in report.rules],
+        "failed": report.failed,
+    }, indent=2)

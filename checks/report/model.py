@@ -1,0 +1,96 @@
+"""The run report: what `recipe-checks check` found, filled once and rendered by each output format.
+
+One RecipeReport per recipe, one CheckReport per recipe x check (a pytest item of the plugin), with the
+findings the rule selection keeps. The formats read this and nothing else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from checks.findings import Finding, Severity
+
+
+@dataclass
+class CheckReport:
+    """One recipe x check, as the plugin's item of the same name."""
+
+    check: str
+    name: str  # the plugin's item name: "vram", or "vram[t4]" when the recipe is checked against several GPUs
+    gpu: str | None
+    findings: list[Finding] = field(default_factory=list)  # selected; information only with --verbose
+    failed: bool = False
+    skipped: str | None = None
+    waiting: list[str] = field(default_factory=list)
+    error: str | None = None  # a bug of recipe-checks in this check, never a finding of the recipe
+
+    @property
+    def outcome(self) -> str:
+        if self.error is not None:
+            return "error"
+        if self.failed:
+            return "failed"
+        return "skipped" if self.skipped else "passed"
+
+
+@dataclass
+class RecipeReport:
+    path: str  # as given (or found under a given directory)
+    checks: list[CheckReport] = field(default_factory=list)
+    other_gpus: list[str] | None = None  # off target: the GPUs it declares instead of --gpu
+    error: str | None = None  # a bug of recipe-checks that stopped the whole recipe
+    # the source lines the findings quote, read while the recipe was checked (the recipe is not kept)
+    source_lines: dict[int, str] = field(default_factory=dict, repr=False)
+
+    def source_line(self, line: int) -> str:
+        return self.source_lines.get(line, "")
+
+    @property
+    def checked(self) -> bool:
+        return self.other_gpus is None
+
+
+@dataclass
+class RunReport:
+    recipes: list[RecipeReport] = field(default_factory=list)
+    rules: tuple[type, ...] = ()  # the selected rules (SARIF's tool.driver.rules)
+    target_gpus: tuple[str, ...] = ()  # --gpu
+    strict: bool = False
+    verbose: bool = False
+    quiet: bool = False
+    with_vram: bool = False
+    version: str = "unknown"
+    seconds: float | None = None  # the run's wall time, measured by the command
+
+    def findings(self) -> Iterator[tuple[RecipeReport, CheckReport, Finding]]:
+        for recipe in self.recipes:
+            for check in recipe.checks:
+                for finding in check.findings:
+                    yield recipe, check, finding
+
+    @property
+    def checked(self) -> list[RecipeReport]:
+        return [r for r in self.recipes if r.checked]
+
+    @property
+    def not_checked(self) -> list[RecipeReport]:
+        return [r for r in self.recipes if not r.checked]
+
+    def internal_errors(self) -> Iterator[tuple[RecipeReport, CheckReport | None, str]]:
+        for recipe in self.recipes:
+            if recipe.error is not None:
+                yield recipe, None, recipe.error
+            for check in recipe.checks:
+                if check.error is not None:
+                    yield recipe, check, check.error
+
+    @property
+    def failed(self) -> bool:
+        return any(r.error is not None or any(c.failed or c.error for c in r.checks) for r in self.recipes)
+
+    def counts(self) -> dict[str, int]:
+        counts = {s.value: 0 for s in Severity}
+        for _, _, finding in self.findings():
+            counts[finding.severity.value] += 1
+        return counts
