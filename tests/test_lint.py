@@ -383,3 +383,41 @@ def test_version_is_the_installed_distributions(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["--version"])
     assert exc.value.code == 0 and capsys.readouterr().out == f"recipe-checks {version('recipe-checks')}\n"
+
+
+# --- internal errors, the report file -------------------------------------------------------------------
+
+def test_a_crashing_rule_fails_the_run_in_every_format_and_says_so(write, capsys, monkeypatch, tmp_path):
+    from checks.rules.rc301_qlora_paged_optimizer import QloraPagedOptimizer
+
+    def crash(self, ctx):
+        raise RuntimeError("a bug in a rule")
+
+    monkeypatch.setattr(QloraPagedOptimizer, "run", crash)
+    monkeypatch.chdir(tmp_path)
+    write("good.yaml", GOOD_RECIPE)
+    code, report = _json(capsys, "good.yaml")
+    assert code == EXIT_FINDINGS
+    assert report["internal_errors"] == [{"path": "good.yaml", "check": "optimizer",
+                                          "error": "RuntimeError: a bug in a rule"}]
+    assert main(["check", "good.yaml"]) == EXIT_FINDINGS
+    captured = capsys.readouterr()
+    assert "good.yaml: internal error in check 'optimizer': RuntimeError: a bug in a rule" in captured.err
+    assert "FAILED (1 internal error(s), see stderr)" in captured.out
+    log = _sarif(capsys, "good.yaml")
+    _validate_sarif(log)
+    assert log["runs"][0]["invocations"][0]["executionSuccessful"] is False
+    main(["check", "good.yaml", "--format", "junit"])
+    suite = ET.fromstring(capsys.readouterr().out).find("testsuite")
+    assert suite.get("errors") == "1" and suite.find("testcase[@name='optimizer']/error") is not None
+    main(["check", "good.yaml", "--format", "github"])
+    assert "title=recipe-checks internal error::good.yaml::optimizer: RuntimeError" in capsys.readouterr().out
+
+
+def test_the_report_goes_to_the_output_file_and_an_unwritable_one_is_a_usage_error(write, capsys, tmp_path):
+    path = write("bad.yaml", TWO_ERRORS)
+    target = tmp_path / "report.json"
+    assert main(["check", str(path), "--format", "json", "-o", str(target)]) == EXIT_FINDINGS
+    assert capsys.readouterr().out == "" and _rules(json.loads(target.read_text())) == ["RC402", "RC406", "RC301"]
+    assert main(["check", str(path), "-o", str(tmp_path / "no" / "such" / "dir" / "r.txt")]) == EXIT_USAGE
+    assert "cannot write the report to" in capsys.readouterr().err

@@ -27,8 +27,7 @@ class RuleSelection:
     @classmethod
     def parse(cls, select: Iterable[str], ignore: Iterable[str], rules: Sequence[type]) -> RuleSelection:
         known = tuple((r.id, r.name) for r in rules)
-        chosen = cls(_validated("--select", select, known), _validated("--ignore", ignore, known), known)
-        return chosen
+        return cls(_validated("--select", select, known), _validated("--ignore", ignore, known), known)
 
     def selects(self, rule_id: str) -> bool:
         name = next((n for i, n in self.known if i == rule_id), "")
@@ -38,10 +37,6 @@ class RuleSelection:
 
     def selected(self, rules: Iterable[type]) -> tuple[type, ...]:
         return tuple(r for r in rules if self.selects(r.id))
-
-    @property
-    def narrowed(self) -> bool:
-        return bool(self.select or self.ignore)
 
 
 def _specificity(selectors: tuple[str, ...], rule_id: str, name: str) -> int | None:
