@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from checks.findings import Finding, Location
+from checks.formats import read_as_native
 from checks.gpus import GpuCatalog, GpuFamily, GpuProfile, UnknownGpuError
 from checks.limits import MAX_ERROR_CHARS, shorten
 from checks.models.resolve import ModelResolutionError, ResolvedModel, resolve_model_config
@@ -44,6 +45,8 @@ class RecipeState:
         state = cls(path=display_path, fs_path=fs_path, options=options, catalog=catalog)
         try:
             state.loaded = load_recipe_file(fs_path, display_path)
+            # another tool's config becomes the native recipe it means (checks.formats), or RC112 says why not
+            state.loaded, state.load_error = read_as_native(state.loaded, options.format)
         except RecipeLoadError as exc:
             state.load_error = exc.finding
         except Exception as exc:  # never a crash of the session: the file is reported, the others still run
@@ -184,7 +187,8 @@ class RecipeContext:
     def recipe(self) -> Recipe:
         recipe = self.state.recipe
         assert recipe is not None
-        return recipe
+        translation = self.state.loaded.translation if self.state.loaded is not None else None
+        return translation.for_gpu(recipe, self.gpu) if translation is not None else recipe  # bf16: auto
 
     @property
     def gpu(self) -> GpuProfile | GpuFamily | None:

@@ -21,6 +21,7 @@ class Options:
     gpu_profiles: tuple[str, ...] = ()  # extra profile files
     fixture_cache: str | None = None  # huggingface_hub cache of the tiny-random models (None: its default)
     train_steps: int = 30  # optimizer steps of cpu-train and gpu-train
+    format: str = "auto"  # --recipes-format: how files are read (auto: recognised by their keys; checks.formats)
 
 
 def split_names(values: list[str] | None) -> tuple[str, ...]:
@@ -69,6 +70,13 @@ def add_options(add: Callable[..., Any], *, prefix_gpu: str = "--gpu") -> None:
         default=[],
         metavar="FILE",
         help="extra GPU profiles (YAML, same format as the shipped profiles.yaml)",
+    )
+    add(
+        "--recipes-format",
+        choices=("auto", "native", "axolotl", "llamafactory", "trl"),
+        default="auto",
+        help="read recipe files as this tool's config (default auto: an Axolotl, LLaMA-Factory or TRL config "
+        "is recognised by its keys; a file with a top-level 'model' key is a native recipe)",
     )
     add(
         "--recipes-train-steps",

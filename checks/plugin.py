@@ -72,6 +72,7 @@ def pytest_configure(config: pytest.Config) -> None:
         ignore=parse_ignore_lines(config.getini("recipe_checks_ignore")),
         gpu_profiles=profiles,
         train_steps=config.getoption("recipes_train_steps"),
+        format=config.getoption("recipes_format"),
         fixture_cache=_fixture_cache(config),
     )
     config.stash[SESSION_KEY] = RecipeSession(options=options, catalog=catalog)

@@ -37,4 +37,5 @@ def options_from_args(args: argparse.Namespace, catalog) -> Options:
         strict=args.recipes_strict,
         gpu_profiles=tuple(args.gpu_profiles),
         train_steps=args.recipes_train_steps,
+        format=args.recipes_format,
     )

@@ -50,6 +50,11 @@ class LoadedRecipe:
     value_spans: dict[KeyPath, Span] = field(default_factory=dict)
     duplicate_keys: list[KeyPath] = field(default_factory=list)
     duplicate_of: dict[KeyPath, str] = field(default_factory=dict)  # a duplicate -> the key it repeats, as written
+    translation: Any = None  # checks.formats.Translation: another tool's config, read as this native recipe
+
+    def written_key(self, key_path: KeyPath) -> str | None:
+        """The key as the file writes it, where the file is another tool's config (`lora_r` for lora.r)."""
+        return self.translation.written_key(tuple(key_path)) if self.translation is not None else None
 
     def location(self, key_path: KeyPath = (), *, at_value: bool = True) -> Location:
         """The best position for a key path: the value (or key) itself, else its nearest parent's key."""
@@ -211,8 +216,12 @@ def _key_value(key_node: yaml.Node) -> Any:
 
 
 def looks_like_recipe(text: str, marker_key: str = "model") -> bool:
-    """Whether a YAML text has a top-level ``marker_key``, without trusting it to parse."""
-    return any(m.group("key") == marker_key for m in _TOP_LEVEL_KEY.finditer(text))
+    """Whether a YAML text has a top-level ``marker_key``, or the top-level keys of a config of another
+    tool recipe-checks reads (checks.formats), without trusting it to parse."""
+    from checks.formats import FORMATS, detect
+
+    keys = [m.group("key") for m in _TOP_LEVEL_KEY.finditer(text)]
+    return marker_key in keys or detect(keys) in FORMATS
 
 
 def load_text(text: str, path: str) -> LoadedRecipe:

@@ -48,7 +48,7 @@ class Rule:
         at_value: bool = True,
         details: Iterable[str] = (),
     ) -> Finding:
-        key = _dotted(key_path)
+        key = ctx.loaded.written_key(key_path) or _dotted(key_path)  # as written, in another tool's config
         return Finding(
             rule_id=self.id,
             message=message,

@@ -30,5 +30,5 @@ class YamlSyntax(Rule):
     why = "a recipe that does not parse cannot be checked, and would fail at the start of training"
 
     def run(self, ctx):
-        if ctx.state.load_error is not None:
+        if ctx.state.load_error is not None and ctx.state.load_error.rule_id == self.id:  # RC112 reports its own
             yield ctx.state.load_error

@@ -1,0 +1,229 @@
+"""Axolotl YAML configs into the recipe model, following Axolotl's own pydantic schema and loader.
+
+Defaults and meanings are those of src/axolotl/utils/schemas (config.py AxolotlInputConfig, peft.py
+LoraConfig, training.py HyperparametersConfig) and src/axolotl/utils/config normalize_config, as of
+Axolotl main in 2026 (0.13 series: `attn_implementation` replaces the deprecated flash_attention flags).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from checks.formats import Builder, NativeRecipe
+
+SOURCE = "Axolotl 0.13 (src/axolotl/utils/schemas: config.py, peft.py, training.py; utils/config normalize_config)"
+REQUIRED = frozenset({"base_model"})
+SIGNATURE = frozenset({
+    "adapter", "micro_batch_size", "sequence_len", "lora_target_linear", "sample_packing", "num_epochs",
+    "lr_scheduler", "optimizer", "flash_attention", "sdp_attention", "base_model_config", "peft_use_dora",
+    "lora_target_modules", "datasets", "pad_to_sequence_len", "train_on_inputs", "val_set_size",
+    "wandb_project", "special_tokens", "dataset_prepared_path", "evals_per_epoch", "saves_per_epoch",
+})
+
+# attention flags (deprecated for attn_implementation in config.py) -> the transformers name
+_ATTENTION_FLAGS = {"flash_attention": "flash_attention_2", "sdp_attention": "sdpa", "eager_attention": "eager",
+                    "flex_attention": "flex_attention"}
+_NATIVE_ATTENTION = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
+
+# Keys understood and irrelevant to a step's memory and correctness: data, prompts, logging, saving, eval.
+IGNORED = (
+    "datasets", "test_datasets", "dataset_prepared_path", "val_set_size", "output_dir", "chat_template",
+    "chat_template_jinja", "default_system_message", "special_tokens", "tokens", "tokenizer_type", "tokenizer_config",
+    "tokenizer_use_fast", "tokenizer_legacy", "model_type", "is_llama_derived_model", "is_mistral_derived_model",
+    "is_qwen_derived_model", "strict", "train_on_inputs", "group_by_length", "logging_steps", "save_steps",
+    "eval_steps", "evals_per_epoch", "saves_per_epoch", "save_strategy", "save_total_limit", "save_safetensors",
+    "eval_strategy", "evaluation_strategy", "early_stopping_patience", "resume_from_checkpoint",
+    "auto_resume_from_checkpoints", "local_rank", "debug", "wandb_project", "wandb_entity", "wandb_watch",
+    "wandb_name", "wandb_run_id", "wandb_log_model", "hub_model_id", "hub_strategy", "hf_use_auth_token",
+    "push_dataset_to_hub", "dataset_processes", "dataset_num_proc", "shuffle_merged_datasets", "eval_table_size",
+    "eval_max_new_tokens", "eval_sample_packing", "eval_causal_lm_metrics", "do_causal_lm_eval",
+    "loss_watchdog_threshold", "loss_watchdog_patience", "lora_model_dir", "pad_to_sequence_len",
+    "xformers_attention", "logging_dir", "dataloader_num_workers", "dataloader_pin_memory",
+    "dataloader_prefetch_factor", "dataloader_drop_last", "remove_unused_columns", "max_prompt_len", "bf16_full_eval",
+    "lora_on_cpu", "merge_lora", "merge_method", "gc_steps", "eval_batch_size", "trl", "vllm", "seed_everything",
+)
+
+# Keys that change memory or correctness and that the recipe model cannot express yet: named, not checked.
+NOT_CHECKED = {
+    "sample_packing": "packs several examples into each sequence_len row (block-diagonal attention): the "
+                      "memory of a packed row is that of one full row, which is what is traced",
+    "deepspeed": "DeepSpeed shards optimizer state, gradients or weights across GPUs: the estimate is of one "
+                 "GPU holding all of them",
+    "fsdp": "FSDP shards the model across GPUs: the estimate is of one unsharded GPU",
+    "fsdp_config": "FSDP shards the model across GPUs: the estimate is of one unsharded GPU",
+    "rl": "an RL/preference step (DPO, ORPO, KTO, GRPO...) runs chosen and rejected sequences and a reference "
+          "model: what is traced is one supervised step",
+    "activation_offloading": "activations offloaded to the CPU are not traced: the estimate keeps them on the GPU",
+    "layer_offloading": "weights offloaded to the CPU are not traced",
+    "unfrozen_parameters": "only the parameters matching these patterns train: checked as a full fine-tune",
+    "plugins": "plugins (Liger, Cut Cross Entropy...) patch the model: the unpatched model is checked",
+    "liger_kernel": "Liger kernels are not applied to the traced model",
+    "lora_mlp_kernel": "Axolotl's fused LoRA kernels are not applied to the traced model",
+    "lora_qkv_kernel": "Axolotl's fused LoRA kernels are not applied to the traced model",
+    "lora_o_kernel": "Axolotl's fused LoRA kernels are not applied to the traced model",
+    "chunked_cross_entropy": "the chunked loss is not traced: the full logits are",
+    "relora": "ReLoRA restarts and merges adapters during the run",
+    "loraplus_lr_ratio": "LoRA+ trains B with a larger learning rate than the recipe's",
+    "gptq": "a GPTQ-quantized base model is not modelled (bitsandbytes only)",
+    "s2_attention": "shifted-sparse attention is not modelled",
+    "sage_attention": "SageAttention is not modelled",
+    "tiled_mlp": "the tiled MLP is not traced",
+    "peft": "the torchao backend of peft's quantization is not modelled",
+    "qat": "quantization-aware training is not modelled",
+    "quantization": "post-training quantization settings are not modelled",
+    "fp8": "FP8 training through torchao is not modelled",
+    "context_parallel_size": "context parallelism splits each sequence across GPUs: one GPU is estimated",
+    "tensor_parallel_size": "tensor parallelism splits each layer across GPUs: one GPU is estimated",
+    "base_model_config": "the model's config.json is taken from base_model, not from this id",
+    "peft_layer_replication": "replicated layers are not modelled",
+    "reward_model": "a reward model's head and pairwise loss are not modelled",
+    "process_reward_model": "a process reward model's head is not modelled",
+    "batch_size": "",  # resolved below into gradient_accumulation_steps where that is not set
+}
+
+# Axolotl key -> native key, passed through as they are (their meaning is the same as transformers')
+_TRAINING = {"gradient_accumulation_steps": "gradient_accumulation_steps", "num_epochs": "num_train_epochs",
+             "max_steps": "max_steps", "warmup_steps": "warmup_steps", "weight_decay": "weight_decay",
+             "max_grad_norm": "max_grad_norm", "tf32": "tf32", "seed": "seed",
+             "gradient_checkpointing_kwargs": "gradient_checkpointing_kwargs", "adam_beta1": "adam_beta1",
+             "adam_beta2": "adam_beta2", "adam_epsilon": "adam_epsilon", "lr_scheduler_kwargs": "lr_scheduler_kwargs",
+             "optim_args": "optim_args"}
+_LORA = {"lora_r": "r", "lora_alpha": "lora_alpha", "lora_dropout": "lora_dropout",
+         "lora_fan_in_fan_out": "fan_in_fan_out", "lora_modules_to_save": "modules_to_save",
+         "peft_layers_to_transform": "layers_to_transform", "peft_layers_pattern": "layers_pattern",
+         "peft_use_dora": "use_dora", "peft_use_rslora": "use_rslora", "lora_target_parameters": "target_parameters"}
+
+
+def translate(b: Builder, out: NativeRecipe) -> None:
+    b.ignore(IGNORED)
+    out.set(("model", "id"), b.take("base_model"), "base_model")
+    out.copy_section(b, "model", {"revision_of_model": "revision", "trust_remote_code": "trust_remote_code"})
+    _attention(b, out)
+    adapter = b.take("adapter")
+    if adapter not in (None, "lora", "qlora"):
+        b.translation.not_checked.append((("adapter",), f"adapter '{adapter}' is not LoRA: checked as a full fine-tune"))
+    _quantization(b, out, adapter)
+    if adapter in ("lora", "qlora"):
+        _lora(b, out)
+    _training(b, out)
+    for key, why in NOT_CHECKED.items():
+        if why:
+            b.not_checked(key, why)
+
+
+def _attention(b: Builder, out: NativeRecipe) -> None:
+    impl = b.take("attn_implementation")
+    origin = "attn_implementation"
+    for flag, name in _ATTENTION_FLAGS.items():
+        if b.take(flag) and impl is None:
+            impl, origin = name, flag
+    if impl is None:
+        return
+    if impl in _NATIVE_ATTENTION:
+        out.set(("model", "attn_implementation"), impl, origin)
+    else:
+        b.translation.not_checked.append(((origin,), f"attention '{impl}' is not modelled: checked with sdpa"))
+
+
+def _precision(b: Builder) -> str:
+    """cfg.torch_dtype as normalize_config sets it; `bf16: auto` (the default) counts as bf16 here and is
+    resolved against each target GPU by Translation.for_gpu."""
+    bf16 = b.get("bf16", "auto")
+    if bf16 == "auto" or bf16 is True or b.get("bfloat16"):
+        return "bfloat16"
+    if b.get("load_in_8bit") or b.get("fp16") or b.get("float16"):
+        return "float16"
+    return "float32"
+
+
+def _quantization(b: Builder, out: NativeRecipe, adapter: Any) -> None:
+    four, eight = b.take("load_in_4bit"), b.take("load_in_8bit")
+    kwargs = b.take("bnb_config_kwargs")
+    if eight:
+        out.set(("quantization", "load_in_8bit"), True, "load_in_8bit")
+    if four:
+        out.set(("quantization", "load_in_4bit"), True, "load_in_4bit")
+        if adapter == "qlora":  # the BitsAndBytesConfig Axolotl's model loader builds for qlora
+            dtype = _precision(b)
+            out.set(("quantization", "bnb_4bit_quant_type"), "nf4", "load_in_4bit")
+            out.set(("quantization", "bnb_4bit_use_double_quant"), True, "load_in_4bit")
+            out.set(("quantization", "bnb_4bit_compute_dtype"), dtype, "bf16" if b.has("bf16") else "load_in_4bit")
+            out.set(("quantization", "bnb_4bit_quant_storage"), "bfloat16", "load_in_4bit")
+            if b.get("bf16", "auto") == "auto":
+                b.translation.precision_follows += (("quantization", "bnb_4bit_compute_dtype"),)
+    if isinstance(kwargs, dict) and (four or eight):
+        for key, value in kwargs.items():
+            out.set(("quantization", key), value, ("bnb_config_kwargs", key))
+
+
+def _lora(b: Builder, out: NativeRecipe) -> None:
+    out.section_origin("lora", "adapter")
+    out.copy_section(b, "lora", _LORA)
+    if b.get("lora_dropout") is None:
+        out.set(("lora", "lora_dropout"), 0.0)  # validate_lora_dropout: 0.0 with an adapter
+    linear, modules = b.take("lora_target_linear"), b.take("lora_target_modules")
+    if linear:
+        out.set(("lora", "target_modules"), "all-linear", "lora_target_linear")
+        if modules:
+            b.resolved("lora_target_linear", "every linear layer (lora_target_modules are a subset of them)")
+    elif modules is not None:
+        out.set(("lora", "target_modules"), [modules] if isinstance(modules, str) else modules, "lora_target_modules")
+    out.set(("lora", "task_type"), "CAUSAL_LM")
+
+
+def _training(b: Builder, out: NativeRecipe) -> None:
+    out.section_origin("training", "micro_batch_size", "learning_rate", "sequence_len", "optimizer", b=b)
+    out.copy(b, ("training", "per_device_train_batch_size"), "micro_batch_size", 1)
+    out.copy(b, ("training", "max_seq_length"), "sequence_len", 512)
+    lr = b.take("learning_rate")
+    if isinstance(lr, str):  # HyperparametersConfig.convert_learning_rate: '2e-4' is a float to Axolotl
+        try:
+            lr = float(lr)
+            b.resolved("learning_rate", f"{lr:g} (Axolotl reads the string as a float)")
+        except ValueError:
+            pass
+    if lr is not None:
+        out.set(("training", "learning_rate"), lr, "learning_rate")
+    out.copy_section(b, "training", _TRAINING)
+    out.warmup_ratio(b)
+    batch = b.take("batch_size")
+    if isinstance(batch, int) and not b.has("gradient_accumulation_steps"):
+        steps = max(1, batch // max(1, b.get("micro_batch_size", 1)))
+        out.set(("training", "gradient_accumulation_steps"), steps, "batch_size")
+        b.resolved("batch_size", f"gradient_accumulation_steps {steps} (batch_size / micro_batch_size)")
+    out.copy(b, ("training", "optim"), "optimizer", "adamw_torch_fused")
+    scheduler = b.get("lr_scheduler", "cosine")
+    b.take("lr_scheduler")
+    if scheduler in ("one_cycle", "rex"):
+        b.translation.not_checked.append((("lr_scheduler",), f"Axolotl's own '{scheduler}' schedule is not modelled"))
+    else:
+        out.set(("training", "lr_scheduler_type"), scheduler, "lr_scheduler" if b.has("lr_scheduler") else None)
+    checkpointing = b.take("gradient_checkpointing")
+    if checkpointing in ("unsloth", "offload", "offload_disk"):
+        b.translation.not_checked.append((("gradient_checkpointing",),
+                                          f"'{checkpointing}' checkpointing offloads activations: traced as plain "
+                                          "gradient checkpointing"))
+    if checkpointing is not None:
+        out.set(("training", "gradient_checkpointing"), bool(checkpointing), "gradient_checkpointing")
+    _training_precision(b, out)
+
+
+def _training_precision(b: Builder, out: NativeRecipe) -> None:
+    bf16, fp16 = b.take("bf16"), b.take("fp16")
+    b.ignore(("bfloat16", "float16", "float32"))
+    auto = bf16 in (None, "auto")
+    if auto:  # Axolotl's default is auto: bf16 where the GPU has it, else fp16 (unless fp16 is set)
+        b.translation.bf16_auto = ("bf16",) if bf16 is not None else ()
+        b.translation.fp16_written = fp16 is not None
+        b.translation.fp16_written_value = bool(fp16)
+        out.set(("training", "bf16"), True, "bf16" if bf16 is not None else None)
+    else:
+        out.set(("training", "bf16"), bool(bf16), "bf16")
+    if fp16 is not None:
+        out.set(("training", "fp16"), bool(fp16), "fp16")
+    elif auto and bf16 is not None:  # auto's fp16 fallback is the bf16 line's doing: findings point there
+        out.set(("training", "fp16"), False, "bf16")
+    # the model is loaded in cfg.torch_dtype, adapters or not (a full fine-tune trains bf16 weights)
+    out.set(("model", "torch_dtype"), _precision(b), "bf16" if b.has("bf16") else None)
+    if auto:
+        b.translation.precision_follows += (("model", "torch_dtype"),)

@@ -1,0 +1,49 @@
+"""RC111: the settings of another tool's config that change memory or correctness and are not checked."""
+
+from __future__ import annotations
+
+from checks.findings import Severity
+from checks.formats import translation_of
+from checks.rules.base import Rule
+
+
+class NotChecked(Rule):
+    """
+    ## What it checks
+    A config of another tool, read as a recipe, sets nothing the recipe model cannot express yet that
+    changes a step's memory or correctness: sample packing, DeepSpeed or FSDP sharding, an RL or
+    preference stage (`rl: dpo`, `stage: dpo`), activation offloading, kernels that patch the model.
+    Each such key gets a finding at its line saying what is checked in its place.
+
+    ## Why it matters
+    The memory estimate and the real steps are of one supervised step on one GPU with the unpatched
+    model. With ZeRO-3 the real peak is lower; with DPO's chosen and rejected sequences it is higher:
+    a verdict on the rest of the recipe is no verdict on these settings.
+
+    ## Example
+        rl: dpo
+        deepspeed: deepspeed_configs/zero3.json
+
+    ## Use instead
+    Keep the settings; read the vram verdict as that of one supervised step on one GPU, or check the
+    same recipe without them (`recipe-checks convert FILE` writes it).
+    """
+
+    id = "RC111"
+    name = "not-checked"
+    check = "schema"
+    severity = Severity.WARNING
+    why = "the checks judge one supervised step on one GPU with the unpatched model, not this setting"
+
+    def run(self, ctx):
+        translation = translation_of(ctx.state)
+        if translation is None:
+            return
+        for path, what in translation.not_checked:
+            yield self.finding(
+                ctx,
+                f"'{path[-1]}' is not checked: {what}",
+                path,
+                help=f"read the verdicts on {ctx.path} as holding without '{path[-1]}'; measure this setting on "
+                "the GPU itself",
+            )

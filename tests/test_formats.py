@@ -1,0 +1,229 @@
+"""Axolotl, LLaMA-Factory and TRL configs read as recipes (checks/formats): each public example's settings
+through the engine, with findings at the lines of the original files; detection, forced formats,
+untranslated and not-checked keys, bf16: auto per target GPU, convert, and collection from a directory.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from checks.cli import main
+from checks.engine import check_recipe
+from checks.formats import detect, read_as_native
+from checks.gpus import GpuCatalog
+from checks.options import Options
+from checks.recipe.load import load_recipe_file, looks_like_recipe, read_recipe_text
+from tests.conftest import CORPUS, RECIPES
+
+FORMATS_DIR = Path(__file__).resolve().parent / "formats"
+HOSTILE = Path(__file__).resolve().parent / "hostile"
+CATALOG = GpuCatalog.load(())
+
+# file, target GPU, the error and warning rule ids it gets, and (rule, key as written, text of the line
+# the finding points at) for its key findings: the line is the original file's.
+CASES = [
+    ("axolotl-llama3-lora-8b.yml", "rtx4090", {"RC111", "RC301"},
+     [("RC111", "sample_packing", "sample_packing: true"), ("RC301", "optimizer", "optimizer: adamw_bnb_8bit")]),
+    ("axolotl-llama3-qlora.yml", "rtx4090", {"RC111"}, [("RC111", "sample_packing", "sample_packing: true")]),
+    ("axolotl-mistral-qlora.yml", "rtx4090", {"RC111", "RC301"},
+     [("RC111", "sample_packing", "sample_packing: true"), ("RC301", "optimizer", "optimizer: adamw_bnb_8bit")]),
+    ("axolotl-gemma2-qlora-t4.yml", "t4", {"RC111", "RC301", "RC406"},
+     [("RC406", "bf16", "bf16: auto"), ("RC301", "optimizer", "optimizer: adamw_bnb_8bit")]),
+    ("axolotl-mixtral-qlora.yml", "rtx4090", set(), []),
+    ("axolotl-phi3-lora-qv.yml", "rtx4090", {"RC201"},
+     [("RC201", "lora_target_modules[0]", "- q_proj"), ("RC201", "lora_target_modules[1]", "- v_proj")]),
+    ("axolotl-llama3-dpo.yml", "rtx4090", {"RC111"}, [("RC111", "rl", "rl: dpo")]),
+    ("axolotl-llama3-fft-zero3.yml", "rtx4090", {"RC111"},
+     [("RC111", "sample_packing", "sample_packing: true"), ("RC111", "deepspeed", "deepspeed: deepspeed_configs")]),
+    ("axolotl-qwen2.5-lora-typo.yml", "rtx4090", {"RC110"}, [("RC110", "lora_alfa", "lora_alfa: 32")]),
+    ("axolotl-without-base-model.yml", "rtx4090", {"RC112"}, [("RC112", "base_model_config", "base_model_config:")]),
+    ("llamafactory-llama3-lora-sft.yaml", "rtx4090", {"RC107"}, [("RC107", "trust_remote_code", "trust_remote_code: true")]),
+    ("llamafactory-qwen2.5-qlora-t4.yaml", "t4", {"RC301", "RC401", "RC404"},
+     [("RC401", "bf16", "bf16: true"), ("RC404", "bf16", "bf16: true")]),
+    ("llamafactory-llama3-full-ds3.yaml", "rtx4090", {"RC111"}, [("RC111", "deepspeed", "deepspeed: examples/")]),
+    ("llamafactory-llama3-dpo.yaml", "rtx4090", {"RC111"}, [("RC111", "stage", "stage: dpo")]),
+    ("trl-sft-qwen2.5-lora.yaml", "rtx4090", set(), []),
+    ("trl-sft-4bit-without-peft.yaml", "rtx4090", {"RC501"}, [("RC501", "load_in_4bit", "load_in_4bit: true")]),
+]
+
+
+def _check(path: Path, gpu: str | None, **options):
+    state, results = check_recipe(path, Options(gpus=(gpu,) if gpu else (), **options), CATALOG, traced=False)
+    assert not [r.error for r in results if r.error is not None]
+    return state, [f for r in results for f in r.findings]
+
+
+def test_at_least_twelve_third_party_configs_are_covered():
+    assert len(CASES) >= 12 and {c[0] for c in CASES} == {p.name for p in FORMATS_DIR.glob("*.y*ml")}
+
+
+@pytest.mark.parametrize(("name", "gpu", "expected", "key_findings"), CASES, ids=[c[0] for c in CASES])
+def test_third_party_config_gets_its_rules_at_the_lines_of_the_original_file(name, gpu, expected, key_findings):
+    state, findings = _check(FORMATS_DIR / name, gpu)
+    assert {f.rule_id for f in findings if f.severity.value != "info"} == expected, findings
+    for rule_id, key, line_text in key_findings:
+        found = [f for f in findings if f.rule_id == rule_id and f.key == key]
+        assert found, (rule_id, key, findings)
+        for finding in found:
+            assert line_text in state.source_line(finding.location.line), (finding, state.source_line(finding.location.line))
+
+
+@pytest.mark.parametrize(("name", "fmt"), [
+    ("axolotl-llama3-qlora.yml", "axolotl"), ("llamafactory-llama3-lora-sft.yaml", "llamafactory"),
+    ("trl-sft-qwen2.5-lora.yaml", "trl"), ("axolotl-without-base-model.yml", None),
+])
+def test_a_config_is_recognised_by_its_keys(name, fmt):
+    data = load_recipe_file(FORMATS_DIR / name).data
+    assert detect(data) == fmt
+    assert looks_like_recipe(read_recipe_text(FORMATS_DIR / name)) is (fmt is not None)
+
+
+def test_every_shipped_and_corpus_file_is_still_read_as_before():
+    """A file with a top-level `model` key is a native recipe, untouched; any other is no tool's config,
+    but the corpus cases of the format rules themselves (rc110-rc112)."""
+    files = [*RECIPES.glob("*.yaml"), *CORPUS.glob("*.y*ml"), *HOSTILE.rglob("*.y*ml")]
+    assert len(files) > 40
+    for path in files:
+        try:
+            loaded = load_recipe_file(path)
+        except Exception:
+            continue  # refused before any format is looked at, as before
+        about_formats = path.name.startswith(("rc110", "rc111", "rc112"))
+        if "model" in loaded.data:
+            native, error = read_as_native(loaded)
+            assert error is None and native is loaded and native.translation is None, path
+        elif not about_formats:
+            assert detect(loaded.data) is None, path
+            assert looks_like_recipe(read_recipe_text(path)) is False, path
+
+
+def test_a_forced_format_reads_a_file_whatever_its_keys(tmp_path):
+    path = tmp_path / "renamed.yaml"  # TRL keys only, without a key only TRL speaks: not recognised
+    path.write_text("model_name_or_path: Qwen/Qwen2.5-0.5B\nlearning_rate: 2.0e-4\nbf16: true\n")
+    assert detect(load_recipe_file(path).data) is None
+    _, findings = _check(path, "rtx4090")
+    assert "RC102" in {f.rule_id for f in findings}  # read as a native recipe: its keys are unknown
+    state, forced = _check(path, "rtx4090", format="trl")
+    assert state.recipe.model.id == "Qwen/Qwen2.5-0.5B" and state.recipe.training.learning_rate == 2.0e-4
+    assert not {f.rule_id for f in forced} & {"RC102", "RC110"}
+    native_state, _ = _check(FORMATS_DIR / "axolotl-llama3-qlora.yml", "rtx4090", format="native")
+    assert native_state.loaded.translation is None  # forced native: Axolotl's keys are unknown recipe keys
+
+
+def test_untranslated_keys_are_listed_in_one_finding_each_with_its_line():
+    state, findings = _check(FORMATS_DIR / "axolotl-qwen2.5-lora-typo.yml", "rtx4090")
+    [finding] = [f for f in findings if f.rule_id == "RC110"]
+    assert "lora_alfa" in finding.message and "turbo_mode" in finding.message
+    lines = {d.split(": ", 1)[1]: int(d.split(":")[0].split()[1]) for d in finding.details}
+    for key, line in lines.items():
+        assert state.source_line(line).startswith(f"{key}:")
+    assert set(lines) == {"lora_alfa", "turbo_mode"}
+
+
+def test_empty_keys_and_known_irrelevant_keys_are_not_listed_as_untranslated():
+    state, findings = _check(FORMATS_DIR / "axolotl-llama3-lora-8b.yml", "rtx4090")
+    assert state.loaded.translation.untranslated == []  # fsdp:, deepspeed:, datasets, wandb_project...
+    assert "RC110" not in {f.rule_id for f in findings}
+
+
+def test_not_checked_keys_are_named_and_only_when_set(tmp_path):
+    _, findings = _check(FORMATS_DIR / "axolotl-llama3-fft-zero3.yml", "rtx4090")
+    assert {f.key for f in findings if f.rule_id == "RC111"} == {"sample_packing", "deepspeed"}
+    unset = tmp_path / "unset.yml"
+    text = (FORMATS_DIR / "axolotl-llama3-qlora.yml").read_text()  # fsdp:, deepspeed: empty already
+    unset.write_text(text.replace("sample_packing: true", "sample_packing: false"))
+    _, qlora = _check(unset, "rtx4090")
+    assert "RC111" not in {f.rule_id for f in qlora}
+
+
+@pytest.mark.parametrize(("gpu", "precision"), [("a100-80gb", "bf16"), ("t4", "fp16")])
+def test_bf16_auto_is_resolved_against_the_target_gpu(gpu, precision):
+    path = FORMATS_DIR / "axolotl-gemma2-qlora-t4.yml"
+    state, findings = _check(path, gpu)
+    [note] = [f for f in findings if f.rule_id == "RC113"]
+    assert f"trains in {precision} on" in note.message and state.source_line(note.location.line) == "bf16: auto"
+    ids = {f.rule_id for f in findings}
+    assert ("RC406" in ids) is (precision == "fp16")  # Gemma overflows in fp16: only the T4 run is at risk
+    assert "RC401" not in ids and "RC404" not in ids  # the model and compute dtype follow the resolution
+
+
+def test_one_config_checked_against_two_gpus_resolves_bf16_auto_for_each():
+    state, results = check_recipe(FORMATS_DIR / "axolotl-gemma2-qlora-t4.yml", Options(gpus=("a100-80gb", "t4")),
+                                  CATALOG, traced=False)
+    by_gpu = {r.gpu: {f.rule_id for f in r.findings} for r in results if r.check == "precision"}
+    assert "RC406" in by_gpu["t4"] and "RC406" not in by_gpu["a100-80gb"]
+
+
+def test_findings_name_the_key_as_written():
+    _, findings = _check(FORMATS_DIR / "axolotl-phi3-lora-qv.yml", "rtx4090")
+    assert {f.key for f in findings if f.rule_id == "RC201"} == {"lora_target_modules[0]", "lora_target_modules[1]"}
+
+
+def test_unrecognised_lookalike_says_what_is_missing_and_nothing_else():
+    _, findings = _check(FORMATS_DIR / "axolotl-without-base-model.yml", "rtx4090")
+    [finding] = findings
+    assert finding.rule_id == "RC112" and "Axolotl" in finding.message and "base_model" in finding.help
+
+
+@pytest.mark.parametrize("name", [c[0] for c in CASES if c[0] != "axolotl-without-base-model.yml"])
+def test_convert_prints_a_native_recipe_that_checks_the_same(name, tmp_path, capsys):
+    gpu = next(c[1] for c in CASES if c[0] == name)
+    code = main(["convert", str(FORMATS_DIR / name), "--gpu", gpu])
+    out = capsys.readouterr().out
+    assert code == (1 if name == "axolotl-qwen2.5-lora-typo.yml" else 0)
+    native = tmp_path / "native.yaml"
+    native.write_text(out)
+    data = yaml.safe_load(out)
+    assert "model" in data and detect(data) == "native"
+    _, original = _check(FORMATS_DIR / name, gpu)
+    state, converted = _check(native, gpu)
+    assert state.loaded.translation is None
+    format_only = {"RC110", "RC111", "RC112", "RC113"}  # the notes of a translation, written as comments
+    assert {f.rule_id for f in converted} == {f.rule_id for f in original} - format_only
+    if name == "axolotl-qwen2.5-lora-typo.yml":
+        assert "# untranslated: lora_alfa (line 11)" in out
+
+
+def test_convert_refuses_unreadable_input_and_native_recipes(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("base_model: [unclosed\n")
+    assert main(["convert", str(bad)]) == 2
+    assert main(["convert", str(FORMATS_DIR / "axolotl-without-base-model.yml")]) == 2
+    assert "RC112" in capsys.readouterr().err
+    assert main(["convert", str(RECIPES / "llama3-8b-qlora-rtx4090.yaml")]) == 2
+
+
+def _directory(root: Path) -> Path:
+    target = root / "configs"
+    target.mkdir()
+    for name in ("axolotl-llama3-qlora.yml", "trl-sft-qwen2.5-lora.yaml"):
+        shutil.copy(FORMATS_DIR / name, target / name)
+    (target / "unrelated.yaml").write_text("steps:\n  - run: make\nname: ci\n")
+    return target
+
+
+def test_cli_check_of_a_directory_collects_the_recognised_configs(tmp_path, capsys):
+    target = _directory(tmp_path)
+    code = main(["check", str(target), "--gpu", "rtx4090", "--format", "json"])
+    report = json.loads(capsys.readouterr().out)
+    assert sorted(Path(p).name for p in report["recipes"]) == ["axolotl-llama3-qlora.yml", "trl-sft-qwen2.5-lora.yaml"]
+    assert code in (0, 1) and not report["internal_errors"]
+
+
+def test_plugin_collects_recognised_configs_in_a_directory(pytester):
+    _directory(pytester.path)
+    result = pytester.runpytest("configs/", "--gpu=rtx4090", "--collect-only", "-q", "-p", "no:cacheprovider")
+    listed = {line.split("::")[0] for line in result.outlines if "::" in line}
+    assert listed == {"configs/axolotl-llama3-qlora.yml", "configs/trl-sft-qwen2.5-lora.yaml"}
+
+
+def test_plugin_reports_a_finding_at_the_line_of_the_original_file(pytester):
+    shutil.copy(FORMATS_DIR / "axolotl-phi3-lora-qv.yml", pytester.path / "phi3.yml")
+    result = pytester.runpytest("phi3.yml", "--gpu=rtx4090", "-k", "target-modules", "-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(["*RC201*'q_proj' matches nothing*", "*phi3.yml:16:*", "*- q_proj*"])
