@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import re
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -117,3 +120,146 @@ def test_shipped_recipes_trace_the_peaks_pinned_for_these_library_versions(shipp
                     "ci/constraints.txt to compare, or re-pin with RECIPE_CHECKS_PIN_PEAKS=1")
     assert figures == pinned["recipes"]
 
+
+
+# --- fixes: combinations when no single fix fits, and weights that exceed the card alone ----------
+
+QWEN_14B_LORA = """\
+model: {id: Qwen/Qwen2.5-14B, torch_dtype: bfloat16}
+lora: {r: 16, lora_alpha: 32, target_modules: [q_proj, k_proj, v_proj, o_proj]}
+training: {per_device_train_batch_size: 2, bf16: true, gradient_checkpointing: true, max_seq_length: 2048}
+hardware: {gpu: rtx4090}
+"""
+QLORA = "QLoRA (4-bit NF4 base)"
+HALF_BATCH = "smaller micro-batch, same effective batch"
+
+
+def _fake_trace(calls: list):
+    """A stand-in for trace_training_step whose peak is a made-up function of the settings (GiB): weights
+    10 (3 in 4-bit), activations 2 per sequence (a third with checkpointing) and 1.5 of logits per
+    sequence (none with a chunked loss). It records every settings it is asked to trace."""
+    from checks.memory.tracker import MemoryTimeline
+
+    def trace(resolved, settings, task="CAUSAL_LM"):
+        calls.append(settings)
+        weights = (3 if settings.quant_4bit else 10) * GIB
+        activations = settings.micro_batch * 2 * GIB // (3 if settings.gradient_checkpointing else 1)
+        logits = 0 if settings.chunked_loss else int(settings.micro_batch * 1.5 * GIB)
+        breakdown = {"weights": weights, "activations": activations, "logits_loss": logits}
+        timeline = MemoryTimeline(sum(breakdown.values()), "backward", breakdown, weights, 1)
+        return SimpleNamespace(timeline=timeline, notes=[], trainable_params=1)
+
+    return trace
+
+
+GIB = 1024**3
+
+
+def _base(settings, trace, budget_gib: float):
+    from checks.memory.estimate import Estimate, _total
+
+    traced = trace(None, settings)
+    return Estimate(peak_bytes=_total(traced), budget_bytes=int(budget_gib * GIB), budget_source="test",
+                    breakdown={}, paged_bytes=0, peak_phase="backward", trace=traced)
+
+
+def test_when_no_single_fix_fits_the_first_traced_combination_that_fits_is_offered(monkeypatch):
+    from checks.memory import estimate as est
+
+    calls: list = []
+    monkeypatch.setattr("checks.memory.step.trace_training_step", _fake_trace(calls))
+    settings = dataclasses.replace(_settings(GOOD_RECIPE.replace("  load_in_4bit: true\n", "")),
+                                   micro_batch=4, gradient_checkpointing=True, quant_4bit=(), optim="adamw_torch")
+    resolved = SimpleNamespace(config={"model_type": "llama"})
+    base = _base(settings, _fake_trace([]), budget_gib=9.5)  # weights 10 + 4 x (0.67 + 1.5): 18.7 GiB
+    singles = est.rank_fixes(resolved, settings, "CAUSAL_LM", base)
+    assert singles and not any(f.fits for f in singles)
+    calls.clear()
+    combined = est.combine_fixes(resolved, settings, "CAUSAL_LM", base)
+    assert combined is not None and combined.fits and combined.peak_bytes <= base.budget_bytes
+    # greedy: QLoRA saves the most (7 GiB), then halving the batch is the first fix on top that fits
+    assert combined.parts == (QLORA, HALF_BATCH)
+    assert combined.name == f"{QLORA} + {HALF_BATCH}"
+    assert "load_in_4bit: true" in combined.change and "per_device_train_batch_size: 2" in combined.change
+    # traced as a whole: the settings with both applied were traced, and the peak is that trace's
+    both = calls[-1]
+    assert both.quant_4bit and both.micro_batch == 2 and both.optim == "paged_adamw_8bit"
+    assert combined.peak_bytes == est._total(_fake_trace([])(None, both))
+    assert len(calls) <= est.COMBINATION_ROUNDS * len(est.candidate_fixes(settings, "llama"))
+
+
+def test_a_combination_applies_a_fix_again_and_gives_up_after_the_rounds(monkeypatch):
+    from checks.memory import estimate as est
+
+    calls: list = []
+    monkeypatch.setattr("checks.memory.step.trace_training_step", _fake_trace(calls))
+    settings = dataclasses.replace(_settings(GOOD_RECIPE), micro_batch=8, gradient_checkpointing=True,
+                                   chunked_loss=True, seq_len=128, quant_4bit=(("quant_type", "nf4"),),
+                                   optim="paged_adamw_8bit")
+    resolved = SimpleNamespace(config={"model_type": "qwen2_moe"})  # no chunked loss fix for it
+    # only the batch can shrink: 8 -> 4 -> 2 -> 1, one halving a round; the change names the last one
+    fits = est.combine_fixes(resolved, settings, "CAUSAL_LM", _base(settings, _fake_trace([]), budget_gib=5.5))
+    assert fits is not None and fits.parts == (HALF_BATCH,) and "per_device_train_batch_size: 2," in fits.change
+    calls.clear()
+    assert est.combine_fixes(resolved, settings, "CAUSAL_LM", _base(settings, _fake_trace([]), budget_gib=1)) is None
+    assert len(calls) == est.COMBINATION_ROUNDS  # one candidate a round, each traced once
+
+
+def test_weights_alone_over_the_budget_name_the_smallest_gpu_that_fits_the_recipe_as_it_is(monkeypatch):
+    from checks.gpus import GpuCatalog
+    from checks.memory import estimate as est
+
+    monkeypatch.setattr("checks.memory.step.trace_training_step", _fake_trace([]))
+    recipe = validate(load_text(GOOD_RECIPE.replace("  load_in_4bit: true\n", "").replace(
+        "  per_device_train_batch_size: 1", "  per_device_train_batch_size: 2"), "r.yaml")).recipe
+    resolved = SimpleNamespace(config={"model_type": "llama"}, name="m")
+    catalog = GpuCatalog.load()
+    result = est.estimate(recipe, resolved, catalog.get("rtx4060"), with_fixes=False, catalog=catalog)
+    assert result.weights_bytes == 10 * GIB > result.budget_bytes and not result.fits
+    # the smallest card by memory whose budget (memory less the margin) holds the peak; all these have bf16
+    fitting = [p for p in catalog if result.peak_bytes <= est.budget_for(recipe, p)[0] and p.supports_bf16]
+    smallest = min(fitting, key=lambda p: (p.memory_bytes, p.key))
+    assert result.smallest_fitting_gpu == smallest.key
+    assert result.notes[0] == result.weights_note
+    assert result.weights_note.startswith("the model's weights alone take 10.0 GiB, more than the ")
+    assert f": {smallest.key} ({smallest.name}" in result.weights_note
+    on_a_card_that_holds_them = est.estimate(recipe, resolved, catalog.get("rtx4090"), with_fixes=False)
+    assert on_a_card_that_holds_them.weights_note is None and on_a_card_that_holds_them.smallest_fitting_gpu is None
+
+
+@pytest.mark.slow
+def test_qwen2_5_14b_lora_on_rtx4090_fits_with_qlora_plus_batch_1(write, capsys):
+    # traced for real (about 40 s on a shared 2-core machine: 6 single fixes, then 1 combination)
+    path = write("qwen14b.yaml", QWEN_14B_LORA)
+    assert main(["estimate", str(path), "--json"]) == EXIT_FINDINGS
+    out = json.loads(capsys.readouterr().out)
+    singles = [f for f in out["fixes"] if not f["parts"]]
+    assert singles and not any(f["fits"] for f in singles)  # neither QLoRA nor batch 1 alone
+    first = out["fixes"][0]
+    assert first["parts"] == [QLORA, HALF_BATCH] and first["fits"] is True
+    assert "per_device_train_batch_size: 1, gradient_accumulation_steps: 2" in first["change"]
+    assert first["peak_bytes"] <= out["budget_bytes"]
+    # traced, not added up: the two savings alone do not make the combination's
+    saved = {f["name"]: f["saved_bytes"] for f in singles}
+    assert first["saved_bytes"] != saved[QLORA] + saved[HALF_BATCH]
+    assert out["weights_exceed_budget"] is True and out["weights_bytes"] > out["budget_bytes"]
+    assert out["smallest_fitting_gpu"] == "a100-40gb"  # the 37.5 GiB peak fits its 38 GiB budget, not a 5090's 30
+    assert out["notes"][0].startswith("the model's weights alone take 27.5 GiB, more than the 22.8 GiB budget")
+
+
+ADAPTER_CLAIM = re.compile(r"#.*?(\d+(?:\.\d+)?)M adapter parameters")
+
+
+@pytest.mark.slow
+def test_the_adapter_parameters_a_recipe_comment_quotes_are_the_traced_ones():
+    from checks.memory.step import trace_training_step
+    from checks.models.resolve import resolve_model_config
+
+    claims = {p: ADAPTER_CLAIM.search(p.read_text(encoding="utf-8")) for p in sorted(RECIPES.glob("*.yaml"))}
+    claims = {p: float(m.group(1)) for p, m in claims.items() if m}
+    assert claims, "no shipped recipe quotes its adapter size any more: drop this test"
+    for path, millions in claims.items():
+        recipe = validate(load_text(path.read_text(encoding="utf-8"), path.name)).recipe
+        resolved = resolve_model_config(recipe.model.id)
+        trace = trace_training_step(resolved, settings_from_recipe(recipe, resolved.config))
+        assert round(trace.trainable_params / 1e6, 1) == millions, (path.name, trace.trainable_params)

@@ -1,11 +1,14 @@
 """Will this recipe fit on this GPU? The traced peak plus the CUDA overheads, against the budget,
-and when it does not fit, concrete fixes ranked by the bytes they save, each traced itself.
+and when it does not fit, concrete fixes ranked by the bytes they save, each traced itself; when no
+single fix fits, the first traced combination that does; when the weights alone exceed the budget,
+the smallest GPU profile where the recipe fits as it is.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +32,11 @@ def overhead_bytes() -> int:
     return int(data["cuda_context"]["bytes"]) + int(data["cublas_workspace"]["bytes"])
 
 
+# A combination applies at most this many fixes; each round traces the fixes that apply on top of the
+# previous ones (at most len(candidate_fixes) traces a round), so the search stays a few dozen traces.
+COMBINATION_ROUNDS = 3
+
+
 @dataclass
 class Fix:
     name: str
@@ -36,6 +44,7 @@ class Fix:
     peak_bytes: int
     saved_bytes: int
     fits: bool
+    parts: tuple[str, ...] = ()  # a combination: the names of the fixes it applies, in order; () for one fix
 
 
 @dataclass
@@ -49,6 +58,9 @@ class Estimate:
     trace: Any  # the StepTrace
     fixes: list[Fix] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    weights_bytes: int = 0  # the model's weights (and 4-bit quantization state) at the peak
+    smallest_fitting_gpu: str | None = None  # set when the weights alone exceed the budget
+    weights_note: str | None = None  # says so, naming that GPU (also the first of `notes`)
 
     @property
     def fits(self) -> bool:
@@ -71,7 +83,14 @@ class Estimate:
             "trainable_parameters": self.trace.trainable_params,
             "fixes": [dataclasses.asdict(f) for f in self.fixes],
             "notes": self.notes,
+            "weights_bytes": self.weights_bytes,
+            "weights_exceed_budget": self.weights_exceed_budget,
+            "smallest_fitting_gpu": self.smallest_fitting_gpu,
         }
+
+    @property
+    def weights_exceed_budget(self) -> bool:
+        return self.weights_bytes > self.budget_bytes
 
 
 def budget_for(recipe, gpu) -> tuple[int, str]:
@@ -85,7 +104,10 @@ def _total(trace) -> int:
     return trace.timeline.peak_bytes + overhead_bytes()
 
 
-def estimate(recipe, resolved, gpu, *, with_fixes: bool = True) -> Estimate:
+def estimate(recipe, resolved, gpu, *, with_fixes: bool = True, catalog=None) -> Estimate:
+    """The traced estimate of one recipe on one GPU profile; when it does not fit, `with_fixes` traces
+    the fixes (and, when none fits alone, their combinations). `catalog`: the profiles to name the
+    smallest fitting one from when the weights alone exceed the budget (default: the shipped ones)."""
     settings = settings_from_recipe(recipe, resolved.config)
     task = recipe.lora.task_type if recipe.lora else "CAUSAL_LM"
     try:
@@ -106,10 +128,51 @@ def estimate(recipe, resolved, gpu, *, with_fixes: bool = True) -> Estimate:
         peak_bytes=_total(trace), budget_bytes=budget, budget_source=source, breakdown=breakdown,
         paged_bytes=trace.timeline.breakdown.get("optimizer_state_paged", 0), peak_phase=trace.timeline.peak_phase,
         trace=trace, notes=list(trace.notes),
+        weights_bytes=breakdown.get("weights", 0) + breakdown.get("quant_state", 0),
     )
-    if with_fixes and not result.fits:
+    if result.fits:
+        return result
+    if with_fixes:
         result.fixes = rank_fixes(resolved, settings, task, result)
+        if not any(f.fits for f in result.fixes):
+            combined = combine_fixes(resolved, settings, task, result)
+            if combined is not None:
+                result.fixes = sorted([*result.fixes, combined], key=lambda f: -f.saved_bytes)
+    if result.weights_exceed_budget:
+        result.weights_note = _weights_exceed_note(recipe, result, catalog)
+        result.notes.insert(0, result.weights_note)
     return result
+
+
+def _weights_exceed_note(recipe, result: Estimate, catalog) -> str:
+    if catalog is None:
+        from checks.gpus import GpuCatalog
+
+        catalog = GpuCatalog.load()
+    smallest = smallest_fitting_profile(recipe, result.peak_bytes, catalog)
+    result.smallest_fitting_gpu = smallest.key if smallest is not None else None
+    note = (f"the model's weights alone take {result.weights_bytes / GIB:.1f} GiB, more than the "
+            f"{result.budget_bytes / GIB:.1f} GiB budget: only a fix that shrinks them (QLoRA) or a larger GPU fits")
+    if smallest is None:
+        return note + f"; no known GPU profile has the {result.peak_bytes / GIB:.1f} GiB the recipe needs as it is"
+    return note + (f"; the smallest known GPU where the recipe fits as it is (peak {result.peak_bytes / GIB:.1f} "
+                   f"GiB): {smallest.key} ({smallest.name}, {smallest.memory_bytes / GIB:.1f} GiB)")
+
+
+def smallest_fitting_profile(recipe, peak_bytes: int, catalog):
+    """The profile with the least memory whose budget (its memory less the allocator margin) holds the
+    traced peak, among those with the precision the recipe trains in; None if no profile does."""
+    plain = recipe.model_copy(update={"hardware": recipe.hardware.model_copy(update={"vram_budget_gib": None})})
+    q = recipe.quantization
+    wants_bf16 = "bfloat16" in (recipe.training_dtype, recipe.model.torch_dtype,
+                                q.bnb_4bit_compute_dtype if q is not None and q.load_in_4bit else None)
+    wants_fp8 = (recipe.model.torch_dtype or "").startswith("float8") or (q is not None and q.quant_method == "fp8")
+    for profile in sorted(catalog, key=lambda p: (p.memory_bytes, p.key)):
+        if (wants_bf16 and not profile.supports_bf16) or (wants_fp8 and not profile.supports_fp8):
+            continue
+        if peak_bytes <= budget_for(plain, profile)[0]:
+            return profile
+    return None
 
 
 def candidate_fixes(settings: StepSettings, model_type: str | None = None) -> list[tuple[str, str, StepSettings]]:
@@ -147,14 +210,49 @@ def candidate_fixes(settings: StepSettings, model_type: str | None = None) -> li
     return out
 
 
-def rank_fixes(resolved, settings: StepSettings, task: str, base: Estimate) -> list[Fix]:
+def _traced_fixes(resolved, settings: StepSettings, task: str) -> Iterator[tuple[str, str, StepSettings, int]]:
+    """(name, change, settings, traced peak) of each fix that applies to `settings`, in candidate order,
+    traced as it is asked for; a fix the trace cannot run is left out. Traces are cached per settings."""
     from checks.memory.step import trace_training_step
 
-    fixes = []
     for name, change, changed in candidate_fixes(settings, resolved.config.get("model_type")):
         try:
             peak = _total(trace_training_step(resolved, changed, task))
         except Exception:  # a fix the trace cannot run is not offered
             continue
-        fixes.append(Fix(name, change, peak, base.peak_bytes - peak, peak <= base.budget_bytes))
+        yield name, change, changed, peak
+
+
+def rank_fixes(resolved, settings: StepSettings, task: str, base: Estimate) -> list[Fix]:
+    """Each single fix, traced, that lowers the peak: the largest saving first."""
+    fixes = [Fix(name, change, peak, base.peak_bytes - peak, peak <= base.budget_bytes)
+             for name, change, _, peak in _traced_fixes(resolved, settings, task)]
     return sorted((f for f in fixes if f.saved_bytes > 0), key=lambda f: -f.saved_bytes)
+
+
+def combine_fixes(resolved, settings: StepSettings, task: str, base: Estimate,
+                  rounds: int = COMBINATION_ROUNDS) -> Fix | None:
+    """The first traced combination of fixes that fits, when no single one does (None: none found).
+
+    Greedy: apply the fix that saves the most, trace every fix that still applies on top of it, and
+    take the first of those (in candidate order, the least disruptive first) that fits; else apply the
+    one that saves the most and go on, up to `rounds` fixes in all. Every combination is traced as a
+    whole, never added up from the single savings (fixes interact: a smaller batch saves less on QLoRA).
+    """
+    applied: dict[str, str] = {}  # fix name -> change; a fix applied again (halving the batch twice) replaces it
+    current, peak = settings, base.peak_bytes
+    for depth in range(rounds):
+        traced = []
+        for name, change, changed, fix_peak in _traced_fixes(resolved, current, task):
+            if depth > 0 and fix_peak <= base.budget_bytes:  # the first that fits: the others are not traced
+                parts = {**applied, name: change}
+                return Fix(" + ".join(parts), "; ".join(parts.values()), fix_peak, base.peak_bytes - fix_peak,
+                           True, parts=tuple(parts))
+            traced.append((name, change, changed, fix_peak))
+        best = min(traced, key=lambda t: t[3], default=None)
+        if best is None or best[3] >= peak:
+            return None
+        name, change, current, peak = best
+        applied.pop(name, None)
+        applied[name] = change
+    return None

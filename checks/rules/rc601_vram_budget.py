@@ -30,7 +30,10 @@ class VramBudget(Rule):
     ## Use instead
     The finding lists fixes ranked by the memory they save, each traced: gradient checkpointing, a
     smaller micro-batch with more accumulation, QLoRA, a paged 8-bit optimizer, shorter sequences,
-    a chunked loss (`training.use_liger_kernel: true`, Liger's fused linear cross-entropy).
+    a chunked loss (`training.use_liger_kernel: true`, Liger's fused linear cross-entropy). When no
+    single fix fits, it adds the first combination that does (QLoRA + a smaller micro-batch), traced as
+    a whole; when the weights alone exceed the budget, it says so and names the smallest GPU profile
+    where the recipe fits as it is.
     """
 
     id = "RC601"
@@ -77,6 +80,7 @@ class VramBudget(Rule):
             f"({result.budget_source}) on {gpu.key}{paged}",
             ("hardware", "vram_budget_gib") if ctx.recipe.hardware.vram_budget_gib else ("training",),
             at_value=False,
-            help="fixes, each traced: " + ("; ".join(fixes) if fixes else "none of the usual fixes brings it under the budget"),
+            help=(f"{result.weights_note}. " if result.weights_note else "") + "fixes, each traced: "
+            + ("; ".join(fixes) if fixes else "none of the usual fixes brings it under the budget"),
             details=(f"at the peak ({result.peak_phase}), GiB: {shown}",),
         )
