@@ -27,16 +27,17 @@ def require_matplotlib() -> None:
 
 
 def neighbours(catalog, gpu, precision: str = "float32") -> list:
-    """The next smaller and the next larger card of the catalog by memory among those that train in
-    `precision` (a bf16 recipe's neighbours have bf16), none where there is none."""
+    """The next smaller and the next larger card of the catalog by memory (the spec sheet's GB: an RTX
+    3090 and 4090 are both 24 GB) among those that train in `precision` (a bf16 recipe's neighbours
+    have bf16); none where there is none."""
     usable = [p for p in catalog if precision != "bfloat16" or p.supports_bf16]
-    smaller = [p for p in usable if p.memory_bytes < gpu.memory_bytes]
-    larger = [p for p in usable if p.memory_bytes > gpu.memory_bytes]
+    smaller = [p for p in usable if p.memory_gb < gpu.memory_gb]
+    larger = [p for p in usable if p.memory_gb > gpu.memory_gb]
     out = []
     if smaller:
-        out.append(max(smaller, key=lambda p: (p.memory_bytes, p.key)))
+        out.append(max(smaller, key=lambda p: (p.memory_gb, p.key)))
     if larger:
-        out.append(min(larger, key=lambda p: (p.memory_bytes, p.key)))
+        out.append(min(larger, key=lambda p: (p.memory_gb, p.key)))
     return out
 
 
@@ -83,19 +84,22 @@ def plot_estimate(path: str | Path, result, *, recipe, recipe_name: str, gpu, ca
         ax.text(i, height + top * 0.01, f"{height:.2f} GiB\n{'fits' if fix.fits else 'does not fit'}",
                 ha="center", va="bottom", fontsize=8)
 
-    right = len(fixes) + 0.55  # budget labels sit at the right end of their line, above it
+    right = max(len(fixes), 1.5) + 0.55  # budget labels sit at the right end of their line, above it
     box = {"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1}
-    ax.axhline(budget, color="black", linewidth=2)
-    ax.text(right, budget, f"{gpu.key} budget {budget:.2f} GiB", va="bottom", ha="right", fontsize=9,
-            fontweight="bold", bbox=box)
-    for profile, other in others:
-        ax.axhline(other, color="#666666", linewidth=1.2, linestyle="--")
-        ax.text(right, other, f"{profile.key} ({'smaller' if other < budget else 'larger'} card) {other:.2f} GiB",
-                va="bottom", ha="right", fontsize=8, color="#444444", bbox=box)
+    lines = sorted([(budget, f"{gpu.key} budget {budget:.2f} GiB", True)]
+                   + [(other, f"{p.key} ({'smaller' if other < budget else 'larger'} card) {other:.2f} GiB", False)
+                      for p, other in others])
+    label_y = -top
+    for value, label, target in lines:
+        ax.axhline(value, color="black" if target else "#666666", linewidth=2 if target else 1.2,
+                   linestyle="-" if target else "--")
+        label_y = max(value, label_y + 0.04 * top)  # labels of close lines stacked, not overlapping
+        ax.text(right, label_y, label, va="bottom", ha="right", fontsize=9 if target else 8,
+                fontweight="bold" if target else "normal", color="black" if target else "#444444", bbox=box)
 
     ax.set_xticks(range(len(fixes) + 1), ["as written", *(f"fix:\n{_short_fix_name(f.name)}" for f in fixes)],
                   fontsize=8)
-    ax.set_xlim(-0.6, len(fixes) + 0.6)
+    ax.set_xlim(-0.6, right + 0.05)
     ax.set_ylim(0, top)
     ax.set_ylabel("GiB at the peak of one training step (traced)")
     ax.grid(axis="y", alpha=0.3)

@@ -160,7 +160,7 @@ def test_init_writes_recipes_that_pass_every_check_for_five_model_gpu_pairs(tmp_
     if method == "qlora":
         assert "load_in_4bit: true" in text and "optim: paged_adamw_8bit" in text
     if gpu == "t4":
-        assert "fp16: true" in text and "bf16" not in text.split("training:")[1]
+        assert "fp16: true" in text and "bf16: true" not in text and "torch_dtype: float16" in text
     _assert_passes_every_check(out, gpu, cpu_step=True)
 
 
