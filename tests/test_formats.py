@@ -14,7 +14,7 @@ import yaml
 
 from checks.cli import main
 from checks.engine import check_recipe
-from checks.formats import detect, read_as_native
+from checks.formats import detect, read_as_native, translate
 from checks.gpus import GpuCatalog
 from checks.options import Options
 from checks.recipe.load import load_recipe_file, looks_like_recipe, read_recipe_text
@@ -157,6 +157,41 @@ def test_one_config_checked_against_two_gpus_resolves_bf16_auto_for_each():
                                   CATALOG, traced=False)
     by_gpu = {r.gpu: {f.rule_id for f in r.findings} for r in results if r.check == "precision"}
     assert "RC406" in by_gpu["t4"] and "RC406" not in by_gpu["a100-80gb"]
+
+
+ODD_VALUES = ([1, "x"], {"a": 1}, "auto", "x", -1, 0, True, 2.5, "2e-4")
+
+
+@pytest.mark.parametrize("fmt", ["axolotl", "llamafactory", "trl"])
+@pytest.mark.parametrize("odd", ODD_VALUES, ids=[repr(v) for v in ODD_VALUES])
+def test_odd_values_in_every_translated_key_are_findings_never_crashes(tmp_path, fmt, odd):
+    from checks.formats import axolotl, llamafactory, trl
+
+    module = {"axolotl": axolotl, "llamafactory": llamafactory, "trl": trl}[fmt]
+    keys = sorted(module.SIGNATURE | module.REQUIRED | set(module.NOT_CHECKED) | {"bf16", "fp16", "learning_rate"})
+    path = tmp_path / "odd.yaml"
+    path.write_text(yaml.safe_dump({key: odd for key in keys}))
+    translate(load_recipe_file(path), fmt)  # the translation itself copes, not only the engine's safety net
+    state, results = check_recipe(path, Options(gpus=("t4",), format=fmt), CATALOG, traced=False)
+    assert not [r.error for r in results if r.error is not None]
+    assert state.load_error is None or state.load_error.rule_id == "RC112"
+
+
+def test_a_translated_config_is_traced_like_its_converted_recipe(tmp_path, capsys):
+    """The vram check traces the translated recipe (TRL's defaults included): the same peak as the native
+    recipe `convert` writes, since both are one recipe."""
+    path = FORMATS_DIR / "trl-sft-qwen2.5-lora.yaml"
+    assert main(["convert", str(path)]) == 0
+    native = tmp_path / "native.yaml"
+    native.write_text(capsys.readouterr().out)
+    peaks = []
+    for recipe in (path, native):
+        _, results = check_recipe(recipe, Options(gpus=("rtx4090",)), CATALOG, traced=True)
+        [vram] = [r for r in results if r.check == "vram"]
+        assert vram.error is None and vram.skipped is None, vram
+        [finding] = [f for f in vram.findings if f.rule_id == "RC601"]
+        peaks.append(finding.message.split(" of the ")[0])
+    assert peaks[0] == peaks[1] and peaks[0].startswith("peak ")
 
 
 def test_findings_name_the_key_as_written():

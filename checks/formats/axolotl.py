@@ -204,7 +204,8 @@ def _training(b: Builder, out: NativeRecipe) -> None:
                                           f"'{checkpointing}' checkpointing offloads activations: traced as plain "
                                           "gradient checkpointing"))
     if checkpointing is not None:
-        out.set(("training", "gradient_checkpointing"), bool(checkpointing), "gradient_checkpointing")
+        out.set(("training", "gradient_checkpointing"), True if checkpointing in ("unsloth", "offload", "offload_disk") else checkpointing,
+                "gradient_checkpointing")
     _training_precision(b, out)
 
 
@@ -218,9 +219,9 @@ def _training_precision(b: Builder, out: NativeRecipe) -> None:
         b.translation.fp16_written_value = bool(fp16)
         out.set(("training", "bf16"), True, "bf16" if bf16 is not None else None)
     else:
-        out.set(("training", "bf16"), bool(bf16), "bf16")
+        out.set(("training", "bf16"), bf16, "bf16")  # as written: a value that is no bool is RC103's to report
     if fp16 is not None:
-        out.set(("training", "fp16"), bool(fp16), "fp16")
+        out.set(("training", "fp16"), fp16, "fp16")
     elif auto and bf16 is not None:  # auto's fp16 fallback is the bf16 line's doing: findings point there
         out.set(("training", "fp16"), False, "bf16")
     # the model is loaded in cfg.torch_dtype, adapters or not (a full fine-tune trains bf16 weights)

@@ -67,16 +67,16 @@ def translate(b: Builder, out: NativeRecipe) -> None:
         if b.take(key) is not None:
             out.set(("model", "revision" if key == "model_revision" else key), b.data[key], key)
     attention = b.take("flash_attn")
-    if attention in _ATTENTION:
+    if isinstance(attention, str) and attention in _ATTENTION:
         out.set(("model", "attn_implementation"), _ATTENTION[attention], "flash_attn")
     stage = b.take("stage") or "sft"
     if stage not in ("sft", "pt"):
         b.translation.not_checked.append((("stage",), f"stage '{stage}' (reward model, PPO or preference training) "
                                           "runs more than one supervised step: one supervised step is traced"))
     method = b.take("finetuning_type") or "lora"
-    if method in ("freeze", "oft"):
-        b.translation.not_checked.append((("finetuning_type",), f"'{method}' tuning is not modelled: checked as a "
-                                          "full fine-tune"))
+    if method in ("freeze", "oft") or method not in ("lora", "full"):
+        b.translation.not_checked.append((("finetuning_type",), f"'{method}' tuning is not modelled (LLaMA-Factory "
+                                          "has lora, full, freeze and oft): checked as a full fine-tune"))
     _quantization(b, out)
     if method == "lora":
         _lora(b, out)

@@ -75,7 +75,7 @@ def _quantization(b: Builder, out: NativeRecipe, dtype, dtype_key: str) -> None:
         out.set(("quantization", "load_in_4bit"), True, "load_in_4bit")
         out.set(("quantization", "bnb_4bit_quant_type"), b.get("bnb_4bit_quant_type", "nf4"),
                 "bnb_4bit_quant_type" if b.has("bnb_4bit_quant_type") else "load_in_4bit")
-        out.set(("quantization", "bnb_4bit_use_double_quant"), bool(b.get("use_bnb_nested_quant", False)),
+        out.set(("quantization", "bnb_4bit_use_double_quant"), b.get("use_bnb_nested_quant", False),
                 "use_bnb_nested_quant" if b.has("use_bnb_nested_quant") else "load_in_4bit")
         if dtype not in (None, "auto"):
             out.set(("quantization", "bnb_4bit_compute_dtype"), dtype, dtype_key)
