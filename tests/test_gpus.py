@@ -181,3 +181,16 @@ def test_an_exact_gpu_option_selects_a_recipe_declaring_its_family(write, catalo
     assert {r.gpu for r in results if r.check == "precision"} == {"a100-80gb"}
     _, results = check_recipe(path, Options(gpus=["rtx4090"]), catalog, traced=False)
     assert results == []  # off target, as before
+
+
+def test_the_plugin_takes_an_ambiguous_gpu_option_and_runs_what_its_profiles_share(pytester):
+    pytester.makefile(".yaml", v100=MIXED.replace("GPU", "v100-16gb"))
+    result = pytester.runpytest(".", "--gpu=v100", "-p", "no:cacheprovider", "-k", "precision or vram")
+    result.stdout.fnmatch_lines([
+        "recipe-checks *: target GPU: v100 (any of v100-16gb (15.8 GiB), v100-32gb (31.7 GiB): sm_70, bf16 no, "
+        "fp8 no; memory checks need the exact card)",
+        "*RC401 bf16 training on v100, which has no bf16 support*",
+        "*RC105 the vram check needs the exact card: 'v100' matches v100-16gb (15.8 GiB), v100-32gb (31.7 GiB)*",
+        "*help: name one of them in --gpu: v100-16gb or v100-32gb*",
+    ])
+    result.assert_outcomes(failed=2)
