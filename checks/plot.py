@@ -41,8 +41,10 @@ def neighbours(catalog, gpu, precision: str = "float32") -> list:
     return out
 
 
-def _short_fix_name(name: str) -> str:
-    return textwrap.fill(name.split(" (", 1)[0], 16)
+def _fix_label(fix) -> str:
+    """A fix's name without its parenthesis, wrapped; a combination names each fix it applies."""
+    names = getattr(fix, "parts", ()) or (fix.name,)
+    return "\n+ ".join(textwrap.fill(name.split(" (", 1)[0], 16) for name in names)
 
 
 def plot_estimate(path: str | Path, result, *, recipe, recipe_name: str, gpu, catalog) -> None:
@@ -97,7 +99,7 @@ def plot_estimate(path: str | Path, result, *, recipe, recipe_name: str, gpu, ca
         ax.text(right, label_y, label, va="bottom", ha="right", fontsize=9 if target else 8,
                 fontweight="bold" if target else "normal", color="black" if target else "#444444", bbox=box)
 
-    ax.set_xticks(range(len(fixes) + 1), ["as written", *(f"fix:\n{_short_fix_name(f.name)}" for f in fixes)],
+    ax.set_xticks(range(len(fixes) + 1), ["as written", *(f"fix:\n{_fix_label(f)}" for f in fixes)],
                   fontsize=8)
     ax.set_xlim(-0.6, right + 0.05)
     ax.set_ylim(0, top)
