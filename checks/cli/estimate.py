@@ -19,6 +19,8 @@ def register(sub) -> None:
     est.add_argument("--json", action="store_true", help="print one JSON object")
     est.add_argument("--dataset-tokens", type=int, default=0, help="tokens per epoch, for hours per epoch")
     est.add_argument("--no-fixes", action="store_true", help="do not trace the fixes when it does not fit")
+    est.add_argument("--plot", metavar="FILE.png", help="also draw the breakdown, the budgets of the GPU and its "
+                     "neighbours, and the fixes, as a PNG (needs the `plot` extra: matplotlib)")
     est.set_defaults(func=run, warns_versions=True)
 
 
@@ -42,6 +44,15 @@ def run(args: argparse.Namespace) -> int:
     path = Path(args.recipe)
     if not path.is_file():
         return bad_input(f"no such recipe file: {path}")
+    if args.plot:  # before the trace: a missing extra or folder is said in a second, not after it
+        from checks.plot import PlotUnavailable, require_matplotlib
+
+        try:
+            require_matplotlib()
+        except PlotUnavailable as exc:
+            return bad_input(str(exc))
+        if not Path(args.plot).resolve().parent.is_dir():
+            return bad_input(f"--plot {args.plot}: no such folder {Path(args.plot).parent}")
     try:
         catalog = GpuCatalog.load(tuple(args.gpu_profiles))
         options = options_from_args(args, catalog)
@@ -114,4 +125,12 @@ def run(args: argparse.Namespace) -> int:
         if static_errors:
             print(f"note: the recipe has {len(static_errors)} static error(s) that do not change this estimate "
                   f"(e.g. {static_errors[0].rule_id}); `recipe-checks check {path}` lists them")
+    if args.plot:
+        from checks.plot import plot_estimate
+
+        try:
+            plot_estimate(args.plot, result, recipe=recipe, recipe_name=path.name, gpu=gpu, catalog=catalog)
+        except OSError as exc:
+            return bad_input(f"--plot {args.plot}: cannot write it: {exc}")
+        print(f"plot: {args.plot}", file=sys.stderr if args.json else sys.stdout)
     return EXIT_OK if result.fits else EXIT_FINDINGS
