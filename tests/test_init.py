@@ -174,3 +174,15 @@ def test_when_nothing_fits_init_says_what_it_tried_and_writes_nothing(tmp_path, 
     tried = [line for line in printed.splitlines() if "micro-batch 1 x 16" in line]
     assert tried and all("does not fit" in line for line in tried)
     assert any("checkpointing, paged 8-bit AdamW, chunked loss" in line for line in tried)
+
+
+def test_output_dash_prints_the_recipe_on_stdout_and_the_report_on_stderr(capsys):
+    from checks.recipe.load import load_text
+    from checks.recipe.validate import validate
+
+    assert main(["init", "HuggingFaceTB/SmolLM2-135M", "--gpu", "t4", "--seq", "128", "--batch", "1",
+                 "--output", "-"]) == 0
+    captured = capsys.readouterr()
+    recipe = validate(load_text(captured.out, "<stdout>")).recipe
+    assert recipe is not None and recipe.training.fp16 and recipe.hardware.gpu == ["t4"]
+    assert "wrote <stdout>" in captured.err and "micro-batch 1 x 1" in captured.err
