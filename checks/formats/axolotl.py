@@ -2,7 +2,8 @@
 
 Defaults and meanings are those of src/axolotl/utils/schemas (config.py AxolotlInputConfig, peft.py
 LoraConfig, training.py HyperparametersConfig) and src/axolotl/utils/config normalize_config, as of
-Axolotl main in 2026 (0.13 series: `attn_implementation` replaces the deprecated flash_attention flags).
+Axolotl main after v0.13.0 (peft.py at commit 00564c8, training.py at 002a637; config.py where
+`attn_implementation` replaces the deprecated flash_attention flags).
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from typing import Any
 
 from checks.formats import Builder, NativeRecipe
 
-SOURCE = "Axolotl 0.13 (src/axolotl/utils/schemas: config.py, peft.py, training.py; utils/config normalize_config)"
+SOURCE = ("Axolotl main after v0.13.0 (src/axolotl/utils/schemas: config.py, peft.py at 00564c8, training.py at "
+          "002a637; utils/config normalize_config)")
 REQUIRED = frozenset({"base_model"})
 SIGNATURE = frozenset({
     "adapter", "micro_batch_size", "sequence_len", "lora_target_linear", "sample_packing", "num_epochs",

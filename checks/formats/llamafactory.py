@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from checks.formats import Builder, NativeRecipe
 
-SOURCE = "LLaMA-Factory 0.9 (src/llamafactory/hparams: finetuning_args.py, model_args.py, data_args.py)"
+SOURCE = "LLaMA-Factory main (src/llamafactory/hparams: finetuning_args.py, model_args.py, data_args.py)"
 REQUIRED = frozenset({"model_name_or_path"})
 SIGNATURE = frozenset({
     "finetuning_type", "lora_rank", "lora_target", "quantization_bit", "cutoff_len", "stage", "template",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from checks.formats import Builder, NativeRecipe
 
-SOURCE = "TRL 0.2x (trl/trainer/model_config.py ModelConfig, sft_config.py SFTConfig, scripts/sft.py)"
+SOURCE = "TRL main (trl/trainer/model_config.py ModelConfig, sft_config.py SFTConfig, scripts/sft.py)"
 REQUIRED = frozenset({"model_name_or_path"})
 SIGNATURE = frozenset({
     "use_peft", "lora_r", "lora_target_modules", "lora_task_type", "max_length", "dataset_name", "packing",
