@@ -263,3 +263,20 @@ def test_the_adapter_parameters_a_recipe_comment_quotes_are_the_traced_ones():
         resolved = resolve_model_config(recipe.model.id)
         trace = trace_training_step(resolved, settings_from_recipe(recipe, resolved.config))
         assert round(trace.trainable_params / 1e6, 1) == millions, (path.name, trace.trainable_params)
+
+
+def test_the_vram_check_shows_the_weights_message_and_the_combination(write, monkeypatch):
+    from checks.engine import run_check
+    from checks.context import RecipeState
+    from checks.gpus import GpuCatalog
+    from checks.options import Options
+
+    monkeypatch.setattr("checks.memory.step.trace_training_step", _fake_trace([]))
+    path = write("r.yaml", GOOD_RECIPE.replace("  load_in_4bit: true\n", "").replace(
+        "  per_device_train_batch_size: 1", "  per_device_train_batch_size: 4").replace("rtx4090", "rtx4060"))
+    state = RecipeState.from_file(path, str(path), Options(), GpuCatalog.load())
+    [finding] = run_check(state, "vram", "rtx4060").findings
+    assert finding.rule_id == "RC601"
+    assert finding.help.startswith("the model's weights alone take 10.0 GiB, more than the 7.6 GiB budget")
+    combination = next(part for part in finding.help.split("; ") if " + " in part)
+    assert "fits)" in combination  # "QLoRA (4-bit NF4 base) + ...: peak ... (saves ..., fits)"

@@ -108,6 +108,8 @@ def estimate(recipe, resolved, gpu, *, with_fixes: bool = True, catalog=None) ->
     """The traced estimate of one recipe on one GPU profile; when it does not fit, `with_fixes` traces
     the fixes (and, when none fits alone, their combinations). `catalog`: the profiles to name the
     smallest fitting one from when the weights alone exceed the budget (default: the shipped ones)."""
+    # first: a target that is several cards ('a100') has no one budget, said before seconds of tracing
+    budget, source = budget_for(recipe, gpu)
     settings = settings_from_recipe(recipe, resolved.config)
     task = recipe.lora.task_type if recipe.lora else "CAUSAL_LM"
     try:
@@ -119,7 +121,6 @@ def estimate(recipe, resolved, gpu, *, with_fixes: bool = True, catalog=None) ->
         raise
     except Exception as exc:  # a model or setting the fake trace cannot run: a finding, not a crash
         raise TraceError(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
-    budget, source = budget_for(recipe, gpu)
     data = overheads()
     breakdown = dict(trace.timeline.breakdown)
     breakdown["cuda_context"] = int(data["cuda_context"]["bytes"])
@@ -246,7 +247,7 @@ def combine_fixes(resolved, settings: StepSettings, task: str, base: Estimate,
         for name, change, changed, fix_peak in _traced_fixes(resolved, current, task):
             if depth > 0 and fix_peak <= base.budget_bytes:  # the first that fits: the others are not traced
                 parts = {**applied, name: change}
-                return Fix(" + ".join(parts), "; ".join(parts.values()), fix_peak, base.peak_bytes - fix_peak,
+                return Fix(" + ".join(parts), " and ".join(parts.values()), fix_peak, base.peak_bytes - fix_peak,
                            True, parts=tuple(parts))
             traced.append((name, change, changed, fix_peak))
         best = min(traced, key=lambda t: t[3], default=None)

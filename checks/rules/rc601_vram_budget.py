@@ -49,7 +49,7 @@ class VramBudget(Rule):
 
         gpu = ctx.gpu
         try:
-            result = estimate(ctx.recipe, ctx.state.resolved_model(), gpu)
+            result = estimate(ctx.recipe, ctx.state.resolved_model(), gpu, catalog=ctx.state.catalog)
         except TraceError as exc:
             # The engine reports this, unless the static checks' errors already say why (peft or
             # transformers refusing the recipe as written): then it points at those instead.
