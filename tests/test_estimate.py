@@ -229,7 +229,7 @@ def test_weights_alone_over_the_budget_name_the_smallest_gpu_that_fits_the_recip
 
 @pytest.mark.slow
 def test_qwen2_5_14b_lora_on_rtx4090_fits_with_qlora_plus_batch_1(write, capsys):
-    # traced for real (about 40 s on a shared 2-core machine: 6 single fixes, then 1 combination)
+    # traced for real: 6 single fixes, then 1 combination (13.7 s measured here, 42 s with the 2 cores busy)
     path = write("qwen14b.yaml", QWEN_14B_LORA)
     assert main(["estimate", str(path), "--json"]) == EXIT_FINDINGS
     out = json.loads(capsys.readouterr().out)
