@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 
@@ -38,6 +39,8 @@ class RecipeSession:
     # node ids deselected as off target (kept for pytest-xdist's controller, which collects nothing)
     deselected: list[str] = field(default_factory=list)
     from_worker: bool = False  # the xdist controller took a worker's list already
+    changes: Any = None  # checks.changed.Changes under --recipes-changed-since
+    unchanged: list[str] = field(default_factory=list)  # recipes deselected as unchanged since the REF
 
 
 class RecipeCheckFailed(Exception):
@@ -80,6 +83,7 @@ class RecipeItem(pytest.Item):
         self.gpu = gpu
         self.off_target = False
         self._failed_line = 0
+        self.result = None  # the CheckResult, for the CI annotations and job summary
         self.add_marker(pytest.mark.recipe_check)
 
     @property
@@ -100,6 +104,7 @@ class RecipeItem(pytest.Item):
                 result = unused_ignores(self.state)
             else:
                 result = run_check(self.state, self.check, self.gpu)
+        self.result = result
         if result.error is not None:
             raise result.error
         if result.skipped is not None:

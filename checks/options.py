@@ -22,6 +22,8 @@ class Options:
     fixture_cache: str | None = None  # huggingface_hub cache of the tiny-random models (None: its default)
     train_steps: int = 30  # optimizer steps of cpu-train and gpu-train
     format: str = "auto"  # --recipes-format: how files are read (auto: recognised by their keys; checks.formats)
+    baseline: str | None = None  # --recipes-baseline: a git REF or an `estimate --json` file
+    baseline_threshold: float = 0.05  # a traced peak rising by more than this fraction fails
 
 
 def split_names(values: list[str] | None) -> tuple[str, ...]:
@@ -85,6 +87,47 @@ def add_options(add: Callable[..., Any], *, prefix_gpu: str = "--gpu") -> None:
         metavar="N",
         help="optimizer steps of the short training runs (cpu-train, gpu-train; default 30)",
     )
+
+
+def add_ci_options(add: Callable[..., Any], *, cli: bool = False) -> None:
+    """The CI gating flags (changed-only runs, the regression gate); `cli`: the command line's spellings too."""
+    add(
+        "--recipes-changed-since", *(("--changed-since",) if cli else ()),
+        dest="recipes_changed_since",
+        default=None,
+        metavar="REF",
+        help="check only the recipes that differ between the git REF and the working tree (untracked ones "
+        "included); every recipe when the pytest settings, a conftest.py or a --gpu-profiles file changed",
+    )
+    add(
+        "--recipes-baseline",
+        default=None,
+        metavar="REF|FILE.json",
+        help="regression gate: fail a recipe whose traced peak rose by more than the threshold, that stopped "
+        "fitting, or whose throughput ceiling fell, against the recipe at the git REF or the `recipe-checks "
+        "estimate --json` output in FILE.json",
+    )
+    add(
+        "--recipes-baseline-threshold",
+        type=percent,
+        default=0.05,
+        metavar="PERCENT",
+        help="with --recipes-baseline: the rise in traced peak (and fall in throughput ceiling) that fails, "
+        "in percent (default 5)",
+    )
+
+
+def percent(value: str) -> float:
+    """An argparse type: '5' or '5%' as the fraction 0.05, from 0 to 1000 percent, or a readable error."""
+    import argparse
+
+    try:
+        number = float(value.strip().removesuffix("%"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{value}' is not a percentage (e.g. 5 or 5%)") from None
+    if not 0 <= number <= 1000:
+        raise argparse.ArgumentTypeError(f"{value}: give 0 to 1000 percent")
+    return number / 100
 
 
 def positive_steps(value: str) -> int:

@@ -12,15 +12,24 @@ from pathlib import Path
 
 import pytest
 
+from checks import annotate
 from checks.collect import SESSION_KEY, RecipeFile, RecipeItem, RecipeSession, RecipeVersionWarning
 from checks.gpus import GpuCatalog, GpuProfileError, UnknownGpuError
-from checks.options import Options, add_options, parse_ignore_lines, split_names
+from checks.options import Options, add_ci_options, add_options, parse_ignore_lines, split_names
 from checks.discover import is_recipe_file
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("recipe-checks", "recipe-checks: verify fine-tuning recipes")
     add_options(group.addoption)
+    add_ci_options(group.addoption)
+    group.addoption(
+        "--recipes-annotate",
+        action="store_true",
+        default=False,
+        help="print GitHub Actions annotations for the findings and append a job summary to "
+        "$GITHUB_STEP_SUMMARY (on by itself under GITHUB_ACTIONS=true)",
+    )
     parser.addini("recipe_checks_key", "top-level key that marks a YAML file as a recipe", default="model")
     parser.addini(
         "recipe_checks_paths",
@@ -74,14 +83,54 @@ def pytest_configure(config: pytest.Config) -> None:
         train_steps=config.getoption("recipes_train_steps"),
         format=config.getoption("recipes_format"),
         fixture_cache=_fixture_cache(config),
+        baseline=config.getoption("recipes_baseline"),
+        baseline_threshold=config.getoption("recipes_baseline_threshold"),
     )
-    config.stash[SESSION_KEY] = RecipeSession(options=options, catalog=catalog)
+    _check_baseline(config)
+    config.stash[SESSION_KEY] = RecipeSession(options=options, catalog=catalog,
+                                              changes=_changes(config, profiles))
+    if annotate.enabled(config.getoption("recipes_annotate")) and not hasattr(config, "workerinput"):
+        config.stash[_RUN_KEY] = annotate.RunRecord()  # fed by its pytest_runtest_logreport, as junitxml's LogXML is
+        config.pluginmanager.register(config.stash[_RUN_KEY], "recipe_checks_annotate")
     if _asks_for_recipes(config):
         from checks.compat import drop_cpu_kernel_notice
 
         drop_cpu_kernel_notice()
     if hasattr(config, "workerinput"):  # a pytest-xdist worker: its controller prints the summary
         config.stash[_WORKER_KEY] = True
+
+
+def _changes(config: pytest.Config, profiles: tuple[str, ...]):
+    """--recipes-changed-since: what differs from the REF in the repository of the first path named."""
+    ref = config.getoption("recipes_changed_since")
+    if not ref:
+        return None
+    from checks.changed import ChangedSinceError, changes_since
+
+    here = config.invocation_params.dir
+    deciding = [here / p for p in profiles] + ([config.inipath] if config.inipath else [])
+    try:
+        return changes_since(ref, _anchor(config), deciding)
+    except ChangedSinceError as exc:
+        raise pytest.UsageError(f"--recipes-changed-since: {exc}") from None
+
+
+def _anchor(config: pytest.Config) -> Path:
+    """Where the recipes of this run live: the first path named that exists, else the invocation directory."""
+    here = config.invocation_params.dir
+    named = [here / arg.split("::")[0] for arg in config.args] if config.args_source is pytest.Config.ArgsSource.ARGS else []
+    return next((p for p in named if p.exists()), here)
+
+
+def _check_baseline(config: pytest.Config) -> None:
+    spec = config.getoption("recipes_baseline")
+    if spec:
+        from checks.baseline import BaselineError, check_baseline
+
+        try:
+            check_baseline(spec, _anchor(config))
+        except BaselineError as exc:
+            raise pytest.UsageError(f"--recipes-baseline: {exc}") from None
 
 
 def _fixture_cache(config: pytest.Config) -> str | None:
@@ -96,8 +145,9 @@ def _fixture_cache(config: pytest.Config) -> str | None:
 
 # The options that say "check recipes": passing any of them searches every collected path for recipes.
 _RECIPE_OPTIONS = ("gpu", "recipes_all_gpus", "recipes_allow_network", "recipes_trust_remote_code",
-                   "recipes_strict", "gpu_profiles")
+                   "recipes_strict", "gpu_profiles", "recipes_changed_since", "recipes_baseline")
 _WORKER_KEY = pytest.StashKey[bool]()
+_RUN_KEY = pytest.StashKey[annotate.RunRecord]()  # the items' outcomes, for annotations and the job summary
 
 
 def _local_device() -> str:
@@ -199,13 +249,32 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
 
         for warning in version_warnings():  # in the warnings summary too, where CI logs are read
             warnings.warn(RecipeVersionWarning(warning), stacklevel=1)
+    recipe_session = config.stash.get(SESSION_KEY, None)
     off_target = [item for item in items if getattr(item, "off_target", False)]
     if off_target:
         config.hook.pytest_deselected(items=off_target)
         items[:] = [item for item in items if not getattr(item, "off_target", False)]
-        recipe_session = config.stash.get(SESSION_KEY, None)
         if recipe_session is not None:
             recipe_session.deselected = [item.nodeid for item in off_target]
+    changes = recipe_session.changes if recipe_session is not None else None
+    if changes is not None:
+        unchanged = [item for item in items if isinstance(item, RecipeItem) and not changes.selects(item.path)]
+        if unchanged:
+            config.hook.pytest_deselected(items=unchanged)
+            dropped = {id(item) for item in unchanged}
+            items[:] = [item for item in items if id(item) not in dropped]
+            recipe_session.deselected += [item.nodeid for item in unchanged]
+            recipe_session.unchanged = sorted({item.parent.nodeid for item in unchanged})
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """Each recipe item's report carries its findings as plain data (pytest-xdist ships it to the controller)."""
+    report = yield
+    if isinstance(item, RecipeItem):
+        report.recipe_checks = annotate.item_payload(item.state.path, item.check, item.gpu,
+                                                     item.result if call.when == "call" else None)
+    return report
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
@@ -215,7 +284,10 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         config.workeroutput["recipe_checks"] = {
             "not_for_this_gpu": recipe_session.not_for_this_gpu,
             "deselected": recipe_session.deselected,
+            "unchanged": recipe_session.unchanged,
         }
+    elif recipe_session is not None and recipe_session.unchanged and session.exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:
+        session.exitstatus = pytest.ExitCode.OK  # no recipe changed: nothing to check is a pass, not an empty run
 
 
 @dataclass(frozen=True)
@@ -227,21 +299,46 @@ class _DeselectedNode:
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_testnodedown(node, error) -> None:
-    """pytest-xdist: the controller collects nothing, so it takes the first worker's off-target recipes."""
+    """pytest-xdist: the controller collects nothing, so it takes the first worker's deselected recipes."""
     recipe_session = node.config.stash.get(SESSION_KEY, None)
     output = getattr(node, "workeroutput", {}).get("recipe_checks")
     if recipe_session is None or output is None or recipe_session.from_worker:
         return
     recipe_session.from_worker = True
     recipe_session.not_for_this_gpu.update(output["not_for_this_gpu"])
+    recipe_session.unchanged = output["unchanged"]
     if output["deselected"]:
         node.config.hook.pytest_deselected(items=[_DeselectedNode(n) for n in output["deselected"]])
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
     session: RecipeSession | None = config.stash.get(SESSION_KEY, None)
-    if session is None or not session.not_for_this_gpu or config.stash.get(_WORKER_KEY, False):
+    if session is None or config.stash.get(_WORKER_KEY, False):
         return
+    if session.changes is not None:
+        _report_changes(terminalreporter, session)
+    if session.not_for_this_gpu:
+        _report_other_gpus(terminalreporter, session)
+    run = config.stash.get(_RUN_KEY, None)
+    if run is not None and run.items:
+        lines = annotate.annotation_lines(run.findings())
+        for line in lines:  # workflow commands: read by the runner from the step's log, one a line
+            terminalreporter.write_line(line)
+        changes = session.changes
+        annotate.write_summary(run.summary(unchanged=session.unchanged, ref=changes.ref if changes else None,
+                                           annotated=sum(not line.startswith("::notice") for line in lines)))
+
+
+def _report_changes(terminalreporter, session: RecipeSession) -> None:
+    changes = session.changes
+    terminalreporter.write_sep("-", "recipe-checks: changed-only run")
+    if changes.everything:
+        terminalreporter.write_line(f"every recipe checked: {changes.everything}")
+    else:
+        terminalreporter.write_line(f"{len(session.unchanged)} recipe(s) unchanged since {changes.ref}, not checked")
+
+
+def _report_other_gpus(terminalreporter, session: RecipeSession) -> None:
     by_gpu: dict[str, list[str]] = {}
     for path, gpus in sorted(session.not_for_this_gpu.items()):
         by_gpu.setdefault(", ".join(gpus) or "?", []).append(path)

@@ -40,6 +40,7 @@ NOT_FROM_A_RECIPE = {
     "RC707": "checkpointing that does nothing needs a model or wrapper that ignores it: tested by switching it off",
     "RC721": "needs a CUDA GPU: tested with a CPU device standing in for one",
     "RC722": "needs a CUDA GPU: tested with a CPU device standing in for one",
+    "RC603": "needs a baseline (--recipes-baseline), which no recipe file gives: tested in tests/test_baseline.py",
 }
 
 

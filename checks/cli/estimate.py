@@ -93,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         out = result.to_dict()
         out.update({
+            "recipe": str(path),  # with gpu: what a regression baseline file is keyed by (checks/baseline.py)
             "gpu": gpu.key,
             "method": recipe.method.value,
             "flops_per_token": speed.flops_per_token,

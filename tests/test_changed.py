@@ -1,0 +1,151 @@
+"""Changed-only runs (`--recipes-changed-since=REF`): git decides what changed, in a temporary repository."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from checks.changed import ChangedSinceError, changes_since
+from checks.options import add_ci_options
+from tests.conftest import GOOD_RECIPE
+
+OTHER_RECIPE = GOOD_RECIPE.replace("r: 16", "r: 8")
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.invalid",
+                           "-c", "commit.gpgsign=false", *args], check=True, capture_output=True, text=True).stdout
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    """A repository whose first commit holds three recipes, a pyproject.toml and a .gitignore."""
+    git(tmp_path, "init", "-q", "-b", "main")
+    (tmp_path / "recipes").mkdir()
+    for name in ("a", "b", "c"):
+        (tmp_path / "recipes" / f"{name}.yaml").write_text(GOOD_RECIPE)
+    (tmp_path / "pyproject.toml").write_text("[project]\nname = 'x'\n")
+    (tmp_path / ".gitignore").write_text("scratch/\n")
+    git(tmp_path, "add", ".")
+    git(tmp_path, "commit", "-q", "-m", "recipes")
+    return tmp_path
+
+
+def names(changes, repo: Path) -> set[str]:
+    return {p.relative_to(repo.resolve()).as_posix() for p in changes.changed}
+
+
+def test_a_modified_an_untracked_and_a_staged_recipe_are_changed_and_the_others_not(repo):
+    (repo / "recipes" / "a.yaml").write_text(OTHER_RECIPE)  # modified, not staged
+    (repo / "recipes" / "new.yaml").write_text(GOOD_RECIPE)  # untracked
+    (repo / "recipes" / "b.yaml").write_text(OTHER_RECIPE)
+    git(repo, "add", "recipes/b.yaml")  # staged
+    (repo / "scratch").mkdir()
+    (repo / "scratch" / "ignored.yaml").write_text(GOOD_RECIPE)  # ignored by .gitignore
+    changes = changes_since("HEAD", repo / "recipes")
+    assert names(changes, repo) == {"recipes/a.yaml", "recipes/b.yaml", "recipes/new.yaml"}
+    assert changes.everything is None
+    assert changes.selects(repo / "recipes" / "a.yaml") and not changes.selects(repo / "recipes" / "c.yaml")
+
+
+def test_a_renamed_recipe_counts_under_its_new_name_and_a_deleted_one_is_not_checked(repo):
+    git(repo, "mv", "recipes/a.yaml", "recipes/renamed.yaml")
+    (repo / "recipes" / "b.yaml").unlink()
+    git(repo, "commit", "-q", "-am", "rename and delete")
+    changes = changes_since("HEAD~1", repo)
+    assert names(changes, repo) == {"recipes/renamed.yaml"}
+
+
+def test_commits_since_the_ref_count_as_well_as_the_working_tree(repo):
+    git(repo, "checkout", "-q", "-b", "feature")
+    (repo / "recipes" / "c.yaml").write_text(OTHER_RECIPE)
+    git(repo, "commit", "-q", "-am", "change c")
+    assert names(changes_since("main", repo), repo) == {"recipes/c.yaml"}
+    assert names(changes_since("feature", repo), repo) == set()
+
+
+@pytest.mark.parametrize("deciding", ["pyproject.toml", "recipes/conftest.py", "tox.ini"])
+def test_a_change_to_the_settings_or_a_conftest_checks_every_recipe(repo, deciding):
+    (repo / deciding).write_text("# changed\n")
+    changes = changes_since("HEAD", repo)
+    assert changes.everything == f"{deciding} changed since HEAD"
+    assert changes.selects(repo / "recipes" / "c.yaml")
+
+
+def test_a_change_to_a_gpu_profiles_file_checks_every_recipe(repo):
+    profiles = repo / "gpus.yaml"
+    profiles.write_text("gpus: {}\n")
+    assert changes_since("HEAD", repo).everything is None  # not named as deciding: an ordinary file
+    assert changes_since("HEAD", repo, [profiles]).everything == "gpus.yaml changed since HEAD"
+
+
+def test_a_ref_that_does_not_exist_is_an_error_saying_how_to_fix_it(repo):
+    with pytest.raises(ChangedSinceError, match=r"'origin/nope' is not a commit of the repository at .*fetch-depth: 0"):
+        changes_since("origin/nope", repo)
+    with pytest.raises(ChangedSinceError, match="is not a commit"):
+        changes_since("--output=/tmp/x", repo)  # never read as an option by git
+
+
+def test_a_path_outside_a_git_repository_is_an_error(tmp_path):
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(ChangedSinceError, match="is not inside a git repository"):
+        changes_since("HEAD", tmp_path / "plain")
+
+
+def test_the_cli_spelling_changed_since_sets_the_same_option():
+    parser = argparse.ArgumentParser()
+    add_ci_options(parser.add_argument, cli=True)
+    assert parser.parse_args(["--changed-since", "main"]).recipes_changed_since == "main"
+    assert parser.parse_args(["--recipes-changed-since=main"]).recipes_changed_since == "main"
+    plugin_side = argparse.ArgumentParser()
+    add_ci_options(plugin_side.add_argument)
+    with pytest.raises(SystemExit):  # pytest gets the prefixed flag only: one option group, one prefix
+        plugin_side.parse_args(["--changed-since", "main"])
+
+
+@pytest.fixture
+def pytester_repo(pytester: pytest.Pytester) -> Path:
+    """The pytester directory as a git repository with two committed recipes."""
+    git(pytester.path, "init", "-q", "-b", "main")
+    (pytester.path / "recipes").mkdir()
+    for name in ("a", "b"):
+        (pytester.path / "recipes" / f"{name}.yaml").write_text(GOOD_RECIPE)
+    git(pytester.path, "add", ".")
+    git(pytester.path, "commit", "-q", "-m", "recipes")
+    return pytester.path
+
+
+def test_pytest_checks_only_the_changed_recipe_and_says_how_many_it_left_out(pytester, pytester_repo):
+    (pytester_repo / "recipes" / "b.yaml").write_text(OTHER_RECIPE)
+    result = pytester.runpytest("recipes/", "--recipes-changed-since=HEAD", "-k", "schema", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, deselected=result.parseoutcomes()["deselected"])
+    result.stdout.fnmatch_lines([
+        "recipes/b.yaml .*",
+        "*recipe-checks: changed-only run*",
+        "1 recipe(s) unchanged since HEAD, not checked",
+    ])
+    assert "recipes/a.yaml" not in result.stdout.str()
+    everything = pytester.runpytest("recipes/", "-k", "schema", "-p", "no:cacheprovider")
+    everything.assert_outcomes(passed=2, deselected=everything.parseoutcomes()["deselected"])
+
+
+def test_a_changed_conftest_checks_every_recipe(pytester, pytester_repo):
+    pytester.makeconftest("")
+    result = pytester.runpytest("recipes/", "--recipes-changed-since=HEAD", "-k", "schema", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2, deselected=result.parseoutcomes()["deselected"])
+    result.stdout.fnmatch_lines(["every recipe checked: conftest.py changed since HEAD"])
+
+
+def test_no_changed_recipe_is_a_green_run_not_an_empty_one(pytester, pytester_repo):
+    result = pytester.runpytest("recipes/", "--recipes-changed-since=HEAD", "-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.OK
+    result.stdout.fnmatch_lines(["2 recipe(s) unchanged since HEAD, not checked"])
+
+
+def test_an_unknown_ref_is_a_usage_error_of_pytest(pytester, pytester_repo):
+    result = pytester.runpytest("recipes/", "--recipes-changed-since=nope", "-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--recipes-changed-since: 'nope' is not a commit of the repository at *"])
