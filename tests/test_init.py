@@ -186,3 +186,10 @@ def test_output_dash_prints_the_recipe_on_stdout_and_the_report_on_stderr(capsys
     recipe = validate(load_text(captured.out, "<stdout>")).recipe
     assert recipe is not None and recipe.training.fp16 and recipe.hardware.gpu == ["t4"]
     assert "wrote <stdout>" in captured.err and "micro-batch 1 x 1" in captured.err
+
+
+def test_gemma2_on_a_t4_gets_fp32_and_eager_attention_which_its_trace_needs():
+    spec, _, _ = search.build_spec("google/gemma-2-2b", CATALOG.get("t4"), "lora", 128, 1)
+    assert (spec.precision, spec.attn_implementation) == ("float32", "eager")
+    text = search.recipe_text(spec, Plan(False, False, False, False, 1))
+    assert "attn_implementation: eager" in text and "fp16: true" not in text and "bf16: true" not in text

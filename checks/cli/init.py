@@ -86,6 +86,10 @@ def run(args: argparse.Namespace) -> int:
         return bad_input(str(exc))
     for line in header_lines(proposal):
         print(f"  {line}", file=report)
+    if proposal.chosen is None and all(t.peak_bytes is None for t in proposal.tried):
+        print(f"recipe-checks init: the training step of {spec.model} cannot be traced ({proposal.tried[0].error}); "
+              "no recipe written", file=report)
+        return EXIT_FINDINGS
     if proposal.chosen is None:
         print(f"recipe-checks init: no candidate fits the {proposal.budget_bytes / GIB:.2f} GiB budget of {gpu.key}, "
               "not even the one with every memory saver at micro-batch 1; no recipe written. Try a shorter --seq, "

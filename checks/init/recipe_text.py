@@ -27,6 +27,7 @@ class Spec:
     fan_in_fan_out: bool  # the targets are transformers' Conv1D (GPT-2): stored transposed
     seq_len: int
     batch: int  # effective batch in sequences per optimizer step
+    attn_implementation: str = "sdpa"  # eager where transformers has no sdpa for the architecture
     lora_r: int = 16
     lora_alpha: int = 32
 
@@ -86,7 +87,9 @@ def recipe_text(spec: Spec, plan: Plan, header: list[str] | tuple[str, ...] = ()
             "qlora": "the layers left unquantized (norms, embeddings, head)",
             "lora": "the frozen base weights",
         }[method]),
-        _line("  attn_implementation: sdpa", "PyTorch's fused attention: no seq x seq matrix kept"),
+        _line(f"  attn_implementation: {spec.attn_implementation}",
+              "PyTorch's fused attention: no seq x seq matrix kept" if spec.attn_implementation == "sdpa"
+              else "transformers has no sdpa for this architecture: the seq x seq scores are kept"),
     ]
     if plan.quantized:
         lines += [

@@ -275,7 +275,8 @@ def build_spec(model_name: str, gpu: GpuProfile, method: str, seq_len: int | Non
     targets, conv1d = linear_targets(model) if method != "full" else ((), False)
     spec = Spec(model=entry.hub_id if entry else model_name, model_type=resolved.model_type, gpu=gpu.key,
                 gpu_name=gpu.name, method=method, precision=precision, precision_why=why, targets=targets,
-                fan_in_fan_out=conv1d, seq_len=seq_len, batch=batch)
+                fan_in_fan_out=conv1d, seq_len=seq_len, batch=batch,
+                attn_implementation="sdpa" if getattr(type(model), "_supports_sdpa", False) else "eager")
     return spec, resolved, model
 
 
