@@ -320,7 +320,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     if session.not_for_this_gpu:
         _report_other_gpus(terminalreporter, session)
     run = config.stash.get(_RUN_KEY, None)
-    if run is not None and run.items:
+    if run is not None and (run.items or session.unchanged):  # a run that left every recipe out says so too
         lines = annotate.annotation_lines(run.findings())
         for line in lines:  # workflow commands: read by the runner from the step's log, one a line
             terminalreporter.write_line(line)

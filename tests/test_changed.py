@@ -15,6 +15,11 @@ from tests.conftest import GOOD_RECIPE
 OTHER_RECIPE = GOOD_RECIPE.replace("r: 16", "r: 8")
 
 
+@pytest.fixture(autouse=True)
+def not_in_github_actions(monkeypatch):
+    monkeypatch.delenv("GITHUB_ACTIONS", raising=False)  # this suite may run there: no summary of the inner runs
+
+
 def git(repo: Path, *args: str) -> str:
     return subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.invalid",
                            "-c", "commit.gpgsign=false", *args], check=True, capture_output=True, text=True).stdout
@@ -139,10 +144,14 @@ def test_a_changed_conftest_checks_every_recipe(pytester, pytester_repo):
     result.stdout.fnmatch_lines(["every recipe checked: conftest.py changed since HEAD"])
 
 
-def test_no_changed_recipe_is_a_green_run_not_an_empty_one(pytester, pytester_repo):
+def test_no_changed_recipe_is_a_green_run_not_an_empty_one(pytester, pytester_repo, monkeypatch):
+    summary = pytester.path / "summary.md"
+    monkeypatch.setenv("GITHUB_ACTIONS", "true")
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
     result = pytester.runpytest("recipes/", "--recipes-changed-since=HEAD", "-p", "no:cacheprovider")
     assert result.ret == pytest.ExitCode.OK
     result.stdout.fnmatch_lines(["2 recipe(s) unchanged since HEAD, not checked"])
+    assert "2 recipe(s) unchanged since HEAD, not checked." in summary.read_text(encoding="utf-8")
 
 
 def test_an_unknown_ref_is_a_usage_error_of_pytest(pytester, pytester_repo):
