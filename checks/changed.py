@@ -50,7 +50,7 @@ def _names(output: str) -> list[str]:
     return [name for name in output.split("\0") if name]
 
 
-def changes_since(ref: str, anchor: Path, deciding: Iterable[Path] = ()) -> Changes:
+def changes_since(ref: str, anchor: Path | str, deciding: Iterable[Path | str] = ()) -> Changes:
     """The files that differ between `ref` and the working tree of the repository holding `anchor`
     (a file or directory), untracked files included and deleted ones left out; renamed files count
     under their new name. `deciding`: further files (GPU profiles, the ini file in use) whose change
@@ -58,13 +58,13 @@ def changes_since(ref: str, anchor: Path, deciding: Iterable[Path] = ()) -> Chan
 
     Raises ChangedSinceError, saying what to do, for a path outside a repository or an unknown REF.
     """
-    root = repository_of(anchor)
+    root = repository_of(Path(anchor))
     verify_commit(root, ref)
     # -M: a renamed recipe is listed under its new name; deleted files are listed, then dropped below
     diffed = _names(git(root, "diff", "--name-only", "-z", "-M", "--end-of-options", ref, "--"))
     untracked = _names(git(root, "ls-files", "-z", "--others", "--exclude-standard"))
     touched = [root / name for name in diffed + untracked]
-    deciding_paths = {p.resolve() for p in deciding}
+    deciding_paths = {Path(p).resolve() for p in deciding}
     everything = next((f"{p.relative_to(root).as_posix()} changed since {ref}" for p in touched
                        if p.name in DECIDING_NAMES or p.resolve() in deciding_paths), None)
     changed = frozenset(p.resolve() for p in touched if p.exists())

@@ -85,6 +85,7 @@ def test_a_change_to_a_gpu_profiles_file_checks_every_recipe(repo):
     profiles.write_text("gpus: {}\n")
     assert changes_since("HEAD", repo).everything is None  # not named as deciding: an ordinary file
     assert changes_since("HEAD", repo, [profiles]).everything == "gpus.yaml changed since HEAD"
+    assert changes_since("HEAD", str(repo), [str(profiles)]).everything  # the command line's strings too
 
 
 def test_a_ref_that_does_not_exist_is_an_error_saying_how_to_fix_it(repo):
