@@ -80,8 +80,8 @@ def test_the_summary_escapes_table_cells_and_lists_the_findings():
 
 def _expected_vram_cell(path: Path) -> str:
     """The peak and budget as RC601 states them for this recipe, traced here (the trace is cached)."""
-    from checks.engine import run_check
     from checks.context import RecipeState
+    from checks.engine import run_check
     from checks.gpus import GpuCatalog
     from checks.options import Options
 
@@ -97,8 +97,8 @@ def test_under_github_actions_pytest_annotates_the_findings_and_writes_the_job_s
     result = pytester.runpytest("good.yaml", "bad.yaml", "-k", "not cpu and not gpu", "-p", "no:cacheprovider")
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines([
-        "::error file=bad.yaml,line=2,col=*,title=RC201 target-modules::target module 'query_key_value' matches "
-        "nothing in LlamaForCausalLM -- help: *"])
+        ("::error file=bad.yaml,line=2,col=*,title=RC201 target-modules::target module 'query_key_value' matches "
+        "nothing in LlamaForCausalLM -- help: *")])
     summary = github.read_text(encoding="utf-8")
     vram = _expected_vram_cell(pytester.path / "good.yaml")
     assert "| recipe | schema | target-modules | quantization | precision | optimizer | throughput | vram | traced peak / budget |" in summary

@@ -86,8 +86,8 @@ def test_a_recipe_that_stops_fitting_its_budget_fails(pytester, repo):
     edit(repo, "hardware: {gpu: rtx4090}", "hardware: {gpu: rtx4090, vram_budget_gib: 0.5}")  # below the CUDA context
     result = pytester.runpytest("r.yaml", "--recipes-baseline=main", *VRAM_ONLY)
     assert result.ret == pytest.ExitCode.TESTS_FAILED
-    result.stdout.fnmatch_lines(["RC603 no longer fits the 0.5 GiB budget on rtx4090: traced peak * (+0.0%); "
-                                 "it fitted 22.8 GiB before"])
+    result.stdout.fnmatch_lines([("RC603 no longer fits the 0.5 GiB budget on rtx4090: traced peak * (+0.0%); "
+                                 "it fitted 22.8 GiB before")])
 
 
 def test_gradient_checkpointing_fails_on_the_fallen_throughput_ceiling(pytester, repo):

@@ -43,8 +43,8 @@ class PeakRegression(Rule):
         if not options.baseline:
             return
         from checks.baseline import baseline_for
-        from checks.memory.estimate import estimate
         from checks.memory.errors import TraceError
+        from checks.memory.estimate import estimate
         from checks.throughput import recipe_ceiling
 
         gpu = ctx.gpu
