@@ -27,8 +27,10 @@ class PeakRegression(Rule):
         training: {per_device_train_batch_size: 8, max_seq_length: 2048}
 
     ## Use instead
-    Keep the batch that fitted and raise `gradient_accumulation_steps` for the same effective batch;
-    when the rise is intended, say so with an ignore: `checks: {ignore: {RC603: "batch 8 measured to fit"}}`.
+    Keep the batch that fitted and raise `gradient_accumulation_steps` for the same effective batch.
+    When the rise is intended, pass it in that pull request's run (a larger
+    `--recipes-baseline-threshold`, or no baseline): an ignore in the recipe would outlive the change,
+    and RC109 reports it as suppressing nothing once the base branch has the new figures.
     """
 
     id = "RC603"
