@@ -113,12 +113,14 @@ def baseline_for(state, gpu, spec: str) -> Figures | str:
     return _at_ref(state, gpu, spec)
 
 
-_REF_CACHE: dict[tuple[str, str, str], Figures | str] = {}
+_REF_CACHE: dict[tuple[str, str, str, str | None], Figures | str] = {}
 
 
 def _at_ref(state, gpu, ref: str) -> Figures | str:
-    """The recipe's text at REF (`git show REF:path`), traced as the recipe is now."""
-    key = (ref, state.fs_path.resolve().as_posix(), gpu.key)
+    """The recipe's text at REF (`git show REF:path`), traced as the recipe is now. Cached by the recipe's
+    current text too: whether it is unchanged since REF depends on it (one process may check it twice)."""
+    now = state.loaded.text if state.loaded is not None else None
+    key = (ref, state.fs_path.resolve().as_posix(), gpu.key, now)
     if key in _REF_CACHE:
         return _REF_CACHE[key]
     _REF_CACHE[key] = result = _trace_at_ref(state, gpu, ref)

@@ -157,3 +157,17 @@ def test_a_baseline_file_may_be_a_list_or_a_mapping_by_path_and_a_broken_one_is_
     result = pytester.runpytest("r.yaml", f"--recipes-baseline={broken}", *VRAM_ONLY)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--recipes-baseline: *broken.json:2:9: not JSON*"])
+
+
+def test_the_cli_gates_on_a_baseline_ref_and_refuses_a_missing_one(repo, capsys):
+    from checks.cli import EXIT_FINDINGS, EXIT_OK, EXIT_USAGE, main
+
+    recipe = str(repo / "r.yaml")
+    assert main(["check", recipe, "--recipes-baseline", "HEAD", "--format", "json"]) == EXIT_OK
+    assert json.loads(capsys.readouterr().out)["with_vram"] is True  # the gate traces: no --with-vram needed
+    edit(repo, "per_device_train_batch_size: 1", "per_device_train_batch_size: 64")
+    assert main(["check", recipe, "--recipes-baseline", "HEAD", "--format", "json"]) == EXIT_FINDINGS
+    findings = json.loads(capsys.readouterr().out)["findings"]
+    assert "RC603" in {f["rule"] for f in findings}
+    assert main(["check", recipe, "--recipes-baseline", "nope"]) == EXIT_USAGE
+    assert "nope" in capsys.readouterr().err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 from pathlib import Path
 
@@ -159,3 +160,21 @@ def test_an_unknown_ref_is_a_usage_error_of_pytest(pytester, pytester_repo):
     result = pytester.runpytest("recipes/", "--recipes-changed-since=nope", "-p", "no:cacheprovider")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--recipes-changed-since: 'nope' is not a commit of the repository at *"])
+
+
+def test_the_cli_checks_only_the_changed_recipe_and_says_how_many_it_left_out(repo, capsys):
+    from checks.cli import EXIT_OK, EXIT_USAGE, main
+
+    (repo / "recipes" / "b.yaml").write_text(OTHER_RECIPE)
+    assert main(["check", str(repo / "recipes"), "--changed-since", "HEAD", "--format", "json"]) == EXIT_OK
+    report = json.loads(capsys.readouterr().out)
+    assert [Path(p).name for p in report["recipes"]] == ["b.yaml"]
+    assert sorted(Path(p).name for p in report["unchanged"]) == ["a.yaml", "c.yaml"]
+    assert main(["check", str(repo / "recipes"), "--changed-since", "HEAD"]) == EXIT_OK
+    assert "2 recipe(s) unchanged since HEAD, not checked" in capsys.readouterr().out
+    (repo / "pyproject.toml").write_text("# changed\n")
+    assert main(["check", str(repo / "recipes"), "--changed-since", "HEAD"]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert "every recipe checked: pyproject.toml changed since HEAD" in out and "3 recipe(s) checked" in out
+    assert main(["check", str(repo / "recipes"), "--changed-since", "nope"]) == EXIT_USAGE
+    assert "'nope' is not a commit" in capsys.readouterr().err

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from checks.cli.common import EXIT_FINDINGS, EXIT_OK, EXIT_USAGE, UsageError, lexists, options_from_args
-from checks.options import add_options
+from checks.options import add_ci_options, add_options
 from checks.report import FORMATS
 
 
@@ -26,6 +26,7 @@ def register(sub) -> None:
     )
     check.add_argument("paths", nargs="+", help="recipe files or directories to search")
     add_options(check.add_argument)
+    add_ci_options(check.add_argument, cli=True)
     check.add_argument("--format", choices=tuple(FORMATS), default="text",
                        help="text for people; json for tools; github for workflow annotations; sarif for code "
                             "scanning (SARIF 2.1.0); junit for CI test views (one testcase per recipe x check)")
@@ -45,9 +46,11 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from checks.baseline import BaselineError, check_baseline
+    from checks.changed import ChangedSinceError
     from checks.cli import version
     from checks.gpus import GpuCatalog, GpuProfileError, UnknownGpuError
-    from checks.report import RunReport, RuleSelection, SelectionError
+    from checks.report import RuleSelection, RunReport, SelectionError
     from checks.rules import TRACED_CHECKS, all_rules
 
     started = time.perf_counter()
@@ -56,14 +59,19 @@ def run(args: argparse.Namespace) -> int:
         options = options_from_args(args, catalog)
         selection = RuleSelection.parse(args.select, args.ignore, all_rules())
         recipes = recipes_to_check(args.paths)
-    except (GpuProfileError, UnknownGpuError, UsageError, SelectionError) as exc:
+        recipes, unchanged, why_all = changed_only(recipes, args)
+        if options.baseline:
+            check_baseline(options.baseline, Path(args.paths[0]))
+    except (GpuProfileError, UnknownGpuError, UsageError, SelectionError, ChangedSinceError, BaselineError) as exc:
         print(f"recipe-checks: {exc}", file=sys.stderr)
         return EXIT_USAGE
     rules = selection.selected(all_rules())
-    # the trace takes seconds a recipe: only when asked for, and only when a rule it feeds is selected
-    traced = args.with_vram and any(r.check in TRACED_CHECKS for r in rules)
+    # the trace takes seconds a recipe: only when asked for (the regression gate compares traces), and
+    # only when a rule it feeds is selected
+    traced = (args.with_vram or bool(options.baseline)) and any(r.check in TRACED_CHECKS for r in rules)
     report = RunReport(rules=rules, target_gpus=options.gpus, strict=options.strict, verbose=args.verbose,
-                       quiet=args.quiet, with_vram=traced, version=version())
+                       quiet=args.quiet, with_vram=traced, version=version(),
+                       changed_since=args.recipes_changed_since, unchanged=unchanged, every_recipe_because=why_all)
     for path in _progress(recipes, quiet=args.quiet):
         report.recipes.append(check_one(path, options, catalog, selection, traced=traced, verbose=args.verbose))
     report.seconds = time.perf_counter() - started
@@ -102,6 +110,18 @@ def recipes_to_check(paths: list[str]) -> list[Path]:
         raise UsageError(f"no recipe under {', '.join(empty)}: a recipe is a *.yaml or *.yml file with a "
                          "top-level 'model' key (hidden directories are not searched); name a file to check it anyway")
     return list(recipes)
+
+
+def changed_only(recipes: list[Path], args: argparse.Namespace) -> tuple[list[Path], list[str], str | None]:
+    """With --changed-since REF: the recipes that differ from REF (every one when a file that decides the
+    checks changed), those left out, and why every recipe is checked (None: the changed ones only)."""
+    if not args.recipes_changed_since:
+        return recipes, [], None
+    from checks.changed import changes_since
+
+    changes = changes_since(args.recipes_changed_since, Path(args.paths[0]), args.gpu_profiles)
+    kept = [p for p in recipes if changes.selects(p)]
+    return kept, [str(p) for p in recipes if p not in kept], changes.everything
 
 
 def check_one(path: Path, options, catalog, selection, *, traced: bool, verbose: bool):

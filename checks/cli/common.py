@@ -38,4 +38,6 @@ def options_from_args(args: argparse.Namespace, catalog) -> Options:
         gpu_profiles=tuple(args.gpu_profiles),
         train_steps=args.recipes_train_steps,
         format=args.recipes_format,
+        baseline=getattr(args, "recipes_baseline", None),  # check's regression gate (estimate has none)
+        baseline_threshold=getattr(args, "recipes_baseline_threshold", 0.05),
     )

@@ -23,5 +23,7 @@ def render(report: RunReport) -> str:
         "summary": report.counts(),
         "with_vram": report.with_vram,
         "rules": [r.id for r in report.rules],
+        "changed_since": report.changed_since,
+        "unchanged": report.unchanged,
         "failed": report.failed,
     }, indent=2)

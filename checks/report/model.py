@@ -62,6 +62,9 @@ class RunReport:
     with_vram: bool = False
     version: str = "unknown"
     seconds: float | None = None  # the run's wall time, measured by the command
+    changed_since: str | None = None  # --changed-since REF
+    unchanged: list[str] = field(default_factory=list)  # recipes left out: the same as at REF
+    every_recipe_because: str | None = None  # a file that decides the checks changed since REF
 
     def findings(self) -> Iterator[tuple[RecipeReport, CheckReport, Finding]]:
         for recipe in self.recipes:

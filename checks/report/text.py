@@ -17,7 +17,7 @@ def render(report: RunReport) -> str:
             if report.verbose:
                 blocks.extend(f"{recipe.path}::{check.name}: not run: {waiting}" for waiting in check.waiting)
     if not report.quiet:
-        blocks.extend(filter(None, ["\n".join(other_gpus_lines(report)), summary_line(report)]))
+        blocks.extend(filter(None, ["\n".join(other_gpus_lines(report)), changed_line(report), summary_line(report)]))
     return "\n\n".join(blocks)
 
 
@@ -34,6 +34,15 @@ def other_gpus_lines(report: RunReport) -> list[str]:
                  for gpus, paths in by_gpu.items())
     lines.append(f"Check every recipe against {asked} with --recipes-all-gpus.")
     return lines
+
+
+def changed_line(report: RunReport) -> str:
+    """What --changed-since left out, or why it checked every recipe."""
+    if report.changed_since is None:
+        return ""
+    if report.every_recipe_because:
+        return f"every recipe checked: {report.every_recipe_because}"
+    return f"{len(report.unchanged)} recipe(s) unchanged since {report.changed_since}, not checked"
 
 
 def summary_line(report: RunReport) -> str:
