@@ -1,7 +1,8 @@
 """Fixtures for recipe-checks' own tests.
 
 tests/corpus holds broken recipes on purpose: they are checked through pytester in test_corpus.py,
-never collected as part of this suite; tests/hostile holds malformed and hostile input, likewise.
+never collected as part of this suite; tests/hostile holds malformed and hostile input, and
+tests/formats other tools' configs with the findings each must give (test_formats.py), likewise.
 
 Two tiers: `pytest tests/ -m "not slow"` for the edit-test loop, `pytest tests/` for everything.
 """
@@ -41,7 +42,7 @@ from checks.rules import all_rules  # noqa: E402
 
 all_rules()
 
-collect_ignore = ["corpus", "hostile"]
+collect_ignore = ["corpus", "hostile", "formats"]
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPES = REPO / "recipes"

@@ -60,6 +60,15 @@ KINDS = {
         lora: {r: 8, lora_alpha: 16, target_modules: all-linear}
         training: {per_device_train_batch_size: 1, max_seq_length: 128, optim: paged_adamw_8bit, fp16: true}
         """,
+    # 4-bit weights packed into a float dtype (as Axolotl and FSDP-QLoRA set quant_storage): their bytes are
+    # codes, not numbers, so the step must not read them as NaN or as changed
+    "qlora-bf16-quant-storage": """\
+        model: Qwen/Qwen2.5-0.5B
+        quantization: {load_in_4bit: true, bnb_4bit_quant_type: nf4, bnb_4bit_compute_dtype: float16,
+                       bnb_4bit_quant_storage: bfloat16}
+        lora: {r: 8, lora_alpha: 16, target_modules: all-linear}
+        training: {per_device_train_batch_size: 1, max_seq_length: 128, optim: paged_adamw_8bit, fp16: true}
+        """,
     "reentrant-checkpointing-accumulation-warmup": """\
         model: Qwen/Qwen2.5-0.5B
         lora: {r: 8, lora_alpha: 16, target_modules: [q_proj, k_proj, v_proj, o_proj]}

@@ -240,18 +240,34 @@ def run_real_step(setup: TrainingSetup, recipe, *, vocab_size: int, seed: int = 
     for n, _ in trainable:
         by_module.setdefault(module_of(n), []).append(n)
     report.trained_modules = len(by_module)
-    report.non_finite_parameters = sorted({module_of(n) for n, p in named if not torch.isfinite(p.detach().float()).all()})
+    report.non_finite_parameters = sorted({module_of(n) for n, p in named if not _packed(p)
+                                           and not torch.isfinite(p.detach().float()).all()})
     # every trained tensor, each matrix of an adapter pair included (A's first gradient comes in the probe,
     # once the update moved B); an update that moved nothing (lr 0) or broke the weights shows no such
     # second gradient: RC706 or RC703 say why, and the pair is judged on the step alone
     moved = report.learning_rate > 0 and not report.non_finite_parameters and report.finite_loss
     judge = all if moved else any
     report.no_gradient = sorted(m for m, names in by_module.items() if not judge(n in got_gradient for n in names))
-    report.base_changed = sorted({module_of(n) for n, p in named if n in frozen and not torch.equal(p.detach(), frozen[n])})
+    report.base_changed = sorted({module_of(n) for n, p in named if n in frozen and not _same_bits(p.detach(), frozen[n])})
     # a module changed when any of its trained tensors did (LoRA's A may not move on step 1: B was zero)
-    changed = {module_of(n) for n, p in trainable if not torch.equal(p.detach(), before[n])}
+    changed = {module_of(n) for n, p in trainable if not _same_bits(p.detach(), before[n])}
     report.unchanged = sorted(m for m in by_module if m not in changed and m not in report.no_gradient)
     return report
+
+
+def _packed(param) -> bool:
+    """bitsandbytes' 4-bit weights: packed 4-bit codes in whatever dtype quant_storage names (uint8, or
+    bfloat16 as Axolotl and FSDP-QLoRA set it), not numbers: read as floats their bytes may be NaN."""
+    return getattr(param, "quant_state", None) is not None
+
+
+def _same_bits(a, b) -> bool:
+    """Whether two tensors hold the same bytes: a NaN equals itself, and packed weights compare as bytes."""
+    import torch
+
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    return torch.equal(a.contiguous().reshape(-1).view(torch.uint8), b.contiguous().reshape(-1).view(torch.uint8))
 
 
 def _note_gradients(trainable, got_gradient: set[str], report: StepReport | None) -> None:
