@@ -157,7 +157,9 @@ def check_one(path: Path, options, catalog, selection, *, traced: bool, verbose:
 
 def _progress(recipes: list[Path], *, quiet: bool):
     """A progress bar on stderr when a person watches it (a terminal) and did not ask for quiet."""
-    if quiet or not sys.stderr.isatty():
+    from checks import progress
+
+    if not progress.wanted(quiet=quiet):
         return recipes
     from tqdm import tqdm
 

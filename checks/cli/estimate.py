@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from checks import progress
 from checks.cli.common import EXIT_FINDINGS, EXIT_OK, EXIT_USAGE, UsageError, options_from_args
 from checks.options import add_options
 
@@ -79,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
         for f in run_check(state, check, gpu.key if check in GPU_CHECKS else None).errors
     ]
     try:
-        result = estimate(recipe, state.resolved_model(), gpu, with_fixes=not args.no_fixes)
+        with progress.bar("recipe-checks estimate: tracing", unit="trace", enabled=progress.wanted()):
+            result = estimate(recipe, state.resolved_model(), gpu, with_fixes=not args.no_fixes)
     except TraceError as exc:
         if static_errors:  # the recipe as written does not start: its findings say why, not the library's error
             for finding in static_errors:

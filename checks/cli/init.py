@@ -11,6 +11,7 @@ import re
 import sys
 from pathlib import Path
 
+from checks import progress
 from checks.cli.common import EXIT_FINDINGS, EXIT_OK, EXIT_USAGE
 
 
@@ -81,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"recipe-checks init: {spec.model} on {gpu.describe()}, {args.method}, sequence length "
           f"{spec.seq_len}, effective batch {spec.batch}", file=report)
     try:
-        proposal = propose(spec, resolved, model, gpu, catalog, args.max_traces or DEFAULT_MAX_TRACES)
+        with progress.bar("recipe-checks init: tracing candidates", unit="trace", enabled=progress.wanted()):
+            proposal = propose(spec, resolved, model, gpu, catalog, args.max_traces or DEFAULT_MAX_TRACES)
     except InitError as exc:
         return bad_input(str(exc))
     for line in header_lines(proposal):

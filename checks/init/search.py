@@ -141,7 +141,9 @@ class _Tracer:
 
     def _trace(self, plan: Plan) -> Tried:
         from checks.memory.estimate import TraceError, estimate
+        from checks.progress import tick
 
+        tick(plan.describe(self.spec))
         state = candidate_state(self.spec, plan, self.catalog)
         try:
             result = estimate(state.recipe, self.resolved, self.gpu, with_fixes=False)

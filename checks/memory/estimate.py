@@ -215,8 +215,10 @@ def _traced_fixes(resolved, settings: StepSettings, task: str) -> Iterator[tuple
     """(name, change, settings, traced peak) of each fix that applies to `settings`, in candidate order,
     traced as it is asked for; a fix the trace cannot run is left out. Traces are cached per settings."""
     from checks.memory.step import trace_training_step
+    from checks.progress import tick
 
     for name, change, changed in candidate_fixes(settings, resolved.config.get("model_type")):
+        tick(name)
         try:
             peak = _total(trace_training_step(resolved, changed, task))
         except Exception:  # a fix the trace cannot run is not offered
