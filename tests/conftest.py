@@ -101,6 +101,14 @@ hardware:
 """
 
 
+@pytest.fixture(autouse=True)
+def outside_github_actions(monkeypatch):
+    """The suite's own runs of the plugin neither annotate nor write a job summary, even when the suite
+    itself runs under GitHub Actions: the tests that test those set the variables themselves."""
+    monkeypatch.delenv("GITHUB_ACTIONS", raising=False)
+    monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
+
+
 @pytest.fixture
 def recipe_text() -> str:
     return GOOD_RECIPE
