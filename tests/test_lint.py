@@ -87,6 +87,18 @@ def test_exit_codes_of_the_console_command(pytester, tmp_path):
     _validate_sarif(json.loads(sarif.read_text()))
 
 
+def test_a_reader_that_stops_reading_ends_the_run_quietly_with_its_verdict(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(TWO_ERRORS)
+    command = [sys.executable, "-m", "checks.cli", "check", str(bad), "--format", "sarif"]
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV, cwd=REPO)
+    child.stdout.read(10)  # `| head -c 10`: the rest of the report meets a closed pipe
+    child.stdout.close()
+    stderr = child.stderr.read().decode()
+    assert child.wait(timeout=300) == EXIT_FINDINGS
+    assert "Broken pipe" not in stderr and "Traceback" not in stderr and "cannot write" not in stderr
+
+
 # --- --with-vram --------------------------------------------------------------------------------------
 
 def test_the_linter_runs_the_static_checks_only_by_default(write, capsys):

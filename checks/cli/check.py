@@ -79,12 +79,18 @@ def run(args: argparse.Namespace) -> int:
         where = f"internal error in check '{check.check}'" if check else "internal error"
         print(f"{recipe.path}: {where}: {error}", file=sys.stderr)
     rendered = FORMATS[args.format](report)
+    verdict = EXIT_FINDINGS if report.failed else EXIT_OK
     try:
         _write(rendered, args.output)
     except OSError as exc:
-        print(f"recipe-checks: cannot write the report to {args.output}: {exc.strerror or exc}", file=sys.stderr)
+        if isinstance(exc, BrokenPipeError) and args.output is None:
+            # the reader stopped reading (`| head`): nothing more to say, and nothing at exit either
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return verdict
+        where = args.output if args.output is not None else "standard output"
+        print(f"recipe-checks: cannot write the report to {where}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_USAGE
-    return EXIT_FINDINGS if report.failed else EXIT_OK
+    return verdict
 
 
 def recipes_to_check(paths: list[str]) -> list[Path]:
