@@ -331,22 +331,15 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
 
 def _report_changes(terminalreporter, session: RecipeSession) -> None:
     changes = session.changes
+    from checks.render import changed_line
+
     terminalreporter.write_sep("-", "recipe-checks: changed-only run")
-    if changes.everything:
-        terminalreporter.write_line(f"every recipe checked: {changes.everything}")
-    else:
-        terminalreporter.write_line(f"{len(session.unchanged)} recipe(s) unchanged since {changes.ref}, not checked")
+    terminalreporter.write_line(changed_line(changes.ref, changes.everything, len(session.unchanged)))
 
 
 def _report_other_gpus(terminalreporter, session: RecipeSession) -> None:
-    by_gpu: dict[str, list[str]] = {}
-    for path, gpus in sorted(session.not_for_this_gpu.items()):
-        by_gpu.setdefault(", ".join(gpus) or "?", []).append(path)
-    asked = ", ".join(session.options.gpus)
+    from checks.render import other_gpus_lines
+
     terminalreporter.write_sep("-", "recipe-checks: recipes for other GPUs")
-    total = len(session.not_for_this_gpu)
-    terminalreporter.write_line(f"{total} recipe(s) declare other GPUs and were not checked against {asked}:")
-    for gpus, paths in by_gpu.items():
-        first = gpus.split(",")[0].strip()
-        terminalreporter.write_line(f"  {gpus}: {', '.join(paths)}  (check with --gpu={first})")
-    terminalreporter.write_line(f"Check every recipe against {asked} with --recipes-all-gpus.")
+    for line in other_gpus_lines(sorted(session.not_for_this_gpu.items()), session.options.gpus):
+        terminalreporter.write_line(line)

@@ -70,3 +70,26 @@ def _escape_property(text: str) -> str:
 
 def to_json(findings: list[Finding]) -> str:
     return json.dumps([f.to_dict() for f in findings], indent=2)
+
+
+def other_gpus_lines(declared: list[tuple[str, list[str]]], asked: tuple[str, ...]) -> list[str]:
+    """The recipes --gpu left out ((path, the GPUs it declares) each), grouped by those GPUs, with the
+    flag that checks them: the plugin's terminal summary and the CLI's text report alike."""
+    by_gpu: dict[str, list[str]] = {}
+    for path, gpus in declared:
+        by_gpu.setdefault(", ".join(gpus) or "?", []).append(path)
+    if not by_gpu:
+        return []
+    wanted = ", ".join(asked)
+    lines = [f"{len(declared)} recipe(s) declare other GPUs and were not checked against {wanted}:"]
+    lines.extend(f"  {gpus}: {', '.join(paths)}  (check with --gpu={gpus.split(',')[0].strip()})"
+                 for gpus, paths in by_gpu.items())
+    lines.append(f"Check every recipe against {wanted} with --recipes-all-gpus.")
+    return lines
+
+
+def changed_line(ref: str, every_recipe_because: str | None, unchanged: int) -> str:
+    """What a changed-only run left out, or why it checked every recipe."""
+    if every_recipe_because:
+        return f"every recipe checked: {every_recipe_because}"
+    return f"{unchanged} recipe(s) unchanged since {ref}, not checked"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from checks.render import render_finding
+from checks.render import changed_line, other_gpus_lines, render_finding
 from checks.report.model import RunReport
 
 
@@ -17,32 +17,11 @@ def render(report: RunReport) -> str:
             if report.verbose:
                 blocks.extend(f"{recipe.path}::{check.name}: not run: {waiting}" for waiting in check.waiting)
     if not report.quiet:
-        blocks.extend(filter(None, ["\n".join(other_gpus_lines(report)), changed_line(report), summary_line(report)]))
+        others = other_gpus_lines([(r.path, r.other_gpus or []) for r in report.not_checked], report.target_gpus)
+        changed = (changed_line(report.changed_since, report.every_recipe_because, len(report.unchanged))
+                   if report.changed_since is not None else "")
+        blocks.extend(filter(None, ["\n".join(others), changed, summary_line(report)]))
     return "\n\n".join(blocks)
-
-
-def other_gpus_lines(report: RunReport) -> list[str]:
-    """The recipes --gpu left out, grouped by the GPUs they declare, as the plugin's terminal summary."""
-    by_gpu: dict[str, list[str]] = {}
-    for recipe in report.not_checked:
-        by_gpu.setdefault(", ".join(recipe.other_gpus or []) or "?", []).append(recipe.path)
-    if not by_gpu:
-        return []
-    asked = ", ".join(report.target_gpus)
-    lines = [f"{len(report.not_checked)} recipe(s) declare other GPUs and were not checked against {asked}:"]
-    lines.extend(f"  {gpus}: {', '.join(paths)}  (check with --gpu={gpus.split(',')[0].strip()})"
-                 for gpus, paths in by_gpu.items())
-    lines.append(f"Check every recipe against {asked} with --recipes-all-gpus.")
-    return lines
-
-
-def changed_line(report: RunReport) -> str:
-    """What --changed-since left out, or why it checked every recipe."""
-    if report.changed_since is None:
-        return ""
-    if report.every_recipe_because:
-        return f"every recipe checked: {report.every_recipe_because}"
-    return f"{len(report.unchanged)} recipe(s) unchanged since {report.changed_since}, not checked"
 
 
 def summary_line(report: RunReport) -> str:
