@@ -8,6 +8,7 @@ import contextlib
 import io
 import logging
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +27,25 @@ class StepModel:
     blocks: Any = None  # the decoder blocks' ModuleList, when found
     copies: int = 0  # how many more blocks like block 1 the full-size model has than the built one
     notes: list[str] = field(default_factory=list)
+    # One micro-batch's forward and loss, (model, settings, tracker) -> loss, run under autocast in the
+    # tracker's forward phase; it sets tracker.segment = None once the blocks are done and lets go of
+    # everything but the loss. None: a causal LM's (causal_lm_loss); a diffusion transformer's or a
+    # preference trainer's step brings its own.
+    loss: Callable[[Any, Any, Any], Any] | None = None
+
+
+def causal_lm_loss(model, settings: StepSettings, tracker):
+    """The causal-LM step's forward and loss, as the Trainer runs it: one unpadded sequence of
+    seq_len tokens per row, labels given to the model (its own shifted cross-entropy)."""
+    import torch
+
+    input_ids = torch.zeros((settings.micro_batch, settings.seq_len), dtype=torch.long)
+    labels = torch.zeros((settings.micro_batch, settings.seq_len), dtype=torch.long)
+    output = model(input_ids=input_ids, labels=labels)
+    tracker.segment = None  # before autocast's cache of cast weights and the output die
+    loss = output.loss
+    del output  # with use_cache, its past_key_values hold every block's keys and values
+    return loss
 
 
 @dataclass

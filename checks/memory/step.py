@@ -20,7 +20,7 @@ from checks.memory.blocks import (  # noqa: F401  (re-exported)
     TEMPLATE_BLOCK, TRACED_BLOCKS, NotPeriodic, blocks_of_tensors, decoder_blocks, first_different_block,
     segment_hooks,
 )
-from checks.memory.build import StepModel, build_step_model, quiet  # noqa: F401  (re-exported)
+from checks.memory.build import StepModel, build_step_model, causal_lm_loss, quiet  # noqa: F401  (re-exported)
 from checks.memory.errors import TraceError  # noqa: F401  (re-exported)
 from checks.memory.optimizer import PAGED_MIN_NUMEL, SpanByParameter, build_optimizer
 from checks.memory.settings import StepSettings, settings_from_recipe  # noqa: F401  (re-exported)
@@ -82,7 +82,8 @@ def run_step(built: StepModel, settings: StepSettings, *, keep_curve: bool = Fal
         tracker.tag(b, "weights", block_of.get(id(b)))
     for t in quant_state_tensors(model):
         tracker.tag(t, "quant_state", block_of.get(id(t)))
-    head = next((m for m in model.modules() if isinstance(m, ChunkedLoss)), None) or model.get_output_embeddings()
+    head = next((m for m in model.modules() if isinstance(m, ChunkedLoss)), None) or (
+        model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None)
     hooks = []
     if head is not None:
         hooks.append(head.register_forward_pre_hook(lambda *_: setattr(tracker, "region", "logits_loss")))
@@ -111,14 +112,9 @@ def run_step(built: StepModel, settings: StepSettings, *, keep_curve: bool = Fal
             else:
                 for p in trainable:  # gradients of the earlier micro-batches are live during this one
                     tracker.tag(p.grad, "gradients")
-            input_ids = torch.zeros((settings.micro_batch, settings.seq_len), dtype=torch.long)
-            labels = torch.zeros((settings.micro_batch, settings.seq_len), dtype=torch.long)
             tracker.phase = "forward"
             with autocast:
-                output = model(input_ids=input_ids, labels=labels)
-                tracker.segment = None  # before autocast's cache of cast weights and the output die
-                loss = output.loss
-                del output  # with use_cache, its past_key_values hold every block's keys and values
+                loss = (built.loss or causal_lm_loss)(model, settings, tracker)
             if settings.gradient_accumulation > 1:
                 loss = loss / settings.gradient_accumulation
             tracker.phase = "backward"
