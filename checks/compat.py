@@ -239,3 +239,25 @@ def enable_activation_checkpointing(model, kwargs: dict | None) -> None:
                                               every_n_layers=every_n_layers, offload=offload)
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs or None)
+
+
+# -- trl (the optional [trl] extra; written against trl 1.16) -----------------------------------------
+TRL_TESTED = "1.16"
+
+
+def trl_chunked_logprob():
+    """trl.kernels.chunked_logprob: TRL's fused LM head's tiles (TOKEN_CHUNK_SIZE) and its torch folds of a
+    tile (_forward_tile, _backward_tile, _addmm_fp32), which its Triton kernels replace on CUDA."""
+    module = require("trl.kernels.chunked_logprob")
+    for name in ("_forward_tile", "_backward_tile", "_addmm_fp32", "ChunkedLogProbFunction"):
+        if not hasattr(module, name):
+            raise _missing(f"trl.kernels.chunked_logprob.{name}")
+    return module
+
+
+def trl_fused_head_function_slot():
+    """trl.trainer.utils, whose add_fused_lm_head calls the module global _ChunkedLogProbFunction."""
+    module = require("trl.trainer.utils")
+    if not hasattr(module, "_ChunkedLogProbFunction"):
+        raise _missing("trl.trainer.utils._ChunkedLogProbFunction")
+    return module

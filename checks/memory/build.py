@@ -152,4 +152,9 @@ def build_step_model(resolved, settings: StepSettings, task_type: str = "CAUSAL_
     if not real:
         fake = compat.fake_tensor_mode()(allow_non_fake_inputs=True)
         materialize_fake(model, fake)
-    return StepModel(model, fake, quantized, blocks, copies, notes)
+    step = StepModel(model, fake, quantized, blocks, copies, notes)
+    if settings.preference:  # a preference trainer's step (TRL's DPOTrainer): its own loss, its reference model
+        from checks.memory.preference import preference_step
+
+        return preference_step(step, resolved, settings, real=real, device=device)
+    return step

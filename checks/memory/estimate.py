@@ -131,6 +131,11 @@ def estimate(recipe, resolved, gpu, *, with_fixes: bool = True, catalog=None) ->
         trace=trace, notes=list(trace.notes),
         weights_bytes=breakdown.get("weights", 0) + breakdown.get("quant_state", 0),
     )
+    if "reference" in trace.timeline.region_peaks:  # a DPO step's reference forward, wherever the peak is
+        from checks.memory.preference import reference_pass_note
+
+        result.notes.insert(0, reference_pass_note(trace.timeline.region_peaks["reference"] + overhead_bytes(),
+                                                   result.peak_bytes))
     if result.fits:
         return result
     if with_fixes:
@@ -201,6 +206,10 @@ def candidate_fixes(settings: StepSettings, model_type: str | None = None) -> li
     if settings.optim not in ("paged_adamw_8bit",):
         out.append(("paged 8-bit optimizer", "training.optim: paged_adamw_8bit",
                     dataclasses.replace(settings, optim="paged_adamw_8bit")))
+    if settings.preference:  # a DPO step: its own fixes (precomputed reference, dpo.max_length)
+        from checks.memory.preference import preference_fixes
+
+        return [*out, *preference_fixes(settings)]
     if settings.seq_len >= 256:
         out.append(("shorter sequences", f"training.max_seq_length: {settings.seq_len // 2}",
                     dataclasses.replace(settings, seq_len=settings.seq_len // 2)))

@@ -31,6 +31,8 @@ class StepSettings:
     quant_4bit: tuple = ()  # sorted (key, value) of the 4-bit settings; empty: not quantized
     quant_8bit: tuple = ()  # sorted (key, value) of the LLM.int8() settings; empty: not 8-bit
     chunked_loss: bool = False  # Liger's fused linear cross-entropy (use_liger_kernel)
+    # sorted (key, value) of a preference trainer's step (checks/memory/preference.py); empty: a causal-LM step
+    preference: tuple = ()
     notes: tuple[str, ...] = ()
 
 
@@ -77,7 +79,7 @@ def settings_from_recipe(recipe, config: dict) -> StepSettings:
     extra = t.model_extra or {}
     checkpointing = bool(extra.get("activation_checkpointing", t.gradient_checkpointing))
     checkpoint_kwargs = extra.get("activation_checkpointing_kwargs", t.gradient_checkpointing_kwargs)
-    return StepSettings(
+    settings = StepSettings(
         micro_batch=t.per_device_train_batch_size,
         seq_len=t.max_seq_length,
         gradient_accumulation=t.gradient_accumulation_steps,
@@ -99,6 +101,11 @@ def settings_from_recipe(recipe, config: dict) -> StepSettings:
         chunked_loss=chunked,
         notes=tuple(notes),
     )
+    if getattr(recipe, "dpo", None) is not None:  # TRL's DPOConfig decides its step's settings
+        from checks.memory.preference import dpo_step_settings
+
+        settings = dpo_step_settings(recipe, settings)
+    return settings
 
 
 def _liger_chunked_loss(training, model_type: str | None, notes: list[str]) -> bool:

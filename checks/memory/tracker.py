@@ -34,6 +34,8 @@ ALLOCATION_GRANULARITY = 512
 CATEGORIES = (
     "weights", "quant_state", "adapters", "gradients", "optimizer_state", "optimizer_state_paged",
     "activations", "logits_loss", "dequantized_weights", "temporaries",
+    # a preference trainer's reference model: its weights (a second full model), and what its forward allocates
+    "reference_weights", "reference",
 )
 
 
@@ -46,7 +48,7 @@ class _Allocation:
     index: int
     nbytes: int
     phase: str  # init, warmup, forward, backward, optimizer
-    region: str  # "", "logits_loss", "dequant"
+    region: str  # "", "logits_loss", "dequant", "reference"
     tag: str | None = None  # set explicitly (weights, adapters, gradients, ...) or decided at the end
     op: str = ""  # the op that allocated it, for reading a trace
     freed_in: str | None = None  # phase in which it was freed; None: alive at the end
@@ -68,6 +70,8 @@ class MemoryTimeline:
     breakdown: dict[str, int]
     end_bytes: int
     events: int
+    # the highest total while a region's ops allocate (e.g. "reference": the reference model's forward)
+    region_peaks: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -80,6 +84,7 @@ class MemoryTracker(TorchDispatchMode):
     segment: int | None = None  # the decoder block whose forward or backward is running
     unscalable: str | None = None  # why this trace cannot stand for more blocks, if it cannot
     ops: set[str] = field(default_factory=set)  # the name of every op dispatched or emulated
+    paused: bool = False  # ops run without being accounted (see `untracked`)
     _by_storage: Any = field(default=None)
 
     def __post_init__(self) -> None:
@@ -89,6 +94,8 @@ class MemoryTracker(TorchDispatchMode):
     # -- tracking ---------------------------------------------------------------------------------
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if self.paused:
+            return func(*args, **kwargs)
         name = func.name()
         if name.startswith("aten::_foreach_") and self.phase == "optimizer":
             self.segment = None  # a multi-tensor optimizer: no one parameter's span, each output has its block
@@ -182,6 +189,37 @@ class MemoryTracker(TorchDispatchMode):
         if block is not None:
             allocation.block = block
 
+    def untracked(self):
+        """Run ops without accounting them: what a fused CUDA kernel computes in registers, emulated here by
+        torch ops whose temporaries the kernel never allocates (TRL's Triton fold of a logits tile). Their
+        in-place writes into tracked tensors allocate nothing either way."""
+        import contextlib
+
+        @contextlib.contextmanager
+        def paused():
+            was, self.paused = self.paused, True
+            try:
+                yield
+            finally:
+                self.paused = was
+
+        return paused()
+
+    def held_from_start(self, tensors: list[tuple[torch.Tensor, int | None]], tag: str) -> None:
+        """Tensors held from before the step began that the step's own tagging does not reach (a frozen
+        reference model beside the trained one), with their decoder block: tracked as allocated at init,
+        before every event logged so far."""
+        phase, self.phase = self.phase, "init"
+        start = len(self.log)
+        try:
+            for tensor, block in tensors:
+                allocation = self.track(tensor, tag, block=block)
+                allocation.block = block
+        finally:
+            self.phase = phase
+        added = self.log[start:]
+        self.log[:] = added + self.log[:start]
+
     def forget_transients(self, phase: str) -> None:
         """Drop the events of what `phase` allocated and has freed again: the optimizer step that
         creates the states of a steady-state step is set-up, not part of the step."""
@@ -192,7 +230,7 @@ class MemoryTracker(TorchDispatchMode):
     def _category(self, a: _Allocation) -> str:
         if a.tag is not None:
             return a.tag
-        if a.region in ("logits_loss", "dequantized_weights"):
+        if a.region in ("logits_loss", "dequantized_weights", "reference"):
             return a.region
         if a.phase == "forward" and a.freed_in != "forward":
             return "activations"  # kept from the forward pass for the backward pass
@@ -274,6 +312,7 @@ class MemoryTracker(TorchDispatchMode):
         at_peak = dict(breakdown)
         peak_phase = "init"
         events = 0
+        region_peaks: dict[str, int] = {}
         for sign, a in self._events(template, copies):
             events += 1
             nbytes = a.bytes_with(template, copies)
@@ -284,7 +323,9 @@ class MemoryTracker(TorchDispatchMode):
             breakdown[category] += sign * nbytes
             if total > peak:
                 peak, peak_phase, at_peak = total, a.phase, dict(breakdown)
-        return MemoryTimeline(peak, peak_phase, {k: v for k, v in at_peak.items() if v}, total, events)
+            if sign > 0 and a.region == "reference" and total > region_peaks.get(a.region, 0):
+                region_peaks[a.region] = total
+        return MemoryTimeline(peak, peak_phase, {k: v for k, v in at_peak.items() if v}, total, events, region_peaks)
 
 
 _MIXED = object()  # an op's inputs come from several decoder blocks

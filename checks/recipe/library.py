@@ -40,6 +40,8 @@ def section_keys(section: str) -> frozenset[str]:
         from transformers import BitsAndBytesConfig, FineGrainedFP8Config
 
         keys = _init_params(BitsAndBytesConfig) | _init_params(FineGrainedFP8Config)
+    elif section == "dpo":
+        keys = dpo_own_keys()
     else:
         raise KeyError(section)
     return frozenset(keys | _OWN_KEYS.get(section, set()))
@@ -50,7 +52,45 @@ def library_class_name(section: str) -> str:
         "training": "transformers.TrainingArguments",
         "lora": "peft.LoraConfig",
         "quantization": "transformers.BitsAndBytesConfig",
+        "dpo": "trl.DPOConfig",
     }[section]
+
+
+class MissingExtra(ImportError):
+    """An optional library a recipe section needs is not installed; the message names the extra."""
+
+
+TRL_EXTRA = "recipe-checks[trl]"
+
+
+def require_trl():
+    """The installed trl module, or MissingExtra naming the extra that installs it."""
+    try:
+        import trl
+    except ImportError:
+        raise MissingExtra(f"the dpo section needs TRL: pip install '{TRL_EXTRA}'") from None
+    return trl
+
+
+@functools.cache
+def dpo_own_keys() -> frozenset[str]:
+    """DPOConfig's own fields: those it adds to TrainingArguments (the `training` section keeps those).
+    MissingExtra without TRL."""
+    require_trl()
+    from transformers import TrainingArguments
+    from trl import DPOConfig
+
+    inherited = {f.name for f in dataclasses.fields(TrainingArguments)}
+    return frozenset(f.name for f in dataclasses.fields(DPOConfig) if f.init and f.name not in inherited)
+
+
+def dpo_config(training_kwargs: dict, dpo_kwargs: dict, **machine):
+    """trl.DPOConfig from the training and dpo sections' kwargs (plus the machine's: output_dir, ...): the
+    one place recipe-checks builds one; raises what TRL (or TrainingArguments) raises."""
+    require_trl()
+    from trl import DPOConfig
+
+    return DPOConfig(**machine, **training_kwargs, **dpo_kwargs)
 
 
 def lora_config(kwargs: dict):

@@ -203,6 +203,20 @@ class Training(_LibrarySection):
         return value
 
 
+class Dpo(_LibrarySection):
+    """trl.DPOConfig's own kwargs (beta, loss_type, max_length, precompute_ref_log_probs, ...): a DPO recipe.
+    The TrainingArguments that DPOConfig extends stay in `training`."""
+
+    beta: float = Field(0.1, ge=0, le=limits.MAX_SCALE)
+    loss_type: str | Annotated[list[str], Field(min_length=1, max_length=16)] = "sigmoid"
+    max_length: int | None = Field(1024, ge=1, le=10_000_000)  # prompt + completion, per sequence
+    precompute_ref_log_probs: bool = False
+
+    @property
+    def loss_types(self) -> list[str]:
+        return [self.loss_type] if isinstance(self.loss_type, str) else list(self.loss_type)
+
+
 class Hardware(_Section):
     gpu: _Names = Field(default_factory=list, description="One GPU name or a list: the GPUs this recipe is for")
     vram_budget_gib: float | None = Field(None, gt=0, le=4096)
@@ -236,6 +250,7 @@ class Recipe(_Section):
     quantization: Quantization | None = None
     lora: Lora | None = None
     training: Training = Field(default_factory=Training)
+    dpo: Dpo | None = None  # a DPO recipe: TRL's DPOTrainer trains it against a reference model
     hardware: Hardware = Field(default_factory=Hardware)
     expect: Expect = Field(default_factory=Expect)
     checks: ChecksSection = Field(default_factory=ChecksSection)

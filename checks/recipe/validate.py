@@ -11,12 +11,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from checks.recipe.library import section_keys
+from checks.recipe.library import MissingExtra, section_keys
 from checks.recipe.load import KeyPath, LoadedRecipe
 from checks.recipe.schema import Recipe, _LibrarySection
 from checks.suggest import nearest
 
-_LIBRARY_SECTIONS = ("training", "lora", "quantization")
+_LIBRARY_SECTIONS = ("training", "lora", "quantization", "dpo")
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,10 @@ def _known_at(path: KeyPath) -> tuple[str, ...]:
         model = _section_model(field_info.annotation)
     names = set(getattr(model, "model_fields", {}))
     if path and path[-1] in _LIBRARY_SECTIONS and len(path) == 1:
-        names |= section_keys(path[0])
+        try:
+            names |= section_keys(path[0])
+        except MissingExtra:  # the library is not installed: its checks skip, naming the extra
+            pass
     return tuple(sorted(names))
 
 
@@ -107,7 +110,10 @@ def validate(loaded: LoadedRecipe) -> Validation:
             continue
         # the installed class decides: a typed field the library no longer takes (transformers 5.24 dropped
         # warmup_ratio) is an unknown key, not a value that reaches TrainingArguments and fails there
-        valid = section_keys(section)
+        try:
+            valid = section_keys(section)
+        except MissingExtra:  # e.g. dpo without TRL: the keys reach no library here, the DPO checks skip
+            continue
         unknown = [key for key in values if key not in valid]
         for key in unknown:
             result.unknown_keys.append(UnknownKey((section, key), tuple(sorted(valid))))
