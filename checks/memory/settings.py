@@ -44,6 +44,8 @@ def settings_from_recipe(recipe, config: dict) -> StepSettings:
     q = recipe.quantization
     quantized = q is not None and (q.load_in_4bit or q.load_in_8bit)
     dtype = recipe.model.torch_dtype
+    if dtype in (None, "auto") and getattr(recipe, "unsloth", None) is not None and recipe.unsloth.dtype is not None:
+        dtype = recipe.unsloth.dtype  # FastLanguageModel's `dtype` (noted in checks.unsloth.memory_notes)
     if dtype in (None, "auto"):
         config_dtype = config.get("torch_dtype") or config.get("dtype")
         if config_dtype in _DTYPES:
@@ -79,6 +81,11 @@ def settings_from_recipe(recipe, config: dict) -> StepSettings:
     extra = t.model_extra or {}
     checkpointing = bool(extra.get("activation_checkpointing", t.gradient_checkpointing))
     checkpoint_kwargs = extra.get("activation_checkpointing_kwargs", t.gradient_checkpointing_kwargs)
+    if getattr(recipe, "unsloth", None) is not None:  # Unsloth checkpoints the model by its own setting (noted)
+        from checks.unsloth import memory_notes, step_checkpointing
+
+        checkpointing = step_checkpointing(recipe, checkpointing)
+        notes.extend(memory_notes(recipe, config, dtype))
     settings = StepSettings(
         micro_batch=t.per_device_train_batch_size,
         seq_len=t.max_seq_length,

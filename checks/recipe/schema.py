@@ -11,7 +11,7 @@ import enum
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from checks import limits
 from checks.regex_safety import describe_problem, lora_pattern_problems
@@ -245,10 +245,64 @@ class ChecksSection(_Section):
         return value
 
 
+def _flag_or(*words: str):
+    """true, false or one of `words`: a Literal that, unlike pydantic's, refuses 1 and 0 for true and false."""
+
+    def check(value: Any) -> Any:
+        if not (isinstance(value, bool) or value in words):
+            shown = ", ".join(repr(w) for w in words)
+            raise ValueError(f"must be true, false or {shown}")
+        return value
+
+    return BeforeValidator(check)
+
+
+class Unsloth(_Section):
+    """Unsloth's FastLanguageModel.from_pretrained and get_peft_model keyword arguments (Unsloth 2026.8.19,
+    unsloth/models/loader.py and llama.py; see checks/data/unsloth.yaml), with their defaults. The model itself
+    is `model` (id, revision, trust_remote_code); the quantization_config Unsloth is given is `quantization`;
+    the LoraConfig arguments get_peft_model passes on (r, lora_alpha, target_modules, ...) are `lora`. Where
+    two sections say the same thing differently, RC120 reports it: no section silently wins."""
+
+    # FastLanguageModel.from_pretrained
+    max_seq_length: int = Field(2048, ge=1, le=10_000_000)
+    dtype: Literal["float16", "bfloat16", "float32"] | None = None  # None: bfloat16 where supported, else float16
+    load_in_4bit: bool = True
+    load_in_8bit: bool = False
+    load_in_16bit: bool = False
+    full_finetuning: bool = False
+    use_gradient_checkpointing: Annotated[Literal[True, False, "unsloth"], _flag_or("unsloth")] = "unsloth"  # and get_peft_model's
+    rope_scaling: dict[str, Annotated[Any, AfterValidator(_plain_value)]] | None = None
+    fix_tokenizer: bool = True
+    resize_model_vocab: int | None = Field(None, ge=1, le=limits.MAX_INT)
+    use_exact_model_name: bool = False
+    offload_embedding: bool = False
+    float32_mixed_precision: bool | None = None
+    fast_inference: bool = False  # vLLM, for generation during RL
+    gpu_memory_utilization: float = Field(0.5, gt=0, le=1)
+    float8_kv_cache: bool = False
+    random_state: int = Field(3407, ge=0, le=limits.MAX_SEED)  # also get_peft_model's
+    max_lora_rank: int = Field(64, ge=1, le=4096)
+    disable_log_stats: bool = True
+    qat_scheme: str | None = Field(None, min_length=1, max_length=100)
+    load_in_fp8: Annotated[Literal[True, False, "block"], _flag_or("block")] = False
+    unsloth_tiled_mlp: bool = False
+    text_only: bool = False
+    # get_peft_model's own (its LoraConfig arguments are the `lora` section's)
+    finetune_last_n_layers: int | None = Field(None, ge=1, le=limits.MAX_CONFIG_LAYERS)
+    ensure_weight_tying: bool = False
+
+    @property
+    def checkpointing(self) -> bool:
+        """Whether the model trains with gradient checkpointing (Unsloth's offloaded kind or torch's)."""
+        return self.use_gradient_checkpointing is not False
+
+
 class Recipe(_Section):
     model: ModelSpec
     quantization: Quantization | None = None
     lora: Lora | None = None
+    unsloth: Unsloth | None = None  # trains with Unsloth (FastLanguageModel); see docs/unsloth.md
     training: Training = Field(default_factory=Training)
     dpo: Dpo | None = None  # a DPO recipe: TRL's DPOTrainer trains it against a reference model
     hardware: Hardware = Field(default_factory=Hardware)
