@@ -108,7 +108,7 @@ def blockers(recipe, model_type: str | None) -> list[Blocker]:
     for key in generic_path_settings(recipe):
         out.append(Blocker(("unsloth", key), f"unsloth.{key} sends the model to FastModel, the generic path "
                            "(unsloth/models/loader.py:487), without the hand-written kernels", True,
-                           f"unsloth.{key} sends it to Unsloth's generic path (RC122)"))
+                           f"unsloth.{key} sends it to Unsloth's generic path (RC121)"))
     if out:
         return out
     for key, why in fast_lora_off(recipe):

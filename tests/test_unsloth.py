@@ -146,8 +146,8 @@ def test_rc606_passes_a_claim_on_a_patched_family_and_fails_it_on_the_generic_pa
     generic = claim.replace("  load_in_4bit: false\n", "  load_in_4bit: false\n  full_finetuning: true\n").replace(
         "lora:\n  r: 16\n  lora_alpha: 16\n  target_modules: [q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj]\n", "")
     found = {f.rule_id: f for f in findings(tmp_path, generic)}
-    assert {"RC122", "RC606"} <= set(found)
-    assert "unsloth.full_finetuning sends it to Unsloth's generic path (RC122)" in found["RC606"].message
+    assert {"RC121", "RC606"} <= set(found) and found["RC121"].severity.value == "warning"
+    assert "unsloth.full_finetuning sends it to Unsloth's generic path (RC121)" in found["RC606"].message
 
 
 def test_rc607_counts_unsloths_default_checkpointing_in_the_ceiling(tmp_path):
@@ -224,6 +224,19 @@ def test_below_512_tokens_unsloth_checkpointing_is_torchs_and_the_note_says_so()
     assert not any("host memory" in n for n in short.notes)
 
 
+def test_the_vram_check_states_what_it_traces_of_unsloth_next_to_its_verdict(tmp_path):
+    path = tmp_path / "small.yaml"
+    path.write_text(SMALL.format(seq=2048, gc="unsloth"), encoding="utf-8")
+    _, results = check_recipe(path, Options(gpus=("rtx4090",)), CATALOG, traced=True)
+    (vram,) = [r for r in results if r.check == "vram"]
+    by_rule = {f.rule_id: f for f in vram.findings}
+    assert set(by_rule) == {"RC601", "RC122"} and by_rule["RC122"].severity.value == "info"
+    said = by_rule["RC122"].message
+    assert "use_gradient_checkpointing 'unsloth' is traced as torch's gradient checkpointing, an upper bound" in said
+    assert "host memory" in said and "Unsloth's kernels for llama" in said
+    assert by_rule["RC122"].location.line == 2  # the unsloth section's key
+
+
 # -- through pytest ----------------------------------------------------------------------------------------------
 
 @pytest.mark.slow
@@ -232,7 +245,12 @@ def test_the_shipped_unsloth_recipe_is_green_on_rtx4090_with_its_vram_verdict(py
     result = pytester.runpytest("--gpu=rtx4090", SHIPPED.name, "-p", "no:cacheprovider", "-rA",
                                 "-k", "not cpu-step and not cpu-train")
     result.assert_outcomes(passed=7, skipped=2)
-    result.stdout.fnmatch_lines(["RC601 (info) peak * GiB of the 22.8 GiB budget on rtx4090*"])
+    result.stdout.fnmatch_lines([
+        ("RC122 (info) the traced step stands for Unsloth's as follows: use_gradient_checkpointing 'unsloth' is "
+        "traced as torch's gradient checkpointing, an upper bound: Unsloth copies the input of 31 of 32 decoder "
+        "blocks (32.0 MiB each*"),
+        "RC601 (info) peak * GiB of the 22.8 GiB budget on rtx4090*",
+    ])
 
 
 def test_the_broken_unsloth_recipe_fails_with_rc121_and_rc606_through_pytest(pytester):
