@@ -188,6 +188,26 @@ def include_all_linear_layers(peft_config, model):
     return require("peft.tuners.tuners_utils._maybe_include_all_linear_layers")(peft_config, model)
 
 
+# -- diffusers (optional: the diffusers extra; written against diffusers 0.42) -----------------------
+def _flux_pipeline():
+    return require("diffusers.pipelines.flux.pipeline_flux.FluxPipeline")
+
+
+def flux_pack_latents(latents, batch_size: int, channels: int, height: int, width: int):
+    """FluxPipeline._pack_latents: 2x2 latent patches as one token, as the FLUX training scripts pack them."""
+    return _flux_pipeline()._pack_latents(latents, batch_size, channels, height, width)
+
+
+def flux_unpack_latents(latents, height: int, width: int, vae_scale_factor: int):
+    """FluxPipeline._unpack_latents: the transformer's tokens back to the latent image (height, width in pixels)."""
+    return _flux_pipeline()._unpack_latents(latents, height, width, vae_scale_factor)
+
+
+def flux_latent_image_ids(batch_size: int, height: int, width: int, device, dtype):
+    """FluxPipeline._prepare_latent_image_ids: the (0, row, column) ids of the packed image tokens."""
+    return _flux_pipeline()._prepare_latent_image_ids(batch_size, height, width, device, dtype)
+
+
 # -- pytest -----------------------------------------------------------------------------------------
 def skip_at_item(reason: str):
     """pytest.skip, reported at the recipe item (file and line) rather than at this plugin's code:

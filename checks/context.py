@@ -116,6 +116,7 @@ class RecipeState:
                     revision=recipe.model.revision,
                     base_dir=self.fs_path.parent,
                     allow_network=self.options.allow_network,
+                    component=recipe.model.component,
                 )
             except ModelResolutionError as exc:
                 self._resolved = exc

@@ -263,3 +263,18 @@ def test_the_broken_unsloth_recipe_fails_with_rc121_and_rc606_through_pytest(pyt
         "*RC121 trains with Unsloth on a 'phi3' model*",
         "*RC606 expect.tokens_per_second 3,000 with Unsloth where its kernels do not apply*",
     ])
+
+
+def test_axolotls_unsloth_kernel_keys_are_named_as_not_traced_not_left_untranslated(tmp_path):
+    keys = ("unsloth_lora_mlp", "unsloth_lora_qkv", "unsloth_lora_o", "unsloth_cross_entropy_loss",
+            "unsloth_rms_norm", "unsloth_rope")
+    path = tmp_path / "axolotl.yml"
+    path.write_text("base_model: meta-llama/Llama-3.2-1B\nadapter: lora\nlora_r: 16\nlora_alpha: 16\n"
+                    "lora_target_linear: true\nsequence_len: 1024\nmicro_batch_size: 1\n"
+                    + "".join(f"{key}: true\n" for key in keys), encoding="utf-8")
+    _, results = check_recipe(path, Options(gpus=("rtx4090",)), CATALOG, traced=False)
+    found = [f for r in results for f in r.findings]
+    assert not [f for f in found if f.rule_id == "RC110"]
+    named = {f.key: f.message for f in found if f.rule_id == "RC111"}
+    assert set(named) == set(keys)
+    assert all("as Axolotl patches it in" in message for message in named.values())

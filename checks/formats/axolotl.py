@@ -64,6 +64,15 @@ NOT_CHECKED = {
     "lora_qkv_kernel": "Axolotl's fused LoRA kernels are not applied to the traced model",
     "lora_o_kernel": "Axolotl's fused LoRA kernels are not applied to the traced model",
     "chunked_cross_entropy": "the chunked loss is not traced: the full logits are",
+    # Axolotl's own ports of Unsloth's kernels (src/axolotl/monkeypatch/unsloth_.py), patched into the model
+    # Axolotl loads: not FastLanguageModel, so not the recipe's `unsloth` section (docs/unsloth.md)
+    "unsloth_lora_mlp": "Unsloth's fused LoRA MLP kernel, as Axolotl patches it in, is not applied to the traced model",
+    "unsloth_lora_qkv": "Unsloth's fused LoRA QKV kernel, as Axolotl patches it in, is not applied to the traced model",
+    "unsloth_lora_o": "Unsloth's fused LoRA O kernel, as Axolotl patches it in, is not applied to the traced model",
+    "unsloth_cross_entropy_loss": "Unsloth's cross-entropy kernel, as Axolotl patches it in, is not traced: the "
+                                  "full logits and their loss are",
+    "unsloth_rms_norm": "Unsloth's RMSNorm kernel, as Axolotl patches it in, is not traced: transformers' RMSNorm is",
+    "unsloth_rope": "Unsloth's RoPE kernel, as Axolotl patches it in, is not traced: transformers' rotary embedding is",
     "relora": "ReLoRA restarts and merges adapters during the run",
     "loraplus_lr_ratio": "LoRA+ trains B with a larger learning rate than the recipe's",
     "gptq": "a GPTQ-quantized base model is not modelled (bitsandbytes only)",

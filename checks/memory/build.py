@@ -89,6 +89,10 @@ def build_step_model(resolved, settings: StepSettings, task_type: str = "CAUSAL_
     `replicate_blocks`: when every decoder block is identical, keep only TRACED_BLOCKS of them.
     `device`: where a real model is built (gpu-step builds the full-size model on the GPU).
     """
+    if settings.diffusion:  # a diffusers transformer (FLUX): its own build and flow-matching loss
+        from checks.memory.diffusion import build_diffusion_step_model
+
+        return build_diffusion_step_model(resolved, settings, real=real, device=device)
     import torch
     import transformers
 

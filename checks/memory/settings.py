@@ -31,6 +31,9 @@ class StepSettings:
     quant_4bit: tuple = ()  # sorted (key, value) of the 4-bit settings; empty: not quantized
     quant_8bit: tuple = ()  # sorted (key, value) of the LLM.int8() settings; empty: not 8-bit
     chunked_loss: bool = False  # Liger's fused linear cross-entropy (use_liger_kernel)
+    # sorted (key, value) of a diffusion transformer's step (checks.memory.diffusion.diffusion_settings):
+    # image size, text length, what is precomputed; empty: a causal LM's step
+    diffusion: tuple = ()
     # sorted (key, value) of a preference trainer's step (checks/memory/preference.py); empty: a causal-LM step
     preference: tuple = ()
     notes: tuple[str, ...] = ()
@@ -106,6 +109,7 @@ def settings_from_recipe(recipe, config: dict) -> StepSettings:
             if q is not None and q.load_in_8bit and not q.load_in_4bit else ()
         ),
         chunked_loss=chunked,
+        diffusion=diffusion_settings(recipe, config, notes),
         notes=tuple(notes),
     )
     if getattr(recipe, "dpo", None) is not None:  # TRL's DPOConfig decides its step's settings
@@ -113,6 +117,17 @@ def settings_from_recipe(recipe, config: dict) -> StepSettings:
 
         settings = dpo_step_settings(recipe, settings)
     return settings
+
+
+def diffusion_settings(recipe, config: dict, notes: list[str]) -> tuple:
+    """The diffusion step's settings when the model is a diffusers transformer; () otherwise."""
+    from checks.models.diffusers import is_diffusers_config
+
+    if not is_diffusers_config(config):
+        return ()
+    from checks.memory.diffusion import step_inputs
+
+    return freeze(step_inputs(recipe, config, notes))
 
 
 def _liger_chunked_loss(training, model_type: str | None, notes: list[str]) -> bool:

@@ -20,6 +20,7 @@ import yaml
 
 from checks import limits
 from checks.limits import MAX_CONFIG_BYTES, MAX_CONFIG_DEPTH, InputRefused, decode_text, read_bounded, shorten
+from checks.models.diffusers import class_name_problem, is_diffusers_config
 from checks.suggest import nearest
 
 BUNDLED_DIR = Path(__file__).with_name("configs")
@@ -48,6 +49,7 @@ class BundledEntry:
     file: str
     source: str
     aliases: tuple[str, ...]
+    component: str | None = None  # the diffusers pipeline subfolder the config is of (FLUX.1-dev's transformer)
 
 
 @functools.cache
@@ -59,7 +61,8 @@ def bundled_index() -> dict[str, BundledEntry]:
     raw = yaml.safe_load(index_file.read_text(encoding="utf-8")) or {}
     entries: dict[str, BundledEntry] = {}
     for hub_id, entry in raw.items():
-        bundled = BundledEntry(hub_id, entry["file"], entry["source"], tuple(entry.get("aliases") or ()))
+        bundled = BundledEntry(hub_id, entry["file"], entry["source"], tuple(entry.get("aliases") or ()),
+                               entry.get("component"))
         for name in (hub_id, *bundled.aliases):
             entries[name.lower()] = bundled
     return entries
@@ -73,6 +76,7 @@ def bundled_ids() -> list[str]:
 # limit each is held to before transformers builds anything, and the least value that makes sense.
 _CONFIG_SIZES: dict[str, tuple[int, int]] = {
     **dict.fromkeys(("num_hidden_layers", "n_layer", "num_layers", "n_layers"), (limits.MAX_CONFIG_LAYERS, 1)),
+    "num_single_layers": (limits.MAX_CONFIG_LAYERS, 0),  # FLUX's single-stream blocks (diffusers)
     **dict.fromkeys(("hidden_size", "n_embd", "d_model", "head_dim"), (limits.MAX_CONFIG_HIDDEN, 1)),
     **dict.fromkeys(("intermediate_size", "n_inner", "ffn_dim", "moe_intermediate_size"),
                     (limits.MAX_CONFIG_INTERMEDIATE, 1)),
@@ -93,9 +97,9 @@ def _is_dir(path: Path) -> bool:
         return False
 
 
-def _read_config(path: Path, name: str, source: str) -> ResolvedModel:
+def _read_config(path: Path, name: str, source: str, component: str | None = None) -> ResolvedModel:
     if _is_dir(path):
-        path = path / "config.json"
+        path = path / component / "config.json" if component else path / "config.json"
     try:
         text = decode_text(read_bounded(path, MAX_CONFIG_BYTES, "model config"), "model config")
     except InputRefused as exc:
@@ -113,7 +117,7 @@ def _read_config(path: Path, name: str, source: str) -> ResolvedModel:
         raise ModelResolutionError(
             f"model config '{shorten(path)}' is not readable JSON: {shorten(exc, 200)}", "fix or re-download the config.json"
         ) from None
-    if not isinstance(config, dict) or "model_type" not in config:
+    if not isinstance(config, dict) or ("model_type" not in config and not is_diffusers_config(config)):
         raise ModelResolutionError(
             f"'{shorten(path)}' is not a transformers config.json: it has no 'model_type'",
             "use the config.json from the model's repository",
@@ -131,7 +135,11 @@ def config_problem(config: dict[str, Any]) -> str | None:
     """What makes a config.json unfit to build, before transformers sees it: a model_type that is
     not a name, a non-finite number, a size that is not a whole number or past the limits."""
     model_type = config.get("model_type")
-    if not isinstance(model_type, str) or not model_type or len(model_type) > 100:
+    if is_diffusers_config(config):  # a diffusers component names its class instead
+        found = class_name_problem(config)
+        if found:
+            return found
+    elif not isinstance(model_type, str) or not model_type or len(model_type) > 100:
         return f"'model_type' must be an architecture name such as \"llama\", not {shorten(json.dumps(model_type), 60)}"
 
     def walk(value: Any, where: str, depth: int) -> str | None:
@@ -167,13 +175,14 @@ def _size_problem(key: str, value: Any, where: str) -> str | None:
     return None
 
 
-def _from_hub_cache(hub_id: str, revision: str | None) -> Path | None:
+def _from_hub_cache(hub_id: str, revision: str | None, component: str | None = None) -> Path | None:
     try:
         from huggingface_hub import try_to_load_from_cache
     except ImportError:  # pragma: no cover - huggingface_hub is a dependency
         return None
     try:
-        found = try_to_load_from_cache(repo_id=hub_id, filename="config.json", revision=revision)
+        filename = f"{component}/config.json" if component else "config.json"
+        found = try_to_load_from_cache(repo_id=hub_id, filename=filename, revision=revision)
     except Exception:  # an id that is not a valid repo id is simply not cached
         return None
     return Path(found) if isinstance(found, str) else None
@@ -186,30 +195,33 @@ def resolve_model_config(
     revision: str | None = None,
     base_dir: Path = Path("."),
     allow_network: bool = False,
+    component: str | None = None,
 ) -> ResolvedModel:
+    """`component`: the subfolder of a diffusers pipeline repository whose config.json is the model
+    trained (FLUX.1-dev's `transformer`)."""
     name = model_id or config_path or "?"
     if config_path:
         path = Path(config_path)
         path = path if path.is_absolute() else base_dir / path
-        return _read_config(path, name, f"{config_path} (model.config)")
+        return _read_config(path, name, f"{config_path} (model.config)", component)
     assert model_id is not None
     if "\0" in model_id:
         raise ModelResolutionError("the model id contains a NUL byte", "write the hub id (org/name) without it")
     local = _expand_user(Path(model_id))
     for candidate in (local, base_dir / local) if not local.is_absolute() else (local,):
-        if _is_dir(candidate) and _is_file(candidate / "config.json"):
-            return _read_config(candidate, name, f"local directory {shorten(candidate)}")
-    cached = _from_hub_cache(model_id, revision)
+        if _is_dir(candidate) and _is_file(candidate / (component or ".") / "config.json"):
+            return _read_config(candidate, name, f"local directory {shorten(candidate)}", component)
+    cached = _from_hub_cache(model_id, revision, component)
     if cached is not None:
         return _read_config(cached, name, "huggingface_hub cache")
     entry = bundled_index().get(model_id.lower())
-    if entry is not None:
+    if entry is not None and component in (None, entry.component):  # a pipeline's bundled component
         return _read_config(BUNDLED_DIR / entry.file, name, f"bundled config of {entry.hub_id} ({entry.source})")
     if allow_network:
         try:
             from huggingface_hub import hf_hub_download
 
-            downloaded = hf_hub_download(model_id, "config.json", revision=revision)
+            downloaded = hf_hub_download(model_id, "config.json", subfolder=component, revision=revision)
         except Exception as exc:  # network, auth, missing repo: all become one clear finding
             raise ModelResolutionError(
                 f"model '{model_id}': downloading its config.json failed: {exc}",

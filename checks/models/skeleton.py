@@ -13,6 +13,7 @@ import json
 import logging
 
 from checks.limits import shorten
+from checks.models.diffusers import is_diffusers_config
 from checks.models.resolve import ResolvedModel, config_problem
 
 _AUTO_CLASS_BY_TASK = {
@@ -71,6 +72,8 @@ def _build(config_json: str, name: str, task_type: str, trust_remote_code: bool)
     import transformers
 
     resolved = ResolvedModel(name=name, config=json.loads(config_json), source="")
+    if is_diffusers_config(resolved.config):
+        return build_diffusers_skeleton(resolved)
     config = build_config(resolved, trust_remote_code=trust_remote_code)
     auto_class = getattr(transformers, _AUTO_CLASS_BY_TASK.get(task_type, "AutoModelForCausalLM"))
     # transformers logs and prints advice meant for real loads; a check run has no use for it.
@@ -92,6 +95,22 @@ def _build(config_json: str, name: str, task_type: str, trust_remote_code: bool)
         ) from None
     finally:
         quiet.setLevel(level)
+    model.eval()
+    return model
+
+
+def build_diffusers_skeleton(resolved: ResolvedModel):
+    """A diffusers component (FLUX's transformer) on the meta device; RC114 when diffusers is not installed."""
+    from checks.models.diffusers import INSTALL, DiffusersMissing, build_diffusers_model, class_name
+
+    try:
+        model = build_diffusers_model(resolved.config)
+    except DiffusersMissing as exc:
+        raise ModelBuildError(f"model '{shorten(resolved.name)}' is a diffusers {class_name(resolved.config)}: {exc}",
+                              f"install the diffusers extra: {INSTALL}", rule_id="RC114") from None
+    except Exception as exc:  # an unsupported class or a config diffusers rejects: a finding
+        raise ModelBuildError(f"model '{shorten(resolved.name)}': diffusers cannot build it: {shorten(exc, 300)}",
+                              "use the transformer/config.json published with the pipeline") from None
     model.eval()
     return model
 

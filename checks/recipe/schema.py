@@ -77,6 +77,10 @@ class ModelSpec(_Section):
     torch_dtype: Literal[TORCH_DTYPES] | None = None  # type: ignore[valid-type]
     attn_implementation: Literal[ATTN_IMPLEMENTATIONS] | None = None  # type: ignore[valid-type]
     trust_remote_code: bool = False
+    component: str | None = Field(
+        None, min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$",
+        description="The diffusers pipeline subfolder trained, e.g. transformer (black-forest-labs/FLUX.1-dev)",
+    )
 
     @model_validator(mode="after")
     def _needs_id_or_config(self) -> ModelSpec:
@@ -217,6 +221,40 @@ class Dpo(_LibrarySection):
         return [self.loss_type] if isinstance(self.loss_type, str) else list(self.loss_type)
 
 
+_MAX_IMAGE_SIDE = 16_384  # pixels: 1M latent tokens an image for FLUX, past what any recipe trains on
+
+
+class Diffusion(_Section):
+    """What a diffusers training script (examples/dreambooth, examples/research_projects) feeds the
+    diffusion transformer each step: the image size, the text length, and what was precomputed."""
+
+    resolution: int | None = Field(None, ge=16, le=_MAX_IMAGE_SIDE, description="Square images: height and width")
+    height: int | None = Field(None, ge=16, le=_MAX_IMAGE_SIDE)
+    width: int | None = Field(None, ge=16, le=_MAX_IMAGE_SIDE)
+    max_sequence_length: int = Field(512, ge=1, le=4096, description="T5 tokens per prompt (FluxPipeline's default: 512)")
+    cache_latents: bool = False  # --cache_latents: images encoded once before training, the VAE deleted
+    precompute_text_embeddings: bool = False  # the text encoders ran before training and are not loaded
+    guidance_scale: float = Field(3.5, ge=0, le=limits.MAX_SCALE)  # the scripts' default; FLUX.1-dev is guidance-distilled
+    weighting_scheme: Literal["none", "sigma_sqrt", "logit_normal", "mode", "cosmap"] = "none"
+
+    @model_validator(mode="after")
+    def _size_given(self) -> Diffusion:
+        if self.resolution is None and (self.height is None or self.width is None):
+            raise ValueError("give the image size: resolution (square), or height and width")
+        for side in (self.image_height, self.image_width):
+            if side % 16:
+                raise ValueError(f"{side} is not a multiple of 16: FLUX packs 2x2 latent patches of the VAE's 8x downsampling")
+        return self
+
+    @property
+    def image_height(self) -> int:
+        return self.height if self.height is not None else self.resolution  # type: ignore[return-value]
+
+    @property
+    def image_width(self) -> int:
+        return self.width if self.width is not None else self.resolution  # type: ignore[return-value]
+
+
 class Hardware(_Section):
     gpu: _Names = Field(default_factory=list, description="One GPU name or a list: the GPUs this recipe is for")
     vram_budget_gib: float | None = Field(None, gt=0, le=4096)
@@ -305,6 +343,7 @@ class Recipe(_Section):
     unsloth: Unsloth | None = None  # trains with Unsloth (FastLanguageModel); see docs/unsloth.md
     training: Training = Field(default_factory=Training)
     dpo: Dpo | None = None  # a DPO recipe: TRL's DPOTrainer trains it against a reference model
+    diffusion: Diffusion | None = None  # a diffusion transformer's recipe (model.component: transformer)
     hardware: Hardware = Field(default_factory=Hardware)
     expect: Expect = Field(default_factory=Expect)
     checks: ChecksSection = Field(default_factory=ChecksSection)
