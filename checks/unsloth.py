@@ -185,7 +185,13 @@ def memory_notes(recipe, config: dict, weights_dtype: str) -> list[str]:
     else:
         notes.append(f"Unsloth runs this {model_type} model on its generic path (FastModel): traced as transformers' "
                      "own model; what torch.compile fuses there is not traced")
-    quantized_4bit = u.load_in_4bit or (recipe.quantization is not None and recipe.quantization.load_in_4bit)
+    q = recipe.quantization
+    if recipe.lora is not None and q is not None and (q.load_in_4bit or q.load_in_8bit) and not u.full_finetuning:
+        notes.append("the weights that stay unquantized (embeddings, lm_head, norms) are traced in float32, as "
+                     "peft's prepare_model_for_kbit_training casts them for TRL; Unsloth's own (unsloth/models/"
+                     "_utils.py:2482, unsloth_zoo's prepare_model_for_training) leaves frozen weights in their dtype: "
+                     "an upper bound by their size")
+    quantized_4bit = u.load_in_4bit or (q is not None and q.load_in_4bit)
     if quantized_4bit and not u.use_exact_model_name and not u.full_finetuning:
         notes.append("unsloth.use_exact_model_name is false: Unsloth loads its own pre-quantized copy where its "
                      "mapper has one (unsloth/models/mapper.py), and its '-unsloth-bnb-4bit' dynamic quants leave "

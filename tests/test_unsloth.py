@@ -278,3 +278,16 @@ def test_axolotls_unsloth_kernel_keys_are_named_as_not_traced_not_left_untransla
     named = {f.key: f.message for f in found if f.rule_id == "RC111"}
     assert set(named) == set(keys)
     assert all("as Axolotl patches it in" in message for message in named.values())
+
+
+def test_the_float32_cast_of_unquantized_weights_is_named_for_quantized_lora_only():
+    from checks.models.resolve import resolve_model_config
+    from checks.unsloth import memory_notes
+
+    def notes(text):
+        recipe = validate(load_text(text, "r.yaml")).recipe
+        return memory_notes(recipe, resolve_model_config(recipe.model.id).config, "bfloat16")
+
+    cast = "the weights that stay unquantized (embeddings, lm_head, norms) are traced in float32"
+    assert any(n.startswith(cast) for n in notes(SHIPPED.read_text(encoding="utf-8")))
+    assert not any(n.startswith(cast) for n in notes(LORA_16BIT))
