@@ -25,8 +25,9 @@ class UnslothUnpatchedModel(Rule):
     (`if load_in_8bit or full_finetuning or qat_scheme is not None:`, unsloth/models/loader.py:487): a warning.
 
     ## Why it matters
-    Unsloth's speed and memory figures (1.7-2x faster, 60-70% less VRAM) come from hand-written Triton kernels
-    for those families. Any other model goes to FastModel, which compiles transformers' own code with
+    Unsloth's speed and memory figures ("2x faster with 70% less VRAM" in its README; 1.87-1.94x for Llama 2 7B,
+    Mistral 7B and Code Llama 34B in the Hugging Face blog's benchmark) come from hand-written Triton kernels for
+    those families. Any other model goes to FastModel, which compiles transformers' own code with
     torch.compile, or, for an architecture transformers does not have (remote code), patches nothing at all:
     the run is the baseline, or something not yet measured, and a schedule or a GPU chosen by Unsloth's
     figures does not hold. Having measured the model with Unsloth, say so: `checks.ignore: {RC121: "measured

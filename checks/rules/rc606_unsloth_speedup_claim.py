@@ -12,7 +12,7 @@ class UnslothSpeedupClaim(Rule):
     A recipe that trains with Unsloth and states `expect.tokens_per_second`, where Unsloth's hand-written kernels
     do not apply: a model family Unsloth does not patch (RC121), or a setting that sends the model to Unsloth's
     generic path (RC121). The check cannot tell a figure measured on this setup from one scaled by Unsloth's
-    published speed-ups (1.7-2x for the families it patches): without a measurement nothing bounds the
+    published speed-ups (about 2x, for the families it patches): without a measurement nothing bounds the
     baseline's throughput below the FLOPs ceiling (RC602), so the claim is reported with what it asks of the GPU
     (the share of the card's dense tensor peak), and stays reported until the recipe says it was measured.
 
