@@ -281,3 +281,12 @@ def trl_fused_head_function_slot():
     if not hasattr(module, "_ChunkedLogProbFunction"):
         raise _missing("trl.trainer.utils._ChunkedLogProbFunction")
     return module
+
+
+def trl_metrics(trainer) -> dict:
+    """The training metrics a TRL trainer logs, per micro-batch (DPOTrainer._metrics["train"]: rewards/chosen,
+    rewards/rejected, ...), read as they are appended; no public accessor before they are logged."""
+    metrics = getattr(trainer, "_metrics", None)
+    if not isinstance(metrics, dict) or "train" not in metrics:
+        raise _missing("trl.DPOTrainer._metrics")
+    return metrics["train"]

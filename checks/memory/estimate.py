@@ -112,6 +112,10 @@ def estimate(recipe, resolved, gpu, *, with_fixes: bool = True, catalog=None) ->
     budget, source = budget_for(recipe, gpu)
     settings = settings_from_recipe(recipe, resolved.config)
     task = recipe.lora.task_type if recipe.lora else "CAUSAL_LM"
+    if settings.preference:  # TRL's step needs TRL: MissingExtra (the checks skip, naming the extra), not a trace error
+        from checks.recipe.library import require_trl
+
+        require_trl()
     try:
         # imported here: a library that lacks what the trace needs is a CompatError, a finding
         from checks.memory.step import trace_training_step

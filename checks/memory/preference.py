@@ -91,22 +91,25 @@ def dpo_step_settings(recipe, settings: StepSettings) -> StepSettings:
 def preference_step(step, resolved, settings: StepSettings, *, real: bool, device: str):
     """The StepModel of a DPO step: TRL's fused LM head on the model (and the reference model it needs,
     built and counted), and the DPO forward and loss as the step's `loss`."""
+    from checks.recipe.library import require_trl
+
+    require_trl()
     from trl.trainer.utils import add_fused_lm_head, disable_dropout_in_model
 
     from checks.memory.build import quiet
 
     pref = dict(settings.preference)
     model = step.model
-    reference = None
+    reference = reference_blocks = None
     with quiet():
         if pref["disable_dropout"]:
             disable_dropout_in_model(model)
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         add_fused_lm_head(base, outputs=pref["outputs"])
         if pref["reference"] == REFERENCE_MODEL:
-            reference = _reference_model(step, resolved, settings, real=real, device=device)
+            reference, reference_blocks = _reference_model(step, resolved, settings, real=real, device=device)
             add_fused_lm_head(reference)
-    step.loss = DpoLoss(reference)
+    step.loss = DpoLoss(reference, reference_blocks)
     if reference is not None:
         step.notes.append("the reference model, a second frozen copy of the model as DPOTrainer loads it for a "
                           "full fine-tune, is held beside it (reference_weights)")
@@ -121,7 +124,8 @@ def preference_step(step, resolved, settings: StepSettings, *, real: bool, devic
 
 def _reference_model(step, resolved, settings: StepSettings, *, real: bool, device: str):
     """DPOTrainer's reference for a full fine-tune: the model loaded again from its checkpoint, in the same
-    dtype and attention, frozen, in eval mode; as many decoder blocks as the traced model keeps."""
+    dtype and attention, frozen, in eval mode; as many decoder blocks as the traced model
+    keeps. Returns it and its decoder blocks."""
     import torch
     import transformers
 
@@ -133,22 +137,24 @@ def _reference_model(step, resolved, settings: StepSettings, *, real: bool, devi
         reference = transformers.AutoModelForCausalLM.from_config(
             build_config(resolved), dtype=getattr(torch, settings.weights_dtype),
             attn_implementation=settings.attn_implementation)
+    blocks = decoder_blocks(reference)  # found before any is dropped: the search matches the config's count
     if step.copies:
-        keep_blocks(decoder_blocks(reference), TRACED_BLOCKS)
+        keep_blocks(blocks, TRACED_BLOCKS)
     if real:  # the same checkpoint: the policy's weights
         reference.load_state_dict(step.model.state_dict(), strict=False)
     reference.requires_grad_(False)
     reference.eval()
     if not real:
         materialize_fake(reference, step.fake)
-    return reference
+    return reference, blocks
 
 
 class DpoLoss:
     """The DPO step's forward and loss (StepModel.loss): (model, settings, tracker) -> loss."""
 
-    def __init__(self, reference=None) -> None:
+    def __init__(self, reference=None, reference_blocks=None) -> None:
         self.reference = reference
+        self.reference_blocks = reference_blocks
 
     def __call__(self, model, settings: StepSettings, tracker):
         import torch
@@ -156,14 +162,13 @@ class DpoLoss:
         from trl.models.utils import disable_gradient_checkpointing
         from trl.trainer.utils import use_adapter
 
-        from checks.memory.blocks import blocks_of_tensors, decoder_blocks, segment_hooks
+        from checks.memory.blocks import blocks_of_tensors, segment_hooks
 
         pref = dict(settings.preference)
         beta = 0.1  # the loss's value is not traced, its shapes are: B numbers per side whatever beta is
         rows = 2 * settings.micro_batch  # chosen rows, then rejected rows
         if self.reference is not None:
-            blocks = decoder_blocks(self.reference)
-            of_block = blocks_of_tensors(blocks)
+            of_block = blocks_of_tensors(self.reference_blocks)
             tracker.held_from_start([(t, of_block.get(id(t))) for t in _tensors(self.reference)], "reference_weights")
         input_ids = torch.zeros((rows, settings.seq_len), dtype=torch.long)
         completion_mask = torch.ones((rows, settings.seq_len), dtype=torch.long)
@@ -180,7 +185,7 @@ class DpoLoss:
                 ref_rejected = torch.zeros((settings.micro_batch,), dtype=torch.float32)
             else:
                 region, tracker.region = tracker.region, "reference"
-                hooks = segment_hooks(decoder_blocks(self.reference), tracker) if self.reference is not None else []
+                hooks = segment_hooks(self.reference_blocks, tracker) if self.reference is not None else []
                 try:
                     with torch.no_grad(), disable_gradient_checkpointing(model, thaw(settings.gradient_checkpointing_kwargs) or None):
                         if self.reference is None:

@@ -209,14 +209,14 @@ class MemoryTracker(TorchDispatchMode):
         """Tensors held from before the step began that the step's own tagging does not reach (a frozen
         reference model beside the trained one), with their decoder block: tracked as allocated at init,
         before every event logged so far."""
-        phase, self.phase = self.phase, "init"
+        (phase, segment), (self.phase, self.segment) = (self.phase, self.segment), ("init", None)
         start = len(self.log)
         try:
             for tensor, block in tensors:
                 allocation = self.track(tensor, tag, block=block)
                 allocation.block = block
         finally:
-            self.phase = phase
+            self.phase, self.segment = phase, segment
         added = self.log[start:]
         self.log[:] = added + self.log[:start]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from checks.rules.base import NotRun
 
 # What every cpu-step rule reads: the step is built from all of it.
-STEP_READS = frozenset({"model", "quantization", "lora", "training"})
+STEP_READS = frozenset({"model", "quantization", "lora", "training", "dpo"})
 
 
 def step_report(ctx):
@@ -14,6 +14,8 @@ def step_report(ctx):
     from checks.run.cpu_step import cpu_step
 
     outcome = cpu_step(ctx.state)
+    if outcome.missing_extra:  # e.g. a dpo recipe without TRL
+        raise NotRun(f"not run: {outcome.missing_extra}")
     if outcome.cannot_run:
         raise NotRun(f"not run: {outcome.cannot_run}; build it with `recipe-checks fixtures build {ctx.path}`")
     return outcome.report

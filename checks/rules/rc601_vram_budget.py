@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from checks.findings import Severity
-from checks.rules.base import CannotJudge, Rule
+from checks.rules.base import CannotJudge, NotRun, Rule
 
 from checks.gpus import GIB
 
@@ -46,10 +46,13 @@ class VramBudget(Rule):
     def run(self, ctx):
         from checks.memory.estimate import estimate
         from checks.memory.step import TraceError
+        from checks.recipe.library import MissingExtra
 
         gpu = ctx.gpu
         try:
             result = estimate(ctx.recipe, ctx.state.resolved_model(), gpu, catalog=ctx.state.catalog)
+        except MissingExtra as exc:  # a DPO recipe without TRL: skipped, naming the extra
+            raise NotRun(f"not run: {exc}") from None
         except TraceError as exc:
             # The engine reports this, unless the static checks' errors already say why (peft or
             # transformers refusing the recipe as written): then it points at those instead.

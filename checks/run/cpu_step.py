@@ -24,6 +24,8 @@ class StepOutcome:
     cannot_run: str | None = None  # why there is no step to judge (no fixture for the model, ...)
     fixture: Any = None
     broken_by: str | None = None  # the training key whose default makes a non-finite step finite
+    missing_extra: str | None = None  # the optional library the recipe's trainer needs (TRL for dpo), not installed
+    preference: Any = None  # a DPO step's start: its rewards against the reference (checks.run.dpo.DpoStart)
     seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -46,6 +48,13 @@ class TinyModel:
     fixture: Any
     weights_dtype: str
     vocab_size: int
+
+    @property
+    def config(self) -> dict:
+        """The tiny model's config.json."""
+        import json
+
+        return json.loads((self.fixture.path / "config.json").read_text(encoding="utf-8"))
 
 
 def tiny_model(state) -> TinyModel | str:
@@ -81,8 +90,22 @@ def _run(state) -> StepOutcome:
     outcome.fixture = tiny.fixture
     outcome.seconds["fixture"] = time.perf_counter() - started
     scale = Scale.small(recipe)
+    if recipe.dpo is not None:  # TRL's DPOTrainer runs the step (checks.run.dpo)
+        from checks.recipe.library import MissingExtra, require_trl
+
+        try:
+            require_trl()
+        except MissingExtra as exc:
+            outcome.missing_extra = str(exc)
+            return outcome
 
     def step(kwargs: dict | None = None) -> StepReport:
+        if recipe.dpo is not None:
+            from checks.run.dpo import dpo_step
+
+            report, outcome.preference = dpo_step(recipe, str(tiny.fixture.path), tiny.config, scale,
+                                                  weights_dtype=tiny.weights_dtype, kwargs=kwargs)
+            return report
         setup = build_training(recipe, str(tiny.fixture.path), scale, weights_dtype=tiny.weights_dtype, kwargs=kwargs)
         return run_real_step(setup, recipe, vocab_size=tiny.vocab_size)
 

@@ -36,6 +36,22 @@ def _run(state, steps: int) -> TrainOutcome:
     if isinstance(tiny, str):
         return TrainOutcome(cannot_run=tiny)
     scale = Scale.small(recipe, micro_batch=1, max_accumulation=1)
+    if recipe.dpo is not None:  # TRL's DPOTrainer.train (checks.run.dpo); cpu-step says when TRL is missing
+        from checks.recipe.library import MissingExtra, require_trl
+
+        try:
+            require_trl()
+        except MissingExtra as exc:
+            return TrainOutcome(cannot_run=str(exc))
+        try:
+            from checks.run.dpo import dpo_training
+
+            return TrainOutcome(report=dpo_training(recipe, str(tiny.fixture.path), tiny.config, scale,
+                                                    weights_dtype=tiny.weights_dtype, steps=steps))
+        except SetupRefused as exc:
+            return TrainOutcome(refused=exc)
+        except Exception as exc:  # noqa: BLE001  whatever a library raises on this recipe is a finding
+            return TrainOutcome(refused=SetupRefused("the training run", exc, ()))
     try:
         setup = build_training(recipe, str(tiny.fixture.path), scale, weights_dtype=tiny.weights_dtype,
                                schedule_steps=steps)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from checks.memory.build import quiet
 from checks.run.setup import TrainingSetup, autocast
@@ -173,9 +173,12 @@ def _count_block_calls(setup: TrainingSetup):
     return counts, inner.register_forward_pre_hook(count)
 
 
-def run_real_step(setup: TrainingSetup, recipe, *, vocab_size: int, seed: int = 0, device: str = "cpu") -> StepReport:
+def run_real_step(setup: TrainingSetup, recipe, *, vocab_size: int, seed: int = 0, device: str = "cpu",
+                  batches: list | None = None, loss_of: Callable[[Any], Any] | None = None) -> StepReport:
     """One optimizer step at the first LR past warmup, as many micro-batches as the accumulation, then
-    one more backward pass to see the gradients a zero-initialised LoRA B withholds from A on step 1."""
+    one more backward pass to see the gradients a zero-initialised LoRA B withholds from A on step 1.
+    `batches` and `loss_of`: a trainer's own batches (dicts with input_ids) and loss of one (TRL's
+    DPOTrainer.compute_loss), instead of random tokens and the causal LM's loss."""
     import torch
 
     model, optimizer, scheduler = setup.model, setup.optimizer, setup.scheduler
@@ -184,9 +187,13 @@ def run_real_step(setup: TrainingSetup, recipe, *, vocab_size: int, seed: int = 
     scale_note = setup.scale.describe(recipe)
     if scale_note:
         report.notes.append(scale_note)
-    batches = [b.to(device) for b in token_batches(vocab_size, setup.scale, setup.scale.gradient_accumulation + 1, seed)]
+    if batches is None:
+        batches = [b.to(device) for b in token_batches(vocab_size, setup.scale, setup.scale.gradient_accumulation + 1, seed)]
+    if loss_of is None:
+        def loss_of(batch):
+            return model(input_ids=batch, labels=batch).loss
     torch.manual_seed(seed)
-    _check_identity(setup, batches[0], report)
+    _check_identity(setup, batches[0]["input_ids"] if isinstance(batches[0], dict) else batches[0], report)
 
     named = [(n, p) for n, p in model.named_parameters()]
     trainable = [(n, p) for n, p in named if p.requires_grad]
@@ -212,8 +219,8 @@ def run_real_step(setup: TrainingSetup, recipe, *, vocab_size: int, seed: int = 
         with quiet():
             optimizer.zero_grad(set_to_none=True)
             for batch in batches[:-1]:
-                with autocast(setup.precision, batch.device.type):
-                    loss = model(input_ids=batch, labels=batch).loss
+                with autocast(setup.precision, device):
+                    loss = loss_of(batch)
                 report.losses.append(float(loss.detach().float().item()))
                 counts["phase"] = "backward"
                 (loss / setup.scale.gradient_accumulation).backward()
@@ -226,8 +233,8 @@ def run_real_step(setup: TrainingSetup, recipe, *, vocab_size: int, seed: int = 
             optimizer.zero_grad(set_to_none=True)
             report.block_forwards, report.block_recomputes = counts["forward"], counts["backward"]
             # one more backward (no update): LoRA's A gets its first gradient once B is no longer zero
-            with autocast(setup.precision, batch.device.type):
-                probe = model(input_ids=batches[-1], labels=batches[-1]).loss
+            with autocast(setup.precision, device):
+                probe = loss_of(batches[-1])
             counts["phase"] = "probe"
             probe.backward()
             _note_gradients(trainable, got_gradient, None)  # non-finite here follows from the update: RC703 names that
