@@ -28,6 +28,7 @@ SUPPORTED: dict[str, tuple[str, str]] = {
     "accelerate": ("1.2.0", "1.15"),
     "huggingface_hub": ("1.31.0", "2.4"),
     "pydantic": ("2.8.0", "2.14"),
+    "diffusers": ("0.42.0", "0.42"),  # optional (the diffusers extra, FLUX recipes)
 }
 
 
@@ -132,6 +133,18 @@ def bitsandbytes_op(name: str):
         raise _missing(f"bitsandbytes.torch.ops.bitsandbytes.{name}") from None
 
 
+def is_fake(tensor) -> bool:
+    """Whether a tensor is a FakeTensor (torch._subclasses.fake_tensor.is_fake)."""
+    return bool(require("torch._subclasses.fake_tensor.is_fake")(tensor))
+
+
+def grouped_mm_output(mat_a, mat_b, offs, out_dtype):
+    """The output of aten::_grouped_mm as torch lays it out (torch._meta_registrations'
+    _create_grouped_mm_output_tensor, which the CPU and CUDA kernels mirror), for operands whose
+    dtype the fast kernel's fake check refuses."""
+    return require("torch._meta_registrations._create_grouped_mm_output_tensor")(mat_a, mat_b, offs, out_dtype)
+
+
 # -- transformers -----------------------------------------------------------------------------------
 def masking_utils():
     """transformers.masking_utils, with the function the trace replaces checked to exist."""
@@ -144,6 +157,14 @@ def attn_implementation(config) -> str | None:
     if not hasattr(config, "_attn_implementation"):
         raise _missing("transformers.PretrainedConfig._attn_implementation")
     return config._attn_implementation
+
+
+def experts_implementation(config) -> str | None:
+    """The experts implementation a built MoE model runs (config._experts_implementation, transformers 5.x;
+    no public getter): 'grouped_mm' by default, 'eager', 'batched_mm', ..."""
+    if not hasattr(config, "_experts_implementation"):
+        raise _missing("transformers.PretrainedConfig._experts_implementation")
+    return config._experts_implementation
 
 
 def keys_to_not_convert(model) -> list[str]:
@@ -175,6 +196,11 @@ def quantize_on_cpu(param, device: str = "cpu"):
 def lora_create_new_module(lora_config, adapter_name: str, target, **kwargs):
     """peft's LoraModel._create_new_module: the LoRA layer peft would wrap `target` in."""
     return require("peft.tuners.lora.model.LoraModel._create_new_module")(lora_config, adapter_name, target, **kwargs)
+
+
+def lora_param_wrapper() -> type:
+    """peft's ParamWrapper (peft.tuners.lora.layer), the LoRA layer of a lora.target_parameters entry."""
+    return require("peft.tuners.lora.layer.ParamWrapper")
 
 
 def pattern_key(patterns: list[str], name: str) -> str:

@@ -61,6 +61,13 @@ def _leaf(name: str) -> str:
     return name.rsplit(".", 1)[-1]
 
 
+def target_name(name: str) -> str:
+    """The name a recipe targets a module by: its leaf, or the last two parts where the leaf is an index
+    (diffusers' `to_out.0`: peft matches the suffix '.to_out.0', and '0' alone would match every first item)."""
+    parts = name.split(".")
+    return ".".join(parts[-2:]) if parts[-1].isdigit() and len(parts) > 1 else parts[-1]
+
+
 def block_index(name: str, block_list: str | None) -> int | None:
     if block_list and name.startswith(block_list + "."):
         head = name[len(block_list) + 1:].split(".", 1)[0]
@@ -177,8 +184,8 @@ def analyse_targets(lora_config, model: Any, fresh_model: Callable[[], Any] | No
     wrappable: list[str] = []
     linear_types = _linear_types()
     for name, module in modules.items():
-        if isinstance(module, linear_types) and module is not output_embeddings and _leaf(name) not in wrappable:
-            wrappable.append(_leaf(name))
+        if isinstance(module, linear_types) and module is not output_embeddings and target_name(name) not in wrappable:
+            wrappable.append(target_name(name))
 
     total = sum(p.numel() for p in model.parameters())
     targeted = sum(

@@ -13,6 +13,7 @@ import diffusers.training_utils  # noqa: E402,F401
 
 from checks.memory.step import StepSettings, build_step_model, run_step  # noqa: E402
 from checks.models.resolve import ResolvedModel, resolve_model_config  # noqa: E402
+from tests.conftest import RECIPES  # noqa: E402
 
 # A small FluxTransformer2DModel: the architecture of FLUX.1-dev (double- and single-stream blocks,
 # guidance embedding, 64-channel packed latents) at widths a CPU runs in milliseconds.
@@ -83,3 +84,70 @@ def test_the_bundled_flux_transformer_has_the_published_parameter_counts():
                                  target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
     assert model.num_parameters(only_trainable=True) == 4_669_440
     assert model.num_parameters() == 11_906_077_760
+
+
+# -- the recipes and their rules, through pytest ----------------------------------------------------
+FLUX_QLORA = RECIPES / "flux1-dev-qlora-rtx4090.yaml"
+
+
+def _recipe(**replacements: str) -> str:
+    text = FLUX_QLORA.read_text(encoding="utf-8")
+    for old, new in replacements.items():
+        assert old in text, old
+        text = text.replace(old, new)
+    return text
+
+
+def test_llm_target_names_on_flux_fail_with_rc201_and_the_flux_names(pytester):
+    pytester.makefile(".yaml", flux_llm_names=_recipe(**{
+        "target_modules: [to_k, to_q, to_v, to_out.0]": "target_modules: [q_proj, k_proj, v_proj, o_proj]"}))
+    result = pytester.runpytest(".", "-k", "target-modules", "-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines([
+        "*RC201 target module 'q_proj' matches nothing in FluxTransformer2DModel",
+        "*'q_proj' is the name in llama, mistral, mixtral. Did you mean",
+        "*'to_q, to_k, to_v'?",
+        "*RC201 target module 'o_proj' matches nothing in FluxTransformer2DModel",
+        "*'o_proj' is the name in llama, mistral, mixtral. Did you mean",
+        "*'to_out.0'?",
+    ])
+
+
+def test_a_flux_recipe_without_its_diffusion_section_fails_with_rc115(pytester):
+    text = _recipe()
+    start, end = text.index("diffusion:\n"), text.index("training:\n")
+    pytester.makefile(".yaml", flux_no_size=text[:start] + text[end:])
+    result = pytester.runpytest(".", "-k", "schema", "-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*RC115 model 'black-forest-labs/FLUX.1-dev' is a diffusers FluxTransformer2DModel*"])
+
+
+def test_without_diffusers_a_flux_recipe_names_the_extra_and_its_model_checks_wait_for_it(pytester, monkeypatch):
+    from checks.models import skeleton
+
+    skeleton._build_cached.cache_clear()  # a FLUX model built by an earlier test would hide the import
+    monkeypatch.setitem(__import__("sys").modules, "diffusers", None)  # `import diffusers` raises ImportError
+    pytester.makefile(".yaml", flux=_recipe())
+    result = pytester.runpytest(".", "--gpu=rtx4090", "-k", "schema or target-modules or vram", "-p", "no:cacheprovider",
+                                "-rA")
+    skeleton._build_cached.cache_clear()
+    result.assert_outcomes(failed=1, passed=2)  # the model's checks wait for the model, as for any model not built
+    result.stdout.fnmatch_lines([
+        "*RC114 model 'black-forest-labs/FLUX.1-dev' is a diffusers FluxTransformer2DModel: diffusers is not "
+        "installed*pip install 'recipe-checks?diffusers?'",  # ? for fnmatch's brackets
+        "*not run: RC201, RC202, * wait: the model could not be built (see flux.yaml::schema)",
+    ])
+    assert "Traceback" not in result.stdout.str()
+
+
+def test_the_tiny_flux_fixture_has_the_full_models_modules_and_loads_from_the_hub_cache(tmp_path):
+    from checks.fixtures.cache import ensure_fixture, module_layout
+    from checks.models.skeleton import build_meta_model
+
+    full = resolve_model_config("black-forest-labs/FLUX.1-dev", component="transformer")
+    fixture = ensure_fixture(full, cache_dir=tmp_path, task_type="DIFFUSION")
+    assert fixture.built and ensure_fixture(full, cache_dir=tmp_path, task_type="DIFFUSION").built is False
+    model = diffusers.FluxTransformer2DModel.from_pretrained(str(fixture.path), local_files_only=True)
+    assert module_layout(model) == module_layout(build_meta_model(full))
+    assert (len(model.transformer_blocks), len(model.single_transformer_blocks)) == (2, 2)
+    assert sum(p.numel() for p in model.parameters()) < 10**6

@@ -41,6 +41,7 @@ NOT_FROM_A_RECIPE = {
     "RC721": "needs a CUDA GPU: tested with a CPU device standing in for one",
     "RC722": "needs a CUDA GPU: tested with a CPU device standing in for one",
     "RC603": "needs a baseline (--recipes-baseline), which no recipe file gives: tested in tests/test_baseline.py",
+    "RC114": "needs diffusers not installed: tested in tests/test_flux.py with its import monkeypatched away",
 }
 
 

@@ -96,6 +96,7 @@ def build_step_model(resolved, settings: StepSettings, task_type: str = "CAUSAL_
     import torch
     import transformers
 
+    from checks.memory.experts import step_notes as expert_notes
     from checks.memory.materialize import materialize_fake
     from checks.memory.quantize import quantize_model_4bit, quantize_model_8bit
     from checks.models.skeleton import _AUTO_CLASS_BY_TASK, build_config
@@ -152,6 +153,7 @@ def build_step_model(resolved, settings: StepSettings, task_type: str = "CAUSAL_
             # the Trainer patches the model under the peft wrapper (_apply_liger_kernel_to_instance)
             use_chunked_loss(model.get_base_model() if hasattr(model, "get_base_model") else model)
         model.train()
+        notes.extend(expert_notes(model, blocks, copies, settings))
     fake = None
     if not real:
         fake = compat.fake_tensor_mode()(allow_non_fake_inputs=True)

@@ -12,6 +12,7 @@ import contextlib
 import torch
 
 from checks import compat
+from checks.memory.experts import GROUPED_MM_OP, grouped_mm_as_on_cuda
 
 # ops whose outputs are dequantized weights (the tracker's dequantized_weights category)
 DEQUANTIZE_OPS = ("bitsandbytes::dequantize_4bit", "bitsandbytes::dequantize_blockwise")
@@ -100,6 +101,7 @@ def int8_scaled_mm(tracker, A, B, row_stats, col_stats, bias=None, dtype=None):
 
 
 EMULATED = {
+    GROUPED_MM_OP: grouped_mm_as_on_cuda,  # MoE experts (checks/memory/experts.py)
     "bitsandbytes::gemm_4bit": gemm_4bit_as_cuda_fallback,
     "bitsandbytes::int8_vectorwise_quant": int8_quant_without_outliers,
     "bitsandbytes::int8_mixed_scaled_mm": int8_mixed_scaled_mm_without_outliers,

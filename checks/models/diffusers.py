@@ -17,15 +17,6 @@ INSTALL = f"pip install 'recipe-checks[{EXTRA}]'"
 # The diffusers model classes recipe-checks traces a training step of (its step and loss are in
 # checks/memory/diffusion.py); any other _class_name gets RC106 saying so.
 SUPPORTED_CLASSES = ("FluxTransformer2DModel",)
-# What people copy from LLM recipes onto FLUX's projections, and the FLUX names for the same role
-# (diffusers' FluxAttention, FluxTransformerBlock and FluxSingleTransformerBlock module names).
-FLUX_NAMES_FOR_LLM_NAMES = {
-    "q_proj": ["to_q"], "k_proj": ["to_k"], "v_proj": ["to_v"], "o_proj": ["to_out.0"],
-    "qkv_proj": ["to_q", "to_k", "to_v"], "query_key_value": ["to_q", "to_k", "to_v"], "c_attn": ["to_q", "to_k", "to_v"],
-    "out_proj": ["to_out.0"], "dense": ["to_out.0"],
-    "gate_proj": ["ff.net.0.proj", "proj_mlp"], "up_proj": ["ff.net.0.proj", "proj_mlp"], "gate_up_proj": ["ff.net.0.proj", "proj_mlp"],
-    "down_proj": ["ff.net.2", "proj_out"], "fc1": ["ff.net.0.proj", "proj_mlp"], "fc2": ["ff.net.2", "proj_out"],
-}
 
 
 class DiffusersMissing(ImportError):
@@ -53,7 +44,7 @@ def import_diffusers():
     try:
         import diffusers
     except ImportError as exc:
-        raise DiffusersMissing(f"diffusers is not installed ({exc})") from None
+        raise DiffusersMissing(f"diffusers is not installed ({exc}); {INSTALL}") from None
     return diffusers
 
 

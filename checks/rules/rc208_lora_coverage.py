@@ -5,6 +5,7 @@ from __future__ import annotations
 from checks.findings import Severity
 from checks.rules._targets_common import analysis
 from checks.rules.base import Rule
+from checks.targets import target_name
 
 
 class LoraCoverage(Rule):
@@ -38,7 +39,7 @@ class LoraCoverage(Rule):
         result = analysis(ctx)
         if result is None or not result.matched_modules:
             return
-        leaves = sorted({m.rsplit(".", 1)[-1] for m in result.matched_modules if m not in result.unsupported})
+        leaves = sorted({target_name(m) for m in result.matched_modules if m not in result.unsupported})
         share = result.targeted_params / result.total_params if result.total_params else 0.0
         origin = f"{result.expanded_from} expands to" if result.expanded_from else "targets"
         blocks = set().union(*[m.blocks for m in result.matches]) if result.matches else set()

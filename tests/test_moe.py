@@ -1,0 +1,155 @@
+"""Mixture-of-experts models (fused 3-D experts, transformers 5): the fake trace against a real CPU
+execution of tiny Mixtral and Qwen MoE models, LoRA and QLoRA, on attention and on the experts
+(peft's target_parameters); the routing the trace cannot know; block replication; and what the
+trace says of a QLoRA run's experts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from checks.memory.step import StepSettings, build_step_model, run_step
+from checks.models.resolve import ResolvedModel, resolve_model_config
+
+SIZES = {"hidden_size": 128, "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 2,
+         "vocab_size": 1024, "max_position_embeddings": 512}
+MIXTRAL = ResolvedModel("tiny-mixtral", {"model_type": "mixtral", **SIZES, "intermediate_size": 256,
+                                         "num_local_experts": 4, "num_experts_per_tok": 2}, "test")
+QWEN3_MOE = ResolvedModel("tiny-qwen3-moe", {"model_type": "qwen3_moe", **SIZES, "head_dim": 32, "intermediate_size": 256,
+                                             "moe_intermediate_size": 64, "num_experts": 8, "num_experts_per_tok": 2,
+                                             "norm_topk_prob": True}, "test")
+ATTENTION = (("lora_alpha", 16), ("lora_dropout", 0.0), ("r", 8),
+             ("target_modules", ("q_proj", "k_proj", "v_proj", "o_proj")), ("task_type", "CAUSAL_LM"))
+EXPERTS = tuple(sorted(dict(ATTENTION, target_parameters=("mlp.experts.gate_up_proj", "mlp.experts.down_proj")).items()))
+NF4 = (("compute_dtype", "bfloat16"), ("double_quant", True), ("quant_storage", "uint8"), ("quant_type", "nf4"),
+       ("skip", ()))
+BASE = StepSettings(micro_batch=2, seq_len=64, precision="bfloat16", weights_dtype="bfloat16", optim="adamw_torch")
+
+CASES = {
+    f"{name}-{method}-{targets}": (model, dataclasses.replace(BASE, lora=lora, **extra))
+    for name, model in (("mixtral", MIXTRAL), ("qwen3-moe", QWEN3_MOE))
+    for targets, lora in (("attention", ATTENTION), ("experts", EXPERTS))
+    for method, extra in (("lora", {}), ("qlora", {"quant_4bit": NF4, "optim": "paged_adamw_8bit"}),
+                          ("qlora-checkpointing", {"quant_4bit": NF4, "gradient_checkpointing": True}))
+}
+
+
+def _run(resolved, settings, real, **kwargs):
+    return run_step(build_step_model(resolved, settings, real=real, **kwargs), settings)
+
+
+@pytest.mark.slow  # real and fake steps, seconds each
+@pytest.mark.parametrize("case", CASES)
+def test_fake_trace_of_an_moe_step_equals_a_real_cpu_execution(case):
+    resolved, settings = CASES[case]
+    fake = _run(resolved, settings, real=False)
+    real = _run(resolved, settings, real=True)
+    assert fake.timeline.peak_bytes == real.timeline.peak_bytes
+    assert fake.timeline.breakdown == real.timeline.breakdown
+    assert fake.timeline.peak_phase == real.timeline.peak_phase
+    assert "aten::_grouped_mm" in fake.ops  # transformers' grouped_mm experts ran, not a per-expert loop
+
+
+def test_qlora_leaves_the_experts_unquantized_and_upcast_to_float32():
+    """bitsandbytes quantizes nn.Linear layers only (attention: 3 blocks x 4); the experts are 3-D
+    nn.Parameters that prepare_model_for_kbit_training upcasts, and the real model has them in fp32."""
+    import torch
+
+    settings = dataclasses.replace(BASE, lora=ATTENTION, quant_4bit=NF4)
+    built = build_step_model(MIXTRAL, settings, real=True)
+    experts = built.model.get_base_model().model.layers[0].mlp.experts
+    assert {p.dtype for p in experts.parameters()} == {torch.float32}
+    assert built.quantized == 3 * 4
+    fake = build_step_model(MIXTRAL, settings)
+    count = 3 * 4 * (2 * 256 * 128 + 128 * 256)
+    assert (f"the {count / 1e9:.2f}B expert parameters are 3-D nn.Parameters; prepare_model_for_kbit_training then "
+            f"upcasts them from bfloat16 to float32: {count * 4 / 1e9:.1f} GB") in " ".join(fake.notes)
+    unquantized = build_step_model(MIXTRAL, dataclasses.replace(BASE, lora=ATTENTION))
+    assert not any("not quantized" in note for note in unquantized.notes)
+
+
+def _route(model, experts) -> list[int]:
+    """Make every router of a real model send token n to the experts `experts[n]`: the router runs as
+    it is (its allocations are the trace's), then a forward hook overwrites the indices its top-k chose,
+    in place, allocating nothing; returns a list that counts the routers so overridden."""
+    overridden = []
+
+    def hook(_router, _args, output):
+        output[2].data.copy_(experts)  # .data: top-k keeps its indices for the backward, unversioned here
+        overridden.append(1)
+
+    for block in model.get_base_model().model.layers:
+        block.mlp.gate.register_forward_hook(hook)
+    return overridden
+
+
+@pytest.mark.slow  # real and fake steps, seconds each
+@pytest.mark.parametrize("targets", [ATTENTION, EXPERTS], ids=["attention", "experts"])
+def test_every_routing_allocates_what_the_trace_counts(targets):
+    """Fake tensors have no routing: the trace is exact for any, since grouped_mm's tensors have tokens x
+    top-k rows whatever the split. Two opposite real routings, all tokens on experts 0 and 1 (two experts
+    idle) and an even round robin, allocate the same bytes, event for event, and both equal the trace."""
+    import torch
+
+    settings = dataclasses.replace(BASE, lora=targets, quant_4bit=NF4)
+    curves, splits = [], []
+    tokens = BASE.micro_batch * BASE.seq_len
+    for experts in (torch.tensor([[0, 1]] * tokens),
+                    torch.stack([torch.arange(tokens) % 4, (torch.arange(tokens) + 2) % 4], 1)):
+        built = build_step_model(MIXTRAL, settings, real=True)
+        overridden = _route(built.model, experts)
+        trace = run_step(built, settings, keep_curve=True)
+        assert len(overridden) == 3  # each block's router, once in the forward
+        curves.append((trace.curve, trace.timeline.peak_bytes, trace.timeline.breakdown))
+        splits.append(torch.bincount(experts.flatten(), minlength=4).tolist())
+    assert splits == [[tokens, tokens, 0, 0], [tokens // 2] * 4]
+    assert curves[0] == curves[1]
+    fake = run_step(build_step_model(MIXTRAL, settings), settings, keep_curve=True)
+    assert (fake.curve, fake.timeline.peak_bytes, fake.timeline.breakdown) == curves[0]
+    assert any(note.startswith("expert routing: transformers' grouped_mm experts") for note in fake.notes)
+
+
+DEEP_MIXTRAL = ResolvedModel("deep-mixtral", {**MIXTRAL.config, "num_hidden_layers": 9}, "test")
+
+
+@pytest.mark.slow  # real and fake steps, seconds each
+@pytest.mark.parametrize("settings", [
+    dataclasses.replace(BASE, lora=EXPERTS),
+    dataclasses.replace(BASE, lora=EXPERTS, quant_4bit=NF4, optim="paged_adamw_8bit", gradient_checkpointing=True),
+], ids=["lora-experts", "qlora-experts-checkpointing"])
+def test_replicated_moe_blocks_give_the_full_trace_exactly(settings):
+    built = build_step_model(DEEP_MIXTRAL, settings, replicate_blocks=True)
+    assert built.copies == 9 - 4
+    replicated = run_step(built, settings, keep_curve=True)
+    full = run_step(build_step_model(DEEP_MIXTRAL, settings), settings, keep_curve=True)
+    assert replicated.curve == full.curve
+    assert (replicated.timeline.peak_bytes, replicated.timeline.breakdown, replicated.total_params,
+            replicated.trainable_params, replicated.quantized_layers) == (
+        full.timeline.peak_bytes, full.timeline.breakdown, full.total_params, full.trainable_params,
+        full.quantized_layers)
+
+
+def test_mixtral_8x7b_qlora_trace_says_its_45b_experts_are_upcast():
+    """The full-size model on fake tensors: the note counts the experts of all 32 blocks, not the 4 traced."""
+    from checks.memory.step import trace_training_step
+
+    settings = dataclasses.replace(BASE, seq_len=512, micro_batch=1, lora=ATTENTION, quant_4bit=NF4,
+                                   optim="paged_adamw_8bit", gradient_checkpointing=True)
+    trace = trace_training_step(resolve_model_config("mistralai/Mixtral-8x7B-v0.1"), settings)
+    assert trace.quantized_layers == 32 * 4
+    assert any("the 45.10B expert parameters are 3-D nn.Parameters" in note and "180.4 GB" in note
+               for note in trace.notes)
+    assert trace.timeline.breakdown["weights"] > 45.1e9 * 4
+
+
+def test_target_parameters_on_mixtral_8x7b_say_what_each_forward_copies():
+    """Each block's experts (8 x (2 x 14336 x 4096 + 4096 x 14336) bf16 parameters) are copied as W + BA."""
+    settings = dataclasses.replace(BASE, lora=EXPERTS, gradient_checkpointing=True)
+    built = build_step_model(resolve_model_config("mistralai/Mixtral-8x7B-v0.1"), settings, replicate_blocks=True)
+    per_block = 8 * 3 * 14336 * 4096 * 2
+    assert any(f"in bfloat16): a {per_block / 1e9:.2f} GB copy of each block's targeted experts" in note
+               for note in built.notes), built.notes
+    attention_only = build_step_model(MIXTRAL, dataclasses.replace(BASE, lora=ATTENTION))
+    assert not any("ParamWrapper" in note for note in attention_only.notes)
