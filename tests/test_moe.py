@@ -153,3 +153,17 @@ def test_target_parameters_on_mixtral_8x7b_say_what_each_forward_copies():
                for note in built.notes), built.notes
     attention_only = build_step_model(MIXTRAL, dataclasses.replace(BASE, lora=ATTENTION))
     assert not any("ParamWrapper" in note for note in attention_only.notes)
+
+
+def test_bundled_qwen3_30b_a3b_has_the_model_cards_sizes():
+    """The model card: 30.5B parameters, 29.9B without the (untied) embedding and output head, 48 blocks of
+    128 experts; the experts are fused 3-D parameters, which the trace's notes count."""
+    from checks.memory.experts import fused_expert_parameters
+    from checks.models.skeleton import build_meta_model
+
+    model = build_meta_model(resolve_model_config("Qwen/Qwen3-30B-A3B"))
+    total = sum(p.numel() for p in model.parameters())
+    embeddings = model.get_input_embeddings().weight.numel() + model.get_output_embeddings().weight.numel()
+    assert round(total / 1e9, 1) == 30.5 and round((total - embeddings) / 1e9, 1) == 29.9
+    experts = fused_expert_parameters(model)
+    assert len(experts) == 48 * 2 and {tuple(p.shape) for _, p in experts} == {(128, 2 * 768, 2048), (128, 2048, 768)}
