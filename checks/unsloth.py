@@ -218,3 +218,29 @@ def ceiling_for(recipe, model, gpu, *, checkpointing: bool):
 
     return ceiling(model, recipe.training.max_seq_length, trains_weights=recipe.method is Method.FULL,
                    checkpointing=checkpointing, gpu=gpu, precision=recipe.training_dtype)
+
+
+_LIGER = "use_liger_kernel"
+
+
+def as_unsloth_fixes(fixes: list) -> list:
+    """The vram check's fixes as an Unsloth recipe writes them: checkpointing, 4-bit loading and the sequence
+    length in the unsloth section too (else RC120 reports the fix as a contradiction); Liger's chunked loss
+    left out, since on its patched path Unsloth computes the loss in chunks itself (llama.py:1497)."""
+    import dataclasses
+    import re
+
+    out = []
+    for fix in fixes:
+        if _LIGER in fix.change:
+            continue
+        change = fix.change.replace(
+            "training.gradient_checkpointing: true",
+            "unsloth.use_gradient_checkpointing: unsloth (traced as torch's checkpointing) and "
+            "training.gradient_checkpointing: true or unset")
+        change = change.replace("quantization: {load_in_4bit: true", "unsloth.load_in_4bit: true, "
+                                "quantization: {load_in_4bit: true")
+        change = re.sub(r"training\.max_seq_length: (\d+)", r"training.max_seq_length and unsloth.max_seq_length: \1",
+                        change)
+        out.append(dataclasses.replace(fix, change=change))
+    return out

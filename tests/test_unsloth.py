@@ -291,3 +291,27 @@ def test_the_float32_cast_of_unquantized_weights_is_named_for_quantized_lora_onl
     cast = "the weights that stay unquantized (embeddings, lm_head, norms) are traced in float32"
     assert any(n.startswith(cast) for n in notes(SHIPPED.read_text(encoding="utf-8")))
     assert not any(n.startswith(cast) for n in notes(LORA_16BIT))
+
+
+def test_the_vram_fixes_of_an_unsloth_recipe_are_written_in_its_unsloth_section_too():
+    from checks.memory.estimate import Fix, candidate_fixes
+    from checks.memory.settings import StepSettings
+    from checks.unsloth import as_unsloth_fixes
+
+    settings = StepSettings(micro_batch=4, seq_len=2048, lora=(("r", 16),), precision="bfloat16")
+    fixes = [Fix(name, change, 0, 1, True) for name, change, _ in candidate_fixes(settings, "llama")]
+    assert any("use_liger_kernel" in f.change for f in fixes)  # the plain recipe is offered Liger's loss
+    changes = {f.name: f.change for f in as_unsloth_fixes(fixes)}
+    assert not any("use_liger_kernel" in c for c in changes.values())  # Unsloth chunks its loss itself
+    assert changes["gradient checkpointing"].startswith("unsloth.use_gradient_checkpointing: unsloth")
+    assert changes["shorter sequences"] == "training.max_seq_length and unsloth.max_seq_length: 1024"
+    assert changes["QLoRA (4-bit NF4 base)"].startswith("unsloth.load_in_4bit: true, quantization: {load_in_4bit: true")
+
+
+def test_rc120_accepts_the_recipe_the_unsloth_fixes_describe(tmp_path):
+    base = LORA_16BIT.replace("  gradient_checkpointing: true\n", "").replace(
+        "  load_in_4bit: false\n", "  load_in_4bit: false\n  use_gradient_checkpointing: false\n")
+    fixed = base.replace("  use_gradient_checkpointing: false\n", "  use_gradient_checkpointing: unsloth\n").replace(
+        "max_seq_length: 2048", "max_seq_length: 1024")
+    assert fixed.count("max_seq_length: 1024") == 2
+    assert "RC120" not in ids(findings(tmp_path, fixed))

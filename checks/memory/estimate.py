@@ -148,6 +148,10 @@ def estimate(recipe, resolved, gpu, *, with_fixes: bool = True, catalog=None) ->
             combined = combine_fixes(resolved, settings, task, result)
             if combined is not None:
                 result.fixes = sorted([*result.fixes, combined], key=lambda f: -f.saved_bytes)
+        if getattr(recipe, "unsloth", None) is not None:  # written as an Unsloth recipe writes them (RC120)
+            from checks.unsloth import as_unsloth_fixes
+
+            result.fixes = as_unsloth_fixes(result.fixes)
     if result.weights_exceed_budget:
         result.weights_note = _weights_exceed_note(recipe, result, catalog)
         result.notes.insert(0, result.weights_note)
