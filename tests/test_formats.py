@@ -34,7 +34,7 @@ CASES = [
      [("RC111", "sample_packing", "sample_packing: true"), ("RC301", "optimizer", "optimizer: adamw_bnb_8bit")]),
     ("axolotl-gemma2-qlora-t4.yml", "t4", {"RC111", "RC301", "RC406"},
      [("RC406", "bf16", "bf16: auto"), ("RC301", "optimizer", "optimizer: adamw_bnb_8bit")]),
-    ("axolotl-mixtral-qlora.yml", "rtx4090", set(), []),
+    ("axolotl-mixtral-qlora.yml", "rtx4090", {"RC216"}, [("RC216", "load_in_4bit", "load_in_4bit: true")]),
     ("axolotl-phi3-lora-qv.yml", "rtx4090", {"RC201"},
      [("RC201", "lora_target_modules[0]", "- q_proj"), ("RC201", "lora_target_modules[1]", "- v_proj")]),
     ("axolotl-llama3-dpo.yml", "rtx4090", {"RC111"}, [("RC111", "rl", "rl: dpo")]),

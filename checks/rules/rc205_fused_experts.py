@@ -25,8 +25,12 @@ class FusedExperts(Rule):
 
     ## Use instead
         lora:
+          lora_dropout: 0.0
           target_modules: [q_proj, v_proj]
           target_parameters: [mlp.experts.gate_up_proj, mlp.experts.down_proj]
+    peft's ParamWrapper adapts each 3-D parameter with one low-rank pair per expert and refuses
+    `lora_dropout` (RC209). On every forward it adds the update to the whole expert tensor (W + BA),
+    a copy of the block's experts that the backward keeps: train with gradient checkpointing.
     """
 
     id = "RC205"
@@ -51,5 +55,6 @@ class FusedExperts(Rule):
                 "parameters, with no per-expert Linear layers to target",
                 target_key(ctx, match.target),
                 help=f"remove '{match.target}' from target_modules and add "
-                f"target_parameters: [{', '.join(suggestion)}]",
+                f"target_parameters: [{', '.join(suggestion)}], with lora_dropout: 0.0 (peft's ParamWrapper, "
+                "which adapts 3-D parameters, refuses dropout)",
             )
