@@ -167,3 +167,18 @@ def test_bundled_qwen3_30b_a3b_has_the_model_cards_sizes():
     assert round(total / 1e9, 1) == 30.5 and round((total - embeddings) / 1e9, 1) == 29.9
     experts = fused_expert_parameters(model)
     assert len(experts) == 48 * 2 and {tuple(p.shape) for _, p in experts} == {(128, 2 * 768, 2048), (128, 2048, 768)}
+
+
+def test_experts_that_loop_over_the_routed_tokens_are_a_trace_error_that_says_why():
+    """transformers' eager experts (a loop over the experts that got tokens) have shapes that only real routing
+    decides: the trace refuses them by name instead of failing on a data-dependent op; a real run traces."""
+    from checks.memory.errors import TraceError
+    from checks.memory.step import trace_training_step
+
+    eager = ResolvedModel("tiny-mixtral-eager", {**MIXTRAL.config, "experts_implementation": "eager"}, "test")
+    settings = dataclasses.replace(BASE, lora=ATTENTION)
+    with pytest.raises(TraceError, match="MixtralForCausalLM runs its experts with transformers' 'eager' implementation"):
+        trace_training_step(eager, settings)
+    real = build_step_model(eager, settings, real=True)
+    assert not any(note.startswith("expert routing") for note in real.notes)
+    assert run_step(real, settings).timeline.peak_bytes > 0

@@ -134,7 +134,8 @@ def build_step_model(resolved, settings: StepSettings, task_type: str = "CAUSAL_
         if settings.lora:
             from peft import get_peft_model, prepare_model_for_kbit_training
 
-            if quantized:
+            # TRL 1.16's DPOTrainer does not: it casts the adapters to bf16 instead (preference_step)
+            if quantized and not settings.preference:
                 # TRL's SFTTrainer prepares quantized models this way: non-quantized weights to fp32
                 model = prepare_model_for_kbit_training(
                     model, use_gradient_checkpointing=settings.gradient_checkpointing,
@@ -153,7 +154,7 @@ def build_step_model(resolved, settings: StepSettings, task_type: str = "CAUSAL_
             # the Trainer patches the model under the peft wrapper (_apply_liger_kernel_to_instance)
             use_chunked_loss(model.get_base_model() if hasattr(model, "get_base_model") else model)
         model.train()
-        notes.extend(expert_notes(model, blocks, copies, settings))
+        notes.extend(expert_notes(model, blocks, copies, settings, real))
     fake = None
     if not real:
         fake = compat.fake_tensor_mode()(allow_non_fake_inputs=True)

@@ -53,16 +53,29 @@ def expert_count(params, blocks, copies: int, template: int) -> int:
     return total
 
 
-def routing_note(model) -> str | None:
-    """How the trace stands for the routing, which fake tensors do not have (None for a dense model)."""
+# transformers' experts implementations whose tensors have shapes the routing does not change: grouped_mm
+# (tokens x top-k rows, sorted by expert) and batched_mm (each token's top-k experts' weights gathered).
+# 'eager' loops over the experts that got tokens, each with its own tokens: shapes only real data decide.
+ROUTING_FREE = ("grouped_mm", "batched_mm")
+
+
+def routing_note(model, real: bool) -> str | None:
+    """How the trace stands for the routing, which fake tensors do not have (None for a dense model).
+    TraceError, saying why, for experts whose tensors depend on it (unless the tensors are `real`)."""
+    from checks.memory.errors import TraceError
+
     if not fused_expert_parameters(model):
         return None
     implementation = compat.experts_implementation(model.config)
-    if implementation == "grouped_mm":
-        return ("expert routing: transformers' grouped_mm experts give every tensor of the expert forward and "
+    if implementation in ROUTING_FREE:
+        return (f"expert routing: transformers' {implementation} experts give every tensor of the expert forward and "
                 "backward tokens x top-k rows, however the router splits the tokens, so the trace holds for any routing")
-    return (f"expert routing: transformers runs the experts with its '{implementation}' implementation, whose "
-            "tensors depend on how many tokens each expert gets; the trace cannot know the routing")
+    if real:
+        return None
+    raise TraceError(f"{type(model).__name__} runs its experts with transformers' '{implementation}' implementation, a "
+                     "loop over the experts that got tokens, whose tensors the routing of real data decides; the memory "
+                     "trace covers transformers' grouped_mm and batched_mm experts (grouped_mm is its default where a "
+                     "model supports it: from_pretrained(..., experts_implementation='grouped_mm'))")
 
 
 def upcast_experts_note(params, count: int, loaded_dtype: str) -> str | None:
@@ -95,13 +108,14 @@ def param_wrapper_note(model, blocks, template: int) -> str | None:
             "gradient checkpointing), and its full-size gradient in the backward")
 
 
-def step_notes(model, blocks, copies: int, settings) -> list[str]:
+def step_notes(model, blocks, copies: int, settings, real: bool = False) -> list[str]:
     """What the trace of an MoE model's step says about its experts: how it stands for the routing, what
     target_parameters adapters allocate, and a QLoRA run's unquantized, upcast experts."""
     params = fused_expert_parameters(model)
     if not params:
         return []
-    notes = [routing_note(model)]
+    routing = routing_note(model, real)
+    notes = [routing] if routing else []
     wrapped = param_wrapper_note(model, blocks, TEMPLATE_BLOCK) if settings.lora else None
     if wrapped:
         notes.append(wrapped)
