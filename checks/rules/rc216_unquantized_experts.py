@@ -20,10 +20,10 @@ class UnquantizedExperts(Rule):
     ## Why it matters
     transformers' bitsandbytes integration replaces `nn.Linear` layers only: the experts, 3-D
     `nn.Parameter`s that hold almost all of the model (45.1B of Mixtral 8x7B's 46.7B parameters), are
-    loaded unquantized, and peft's `prepare_model_for_kbit_training`, which QLoRA training scripts call
-    and the memory trace follows, casts every unquantized bf16/fp16 parameter to float32. The
-    "4-bit" Mixtral then holds 180 GB of float32 experts: more than the same LoRA without
-    quantization (90 GB in bf16), not a quarter of it.
+    loaded unquantized (90 GB in bf16). peft's `prepare_model_for_kbit_training`, which QLoRA scripts
+    call (peft's QLoRA recipe; the memory trace follows it; TRL 1.16's trainers no longer do), casts
+    every unquantized bf16/fp16 parameter to float32: the "4-bit" Mixtral then holds 180 GB of
+    float32 experts, more than the same LoRA without quantization, not a quarter of it.
 
     ## Example
         model: mistralai/Mixtral-8x7B-v0.1
@@ -65,10 +65,9 @@ class UnquantizedExperts(Rule):
             ctx,
             f"load_in_{bits}bit leaves {type(model).__name__}'s experts unquantized: its {experts / 1e9:.2f}B expert "
             f"parameters ({experts / total:.0%} of the model) are fused 3-D parameters, not the Linear layers "
-            f"bitsandbytes quantizes, and prepare_model_for_kbit_training upcasts them to float32 "
-            f"({experts * _PREPARED_BYTES / 1e9:.1f} GB)",
+            f"bitsandbytes quantizes; they load in 16 bits ({experts * _BF16_BYTES / 1e9:.1f} GB), and in float32 "
+            f"({experts * _PREPARED_BYTES / 1e9:.1f} GB) once prepare_model_for_kbit_training upcasts them",
             ("quantization", f"load_in_{bits}bit"),
-            help=f"drop the quantization section and train LoRA in bf16 (the experts take "
-                 f"{experts * _BF16_BYTES / 1e9:.1f} GB in bf16) on a GPU that holds the model (the vram check "
-                 f"traces it)",
+            help="drop the quantization section and train LoRA in bf16 on a GPU that holds the model (the vram "
+                 "check traces it): quantization saves only the attention layers' share here",
         )
