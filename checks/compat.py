@@ -28,6 +28,7 @@ SUPPORTED: dict[str, tuple[str, str]] = {
     "accelerate": ("1.2.0", "1.15"),
     "huggingface_hub": ("1.31.0", "2.4"),
     "pydantic": ("2.8.0", "2.14"),
+    "trl": ("1.16.0", "1.16"),  # optional (the trl extra, DPO recipes): the trace runs TRL's own fused LM head
     "diffusers": ("0.42.0", "0.42"),  # optional (the diffusers extra, FLUX recipes)
 }
 

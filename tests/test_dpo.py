@@ -21,6 +21,7 @@ TINY_LLAMA = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hid
 LORA = (("lora_alpha", 16), ("lora_dropout", 0.05), ("r", 8),
         ("target_modules", ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")),
         ("task_type", "CAUSAL_LM"))
+NF4 = (("compute_dtype", "bfloat16"), ("double_quant", True), ("quant_storage", "uint8"), ("quant_type", "nf4"), ("skip", ()))
 OUTPUTS = ("log_probs", "entropy", "mean_logits", "is_top1")
 
 
@@ -37,6 +38,8 @@ def settings(**changes) -> StepSettings:
 CASES = {
     "lora-dpo": settings(lora=LORA, preference=dpo("adapters_disabled")),
     "lora-dpo-checkpointing": settings(lora=LORA, gradient_checkpointing=True, preference=dpo("adapters_disabled")),
+    "qlora-dpo-checkpointing": settings(lora=LORA, gradient_checkpointing=True, optim="paged_adamw_8bit",
+                                        quant_4bit=NF4, preference=dpo("adapters_disabled")),
     "full-dpo-reference-model": settings(preference=dpo("model")),
     "full-dpo-precomputed": settings(preference=dpo("precomputed")),
 }
@@ -270,3 +273,15 @@ def test_a_lora_dpo_recipe_passes_cpu_train_through_dpotrainer_train(tmp_path):
     report = cpu_train(state).report
     assert report.first_loss == pytest.approx(0.6931, abs=1e-3)  # DPO's sigmoid loss at the reference: log 2
     assert report.last_loss < report.first_loss and report.adapters_changed and report.base_changed == []
+
+
+def test_a_qlora_dpo_model_is_built_as_dpotrainer_builds_it():
+    """TRL 1.16's DPOTrainer casts a quantized model's adapters to bf16 and does no k-bit preparation: the
+    embeddings, norms and head stay in the dtype they load in (an SFT trace upcasts them to fp32)."""
+    import torch
+
+    resolved = ResolvedModel(name="tiny-org/tiny-llama", config=TINY_LLAMA, source="")
+    built = build_step_model(resolved, CASES["qlora-dpo-checkpointing"], real=True)
+    trainable = {p.dtype for p in built.model.parameters() if p.requires_grad}
+    frozen_float = {p.dtype for p in built.model.parameters() if not p.requires_grad and p.dtype.is_floating_point}
+    assert trainable == {torch.bfloat16} and frozen_float == {torch.bfloat16}

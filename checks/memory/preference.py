@@ -101,6 +101,8 @@ def preference_step(step, resolved, settings: StepSettings, *, real: bool, devic
     pref = dict(settings.preference)
     model = step.model
     reference = reference_blocks = None
+    if step.quantized:
+        _adapters_in_bf16(model, step.fake)
     with quiet():
         if pref["disable_dropout"]:
             disable_dropout_in_model(model)
@@ -120,6 +122,17 @@ def preference_step(step, resolved, settings: StepSettings, *, real: bool, devic
     step.notes.append("TRL's fused LM head scores every position here; on CUDA it scores only completion tokens "
                       "(prompt tokens take fewer bytes: an upper bound)")
     return step
+
+
+def _adapters_in_bf16(model, fake) -> None:
+    """DPOTrainer on a quantized model (QLoRA): every trainable parameter but DoRA's magnitude vector in bf16,
+    as the QLoRA paper trains them (peft would keep them in fp32); no k-bit preparation of the rest."""
+    import torch
+
+    with fake if fake is not None else contextlib.nullcontext():
+        for name, param in model.named_parameters():
+            if param.requires_grad and "lora_magnitude_vector" not in name:
+                param.data = param.data.to(torch.bfloat16)
 
 
 def _reference_model(step, resolved, settings: StepSettings, *, real: bool, device: str):
