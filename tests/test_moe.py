@@ -182,3 +182,20 @@ def test_experts_that_loop_over_the_routed_tokens_are_a_trace_error_that_says_wh
     real = build_step_model(eager, settings, real=True)
     assert not any(note.startswith("expert routing") for note in real.notes)
     assert run_step(real, settings).timeline.peak_bytes > 0
+
+
+def test_a_qlora_moe_recipe_is_offered_lora_without_quantization_as_a_traced_fix():
+    """On fused experts, dropping the 4-bit base halves the experts' bytes (bf16, not upcast float32): the fix
+    lowers the traced peak, so the fixes list keeps it; dense models are not offered it."""
+    from checks.memory.estimate import candidate_fixes
+    from checks.memory.experts import config_has_experts
+
+    assert config_has_experts(MIXTRAL.config) and config_has_experts(QWEN3_MOE.config)
+    assert not config_has_experts(resolve_model_config("meta-llama/Llama-3.1-8B").config)
+    qlora = dataclasses.replace(BASE, lora=ATTENTION, quant_4bit=NF4, optim="paged_adamw_8bit")
+    [(name, change, lora)] = [f for f in candidate_fixes(qlora, "mixtral", fused_experts=True) if "quantization" in f[1]]
+    assert change == "remove the quantization section, model.torch_dtype: bfloat16"
+    assert not lora.quant_4bit and lora.weights_dtype == "bfloat16" and lora.lora == qlora.lora
+    assert not any("quantization section" in f[1] for f in candidate_fixes(qlora, "llama"))
+    peaks = [run_step(build_step_model(MIXTRAL, s), s).timeline.peak_bytes for s in (qlora, lora)]
+    assert peaks[1] < peaks[0]

@@ -189,8 +189,10 @@ def smallest_fitting_profile(recipe, peak_bytes: int, catalog):
     return None
 
 
-def candidate_fixes(settings: StepSettings, model_type: str | None = None) -> list[tuple[str, str, StepSettings]]:
-    """(name, recipe change, settings) for each fix that applies to these settings and model."""
+def candidate_fixes(settings: StepSettings, model_type: str | None = None, *,
+                    fused_experts: bool = False) -> list[tuple[str, str, StepSettings]]:
+    """(name, recipe change, settings) for each fix that applies to these settings and model
+    (`fused_experts`: an MoE model whose experts are 3-D parameters, checks/memory/experts.py)."""
     from checks.memory.chunked_loss import supports_chunked_loss
 
     out = []
@@ -211,6 +213,12 @@ def candidate_fixes(settings: StepSettings, model_type: str | None = None) -> li
                     f"quantization: {{load_in_4bit: true, bnb_4bit_quant_type: nf4, bnb_4bit_use_double_quant: true, "
                     f"bnb_4bit_compute_dtype: {compute}}}, training.optim: paged_adamw_8bit",
                     dataclasses.replace(settings, quant_4bit=nf4, optim="paged_adamw_8bit")))
+    if fused_experts and settings.lora and (settings.quant_4bit or settings.quant_8bit):
+        # bitsandbytes leaves fused 3-D experts unquantized and the kbit preparation upcasts them to float32
+        dtype = settings.precision if settings.precision != "float32" else "bfloat16"
+        out.append((f"LoRA without quantization (the experts stay {dtype} instead of float32)",
+                    f"remove the quantization section, model.torch_dtype: {dtype}",
+                    dataclasses.replace(settings, quant_4bit=(), quant_8bit=(), weights_dtype=dtype)))
     if settings.optim not in ("paged_adamw_8bit",):
         out.append(("paged 8-bit optimizer", "training.optim: paged_adamw_8bit",
                     dataclasses.replace(settings, optim="paged_adamw_8bit")))
@@ -234,7 +242,10 @@ def _traced_fixes(resolved, settings: StepSettings, task: str) -> Iterator[tuple
     from checks.memory.step import trace_training_step
     from checks.progress import tick
 
-    for name, change, changed in candidate_fixes(settings, resolved.config.get("model_type")):
+    from checks.memory.experts import config_has_experts
+
+    for name, change, changed in candidate_fixes(settings, resolved.config.get("model_type"),
+                                                 fused_experts=config_has_experts(resolved.config)):
         tick(name)
         try:
             peak = _total(trace_training_step(resolved, changed, task))

@@ -43,6 +43,15 @@ def fused_expert_parameters(model) -> list[tuple[str, torch.nn.Parameter]]:
     return found
 
 
+EXPERT_COUNT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts")  # Mixtral, Qwen MoE, DeepSeek
+
+
+def config_has_experts(config: dict) -> bool:
+    """Whether a config.json (or its text_config) declares routed experts, before any model is built."""
+    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else {}
+    return any(isinstance(c.get(k), int) and c[k] > 1 for c in (config, text) for k in EXPERT_COUNT_KEYS)
+
+
 def expert_count(params, blocks, copies: int, template: int) -> int:
     """How many expert parameters the full-size model has: the built ones, and the template block's for
     each block left out."""
