@@ -315,3 +315,12 @@ def test_rc120_accepts_the_recipe_the_unsloth_fixes_describe(tmp_path):
         "max_seq_length: 2048", "max_seq_length: 1024")
     assert fixed.count("max_seq_length: 1024") == 2
     assert "RC120" not in ids(findings(tmp_path, fixed))
+
+
+def test_the_unsloth_sections_defaults_are_the_ones_read_from_unsloth():
+    from checks.recipe.schema import Unsloth
+
+    data = unsloth_data()
+    defaults = {**data["from_pretrained_defaults"],
+                **{k: v for k, v in data["get_peft_model_defaults"].items() if k in Unsloth.model_fields}}
+    assert {k: Unsloth.model_fields[k].default for k in defaults} == defaults
