@@ -151,3 +151,34 @@ def test_the_tiny_flux_fixture_has_the_full_models_modules_and_loads_from_the_hu
     assert module_layout(model) == module_layout(build_meta_model(full))
     assert (len(model.transformer_blocks), len(model.single_transformer_blocks)) == (2, 2)
     assert sum(p.numel() for p in model.parameters()) < 10**6
+
+
+def test_the_fixes_offered_for_a_flux_step_are_those_that_act_on_it():
+    """Checkpointing, a smaller micro-batch, QLoRA and an 8-bit optimizer change a FLUX step; a shorter
+    max_seq_length (the diffusion step does not read it) and Liger's chunked loss (no LM head) do not."""
+    from checks.memory.estimate import candidate_fixes
+
+    settings = flux_settings(micro_batch=8, seq_len=2048, optim="adamw_torch")
+    names = [name for name, _, _ in candidate_fixes(settings, None)]
+    assert names == ["gradient checkpointing", "smaller micro-batch, same effective batch", "QLoRA (4-bit NF4 base)",
+                     "paged 8-bit optimizer"]
+
+
+@pytest.mark.slow  # 5-20 s: the tiny fixture is built, then stepped for real
+@pytest.mark.parametrize("checkpointing", [True, False])
+def test_the_flux_cpu_step_trains_the_adapters_of_the_tiny_transformer_and_nothing_else(tmp_path, checkpointing):
+    from checks.fixtures.cache import ensure_fixture
+    from checks.recipe.load import load_text
+    from checks.recipe.validate import validate
+    from checks.run.flux_step import run_flux_step
+
+    text = _recipe(**{"gradient_checkpointing: true": f"gradient_checkpointing: {str(checkpointing).lower()}"})
+    recipe = validate(load_text(text, "flux.yaml")).recipe
+    resolved = resolve_model_config(recipe.model.id, component="transformer")
+    report = run_flux_step(recipe, resolved, ensure_fixture(resolved, cache_dir=tmp_path, task_type="DIFFUSION"))
+    assert report.finite_loss and len(report.losses) == 4  # the published 4 accumulation steps
+    assert report.identity_max_diff == 0.0  # gaussian A, zero B: the adapted transformer predicts the base's
+    assert report.trained_modules == 2 * 4 + 2 * 3  # to_q, to_k, to_v, to_out.0 in 2 double, 3 of them in 2 single blocks
+    assert (report.no_gradient, report.unchanged, report.base_changed, report.not_frozen) == ([], [], [], [])
+    assert (report.block_recomputes > 0) is checkpointing  # enable_gradient_checkpointing re-runs the blocks
+    assert any("scaled down: image 128x80 (recipe: 768x512)" in note for note in report.notes)

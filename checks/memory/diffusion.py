@@ -56,10 +56,12 @@ def image_tokens(height: int, width: int) -> int:
     return (height // (2 * VAE_SCALE_FACTOR)) * (width // (2 * VAE_SCALE_FACTOR))
 
 
-def build_diffusion_step_model(resolved, settings: StepSettings, *, real: bool = False, device: str = "cpu") -> StepModel:
+def build_diffusion_step_model(resolved, settings: StepSettings, *, real: bool = False, device: str = "cpu",
+                               base=None) -> StepModel:
     """The transformer a diffusers FLUX LoRA script trains. Fake (the default): built on the meta device,
     then every tensor a fake CPU tensor. Real: real CPU tensors, really quantized (to validate the fake
-    trace on small models). Every block is traced (see docs/flux.md for the measured time)."""
+    trace on small models). `base`: the real transformer as loaded (`from_pretrained`, cpu-step), else
+    built from the config. Every block is traced (see docs/flux.md for the measured time)."""
     import torch
 
     from checks.memory.materialize import materialize_fake
@@ -68,7 +70,8 @@ def build_diffusion_step_model(resolved, settings: StepSettings, *, real: bool =
     weights_dtype = getattr(torch, settings.weights_dtype)
     quantized = 0
     with quiet():
-        model = build_diffusers_model(resolved.config, device=device if real else "meta", dtype=weights_dtype)
+        model = base if base is not None else build_diffusers_model(
+            resolved.config, device=device if real else "meta", dtype=weights_dtype)
         if settings.quant_4bit:
             quantized = quantize_transformer_4bit(model, thaw(settings.quant_4bit), real=real, device=device)
             from peft import prepare_model_for_kbit_training
@@ -172,7 +175,8 @@ def flow_matching_loss(model, settings: StepSettings, tracker):
                        txt_ids=text_ids, img_ids=latent_image_ids, return_dict=False)[0]
     tracker.segment = None
     tracker.region = "logits_loss"  # the loss on the prediction, as a causal LM's head and loss (run_step clears it)
-    model_pred.register_hook(lambda grad: setattr(tracker, "region", ""))  # the loss's backward is done
+    if model_pred.requires_grad:  # the loss's backward is done when the prediction's gradient is
+        model_pred.register_hook(lambda grad: setattr(tracker, "region", ""))
     del packed, noisy_model_input, prompt_embeds, pooled_prompt_embeds, latent_image_ids, text_ids, guidance
     model_pred = compat.flux_unpack_latents(model_pred, height * VAE_SCALE_FACTOR, width * VAE_SCALE_FACTOR,
                                             VAE_SCALE_FACTOR)

@@ -226,6 +226,8 @@ def candidate_fixes(settings: StepSettings, model_type: str | None = None, *,
         from checks.memory.preference import preference_fixes
 
         return [*out, *preference_fixes(settings)]
+    if settings.diffusion:  # a diffusion transformer's step: sized by its images, max_seq_length does nothing
+        return out
     if settings.seq_len >= 256:
         out.append(("shorter sequences", f"training.max_seq_length: {settings.seq_len // 2}",
                     dataclasses.replace(settings, seq_len=settings.seq_len // 2)))

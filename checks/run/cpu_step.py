@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from checks.limits import shorten
+from checks.models.diffusers import is_diffusers_config
 from checks.run.setup import Scale, SetupRefused, blame_key, build_training, one_thread, training_kwargs
 from checks.run.step import StepReport, run_real_step
 
@@ -81,6 +82,10 @@ def _run(state) -> StepOutcome:
     import time
 
     recipe = state.recipe
+    if is_diffusers_config(getattr(state.resolved_model(), "config", None)):  # FLUX: its own step
+        from checks.run.flux_step import run_flux_cpu_step
+
+        return run_flux_cpu_step(state)
     outcome = StepOutcome()
     started = time.perf_counter()
     tiny = tiny_model(state)

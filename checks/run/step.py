@@ -243,6 +243,17 @@ def run_real_step(setup: TrainingSetup, recipe, *, vocab_size: int, seed: int = 
         if hook is not None:
             hook.remove()
 
+    return judge_update(report, named, trainable, frozen, before, got_gradient)
+
+
+def judge_update(report: StepReport, named, trainable, frozen: dict, before: dict, got_gradient: set[str],
+                 same: Callable[[Any, Any], bool] | None = None) -> StepReport:
+    """Fill in what the step did to the weights: non-finite ones, trained modules without a gradient, frozen
+    ones that changed (`same` compares a weight with its copy from before the step; bytes by default),
+    trained ones that did not."""
+    import torch
+
+    same = same or _same_bits
     by_module: dict[str, list[str]] = {}
     for n, _ in trainable:
         by_module.setdefault(module_of(n), []).append(n)
@@ -255,7 +266,7 @@ def run_real_step(setup: TrainingSetup, recipe, *, vocab_size: int, seed: int = 
     moved = report.learning_rate > 0 and not report.non_finite_parameters and report.finite_loss
     judge = all if moved else any
     report.no_gradient = sorted(m for m, names in by_module.items() if not judge(n in got_gradient for n in names))
-    report.base_changed = sorted({module_of(n) for n, p in named if n in frozen and not _same_bits(p.detach(), frozen[n])})
+    report.base_changed = sorted({module_of(n) for n, p in named if n in frozen and not same(p.detach(), frozen[n])})
     # a module changed when any of its trained tensors did (LoRA's A may not move on step 1: B was zero)
     changed = {module_of(n) for n, p in trainable if not _same_bits(p.detach(), before[n])}
     report.unchanged = sorted(m for m in by_module if m not in changed and m not in report.no_gradient)
