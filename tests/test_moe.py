@@ -1,7 +1,7 @@
 """Mixture-of-experts models (fused 3-D experts, transformers 5): the fake trace against a real CPU
-execution of tiny Mixtral and Qwen MoE models, LoRA and QLoRA, on attention and on the experts
-(peft's target_parameters); the routing the trace cannot know; block replication; and what the
-trace says of a QLoRA run's experts.
+execution of tiny Mixtral, Qwen3-MoE and Qwen2-MoE (with its shared expert) models, LoRA and QLoRA, on
+attention and on the experts (peft's target_parameters); the routing the trace cannot know; block
+replication; and what the trace says of a QLoRA run's experts.
 """
 
 from __future__ import annotations
@@ -20,6 +20,9 @@ MIXTRAL = ResolvedModel("tiny-mixtral", {"model_type": "mixtral", **SIZES, "inte
 QWEN3_MOE = ResolvedModel("tiny-qwen3-moe", {"model_type": "qwen3_moe", **SIZES, "head_dim": 32, "intermediate_size": 256,
                                              "moe_intermediate_size": 64, "num_experts": 8, "num_experts_per_tok": 2,
                                              "norm_topk_prob": True}, "test")
+QWEN2_MOE = ResolvedModel("tiny-qwen2-moe", {"model_type": "qwen2_moe", **SIZES, "intermediate_size": 256,  # + a shared expert
+                                             "moe_intermediate_size": 64, "shared_expert_intermediate_size": 128,
+                                             "num_experts": 8, "num_experts_per_tok": 2}, "test")
 ATTENTION = (("lora_alpha", 16), ("lora_dropout", 0.0), ("r", 8),
              ("target_modules", ("q_proj", "k_proj", "v_proj", "o_proj")), ("task_type", "CAUSAL_LM"))
 EXPERTS = tuple(sorted(dict(ATTENTION, target_parameters=("mlp.experts.gate_up_proj", "mlp.experts.down_proj")).items()))
@@ -29,7 +32,7 @@ BASE = StepSettings(micro_batch=2, seq_len=64, precision="bfloat16", weights_dty
 
 CASES = {
     f"{name}-{method}-{targets}": (model, dataclasses.replace(BASE, lora=lora, **extra))
-    for name, model in (("mixtral", MIXTRAL), ("qwen3-moe", QWEN3_MOE))
+    for name, model in (("mixtral", MIXTRAL), ("qwen3-moe", QWEN3_MOE), ("qwen2-moe", QWEN2_MOE))
     for targets, lora in (("attention", ATTENTION), ("experts", EXPERTS))
     for method, extra in (("lora", {}), ("qlora", {"quant_4bit": NF4, "optim": "paged_adamw_8bit"}),
                           ("qlora-checkpointing", {"quant_4bit": NF4, "gradient_checkpointing": True}))
@@ -194,6 +197,7 @@ def test_a_qlora_moe_recipe_is_offered_lora_without_quantization_as_a_traced_fix
     assert not config_has_experts(resolve_model_config("meta-llama/Llama-3.1-8B").config)
     qlora = dataclasses.replace(BASE, lora=ATTENTION, quant_4bit=NF4, optim="paged_adamw_8bit")
     [(name, change, lora)] = [f for f in candidate_fixes(qlora, "mixtral", fused_experts=True) if "quantization" in f[1]]
+    assert name == "LoRA without quantization (the experts stay bfloat16 instead of float32)"
     assert change == "remove the quantization section, model.torch_dtype: bfloat16"
     assert not lora.quant_4bit and lora.weights_dtype == "bfloat16" and lora.lora == qlora.lora
     assert not any("quantization section" in f[1] for f in candidate_fixes(qlora, "llama"))
