@@ -34,6 +34,12 @@ import torch  # noqa: E402,F401
 import transformers  # noqa: E402,F401
 import transformers.pytorch_utils  # noqa: E402,F401
 
+try:  # the trl extra (DPO recipes): its trainer imports datasets and pyarrow, extension modules too
+    import datasets  # noqa: E402,F401
+    import trl.trainer.dpo_trainer  # noqa: E402,F401
+except ImportError:
+    pass
+
 import checks.cli  # noqa: E402,F401
 import checks.collect  # noqa: E402,F401
 import checks.engine  # noqa: E402,F401
