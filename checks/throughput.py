@@ -58,6 +58,8 @@ def recipe_ceiling(recipe, model, gpu) -> Throughput:
     """The ceiling for a recipe's own settings: its sequence length, method, checkpointing, precision."""
     from checks.recipe.schema import Method
 
+    if getattr(recipe, "diffusion", None) is not None:  # a diffusion transformer: no tokens/s ceiling is modelled
+        return Throughput(0.0, matmul_params(model), None, None)
     return ceiling(model, recipe.training.max_seq_length, trains_weights=recipe.method is Method.FULL,
                    checkpointing=recipe.training.gradient_checkpointing, gpu=gpu, precision=recipe.training_dtype)
 

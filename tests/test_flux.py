@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import pytest
 
-diffusers = pytest.importorskip("diffusers")  # imported before any pytester run (see tests/conftest.py)
-import diffusers.pipelines.flux.pipeline_flux  # noqa: E402,F401
-import diffusers.training_utils  # noqa: E402,F401
+from checks.memory.step import StepSettings, build_step_model, run_step
+from checks.models.resolve import ResolvedModel, resolve_model_config
+from tests.conftest import RECIPES
 
-from checks.memory.step import StepSettings, build_step_model, run_step  # noqa: E402
-from checks.models.resolve import ResolvedModel, resolve_model_config  # noqa: E402
-from tests.conftest import RECIPES  # noqa: E402
+# imported before any pytester run, so that the inner runs share these modules (see tests/conftest.py)
+diffusers = pytest.importorskip("diffusers")
+pytest.importorskip("diffusers.pipelines.flux.pipeline_flux")
+pytest.importorskip("diffusers.training_utils")
 
 # A small FluxTransformer2DModel: the architecture of FLUX.1-dev (double- and single-stream blocks,
 # guidance embedding, 64-channel packed latents) at widths a CPU runs in milliseconds.
@@ -31,8 +32,8 @@ DIFFUSION = (("guidance", True), ("guidance_scale", 1.0), ("height", 96), ("text
 
 
 def flux_settings(**changes) -> StepSettings:
-    base = dict(micro_batch=2, seq_len=1, gradient_accumulation=4, precision="bfloat16", weights_dtype="bfloat16",
-                optim="adamw_bnb_8bit", lora=PUBLISHED_LORA, diffusion=DIFFUSION)
+    base = {"micro_batch": 2, "seq_len": 1, "gradient_accumulation": 4, "precision": "bfloat16",
+            "weights_dtype": "bfloat16", "optim": "adamw_bnb_8bit", "lora": PUBLISHED_LORA, "diffusion": DIFFUSION}
     return StepSettings(**{**base, **changes})
 
 
@@ -133,8 +134,8 @@ def test_without_diffusers_a_flux_recipe_names_the_extra_and_its_model_checks_wa
     skeleton._build_cached.cache_clear()
     result.assert_outcomes(failed=1, passed=2)  # the model's checks wait for the model, as for any model not built
     result.stdout.fnmatch_lines([
-        "*RC114 model 'black-forest-labs/FLUX.1-dev' is a diffusers FluxTransformer2DModel: diffusers is not "
-        "installed*pip install 'recipe-checks?diffusers?'",  # ? for fnmatch's brackets
+        ("*RC114 model 'black-forest-labs/FLUX.1-dev' is a diffusers FluxTransformer2DModel: diffusers is not "
+         "installed*pip install 'recipe-checks?diffusers?'"),  # ? for fnmatch's brackets
         "*not run: RC201, RC202, * wait: the model could not be built (see flux.yaml::schema)",
     ])
     assert "Traceback" not in result.stdout.str()
@@ -182,3 +183,23 @@ def test_the_flux_cpu_step_trains_the_adapters_of_the_tiny_transformer_and_nothi
     assert (report.no_gradient, report.unchanged, report.base_changed, report.not_frozen) == ([], [], [], [])
     assert (report.block_recomputes > 0) is checkpointing  # enable_gradient_checkpointing re-runs the blocks
     assert any("scaled down: image 128x80 (recipe: 768x512)" in note for note in report.notes)
+
+
+def test_a_flux_recipe_gets_no_tokens_per_second_ceiling_and_no_training_run():
+    """The LM throughput ceiling and cpu-train's tiny LM do not apply to a diffusion transformer: they say
+    so instead of reading an LM config's num_hidden_layers or vocab_size from FLUX's."""
+    from types import SimpleNamespace
+
+    from checks.gpus import GpuCatalog
+    from checks.models.skeleton import build_meta_model
+    from checks.recipe.load import load_text
+    from checks.recipe.validate import validate
+    from checks.run.cpu_step import tiny_model
+    from checks.throughput import recipe_ceiling
+
+    recipe = validate(load_text(_recipe(), "flux.yaml")).recipe
+    resolved = resolve_model_config(recipe.model.id, component="transformer")
+    speed = recipe_ceiling(recipe, build_meta_model(resolved, None), GpuCatalog.load().get("rtx4090"))
+    assert speed.tokens_per_second is None and speed.matmul_params > 11e9
+    state = SimpleNamespace(memo={}, recipe=recipe, resolved_model=lambda: resolved)
+    assert "a diffusers transformer's real step is checked by cpu-step" in tiny_model(state)

@@ -108,7 +108,7 @@ def build_diffusers_skeleton(resolved: ResolvedModel):
     except DiffusersMissing as exc:
         raise ModelBuildError(f"model '{shorten(resolved.name)}' is a diffusers {class_name(resolved.config)}: {exc}",
                               f"install the diffusers extra: {INSTALL}", rule_id="RC114") from None
-    except Exception as exc:  # an unsupported class or a config diffusers rejects: a finding
+    except Exception as exc:  # noqa: BLE001  an unsupported class or a config diffusers rejects: a finding
         raise ModelBuildError(f"model '{shorten(resolved.name)}': diffusers cannot build it: {shorten(exc, 300)}",
                               "use the transformer/config.json published with the pipeline") from None
     model.eval()

@@ -13,7 +13,15 @@ from types import SimpleNamespace
 
 from checks.memory.build import quiet
 from checks.run.setup import Scale
-from checks.run.step import _ADAPTER_PARTS, StepReport, _note_gradients, _same_bits, _tolerance, judge_update, module_of
+from checks.run.step import (
+    _ADAPTER_PARTS,
+    StepReport,
+    _note_gradients,
+    _same_bits,
+    _tolerance,
+    judge_update,
+    module_of,
+)
 
 MAX_SIDE = 128  # pixels: 8 x 5 packed tokens for 768 x 512, enough to run every op of the step
 MAX_TEXT_TOKENS = 16
