@@ -285,3 +285,30 @@ def test_a_qlora_dpo_model_is_built_as_dpotrainer_builds_it():
     trainable = {p.dtype for p in built.model.parameters() if p.requires_grad}
     frozen_float = {p.dtype for p in built.model.parameters() if not p.requires_grad and p.dtype.is_floating_point}
     assert trainable == {torch.bfloat16} and frozen_float == {torch.bfloat16}
+
+
+@pytest.mark.slow
+def test_a_loss_type_trl_does_not_know_is_rc701_at_the_step_blaming_dpo_loss_type(tmp_path):
+    text = LORA_DPO.replace("dpo: {beta: 0.1, max_length: 256}", "dpo: {beta: 0.1, loss_type: sigmoidd}")
+    [finding] = [f for f in run_check(_state(_recipe(tmp_path, text)), "cpu-step").errors if f.rule_id == "RC701"]
+    assert finding.key == "dpo.loss_type"
+    assert finding.message.startswith("DPOTrainer's step refuses dpo.loss_type: ValueError: Unknown loss type: sigmoidd")
+
+
+@pytest.mark.slow
+def test_the_estimate_of_the_shipped_dpo_recipe_names_the_reference_pass():
+    from checks.gpus import GIB
+    from checks.memory.estimate import estimate
+    from checks.models.resolve import resolve_model_config
+    from checks.recipe.load import load_text
+    from checks.recipe.validate import validate
+    from tests.conftest import RECIPES
+
+    path = RECIPES / "llama3-8b-lora-dpo-rtx4090.yaml"
+    recipe = validate(load_text(path.read_text(encoding="utf-8"), path.name)).recipe
+    result = estimate(recipe, resolve_model_config(recipe.model.id), GpuCatalog.load().get("rtx4090"))
+    assert result.fits and "reference_weights" not in result.breakdown  # LoRA: the adapters disabled, no copy
+    reference = result.trace.timeline.region_peaks["reference"]
+    assert result.notes[0] == (f"reference forward (no_grad, chosen and rejected rows): peaks at "
+                               f"{(reference + result.peak_bytes - result.trace.timeline.peak_bytes) / GIB:.2f} GiB, "
+                               f"{(result.trace.timeline.peak_bytes - reference) / GIB:.2f} GiB below the step's peak")

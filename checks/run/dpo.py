@@ -18,7 +18,7 @@ from typing import Any
 
 from checks import compat
 from checks.memory.build import quiet
-from checks.run.setup import Scale, SetupRefused, TrainingSetup, blame_key, load_model, training_kwargs
+from checks.run.setup import Scale, SetupRefused, TrainingSetup, autocast, blame_key, load_model, training_kwargs
 from checks.run.step import StepReport, run_real_step
 
 # The reference log-probs equal the policy's before any update (the adapters start as the identity, the
@@ -136,7 +136,21 @@ def dpo_step(recipe, model_path: str, config: dict, scale: Scale, *, weights_dty
     def loss_of(batch):
         return trainer.compute_loss(trainer.model, batch)
 
-    report = run_real_step(setup, recipe, vocab_size=vocab, seed=seed, batches=batches, loss_of=loss_of)
+    try:
+        report = run_real_step(setup, recipe, vocab_size=vocab, seed=seed, batches=batches, loss_of=loss_of)
+    except Exception as exc:  # what DPOTrainer refuses only when it computes a loss (an unknown loss_type)
+        def step_fails(kept: dict) -> bool:
+            try:
+                trial = trainer_for({**kept, "max_length": scale.seq_len},
+                                    load_model(recipe, model_path, weights_dtype=weights_dtype))
+                with quiet(), autocast(recipe_precision(trial.args)):
+                    trial.compute_loss(trial.model, _batches(trial, 1)[0])
+            except Exception:  # noqa: BLE001  any failure counts: blame_key compares with and without a key
+                return True
+            return False
+
+        key = blame_key(dict(library_kwargs(recipe.dpo)), step_fails)
+        raise SetupRefused("DPOTrainer's step", exc, ("dpo", key) if key else ("dpo",)) from None
     # the sequence length a DPO step is scaled from is dpo.max_length, not training.max_seq_length
     report.notes = [note.replace(f"max_seq_length {scale.seq_len} (recipe: {recipe.training.max_seq_length})",
                                  f"dpo.max_length {scale.seq_len} (recipe: {length})") for note in report.notes]
@@ -242,8 +256,6 @@ def dpo_training(recipe, model_path: str, config: dict, scale: Scale, *, weights
     frozen = {n: p.detach().clone() for n, p in trained.named_parameters() if not p.requires_grad}
 
     def probe_loss() -> float:
-        from checks.run.setup import autocast
-
         was_training = trained.training
         trained.eval()
         with quiet(), torch.no_grad(), autocast(recipe_precision(args)):  # TRL's deprecated checkpointing calls warn
