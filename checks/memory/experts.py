@@ -81,7 +81,8 @@ def routing_note(model, real: bool) -> str | None:
                 "backward tokens x top-k rows, however the router splits the tokens, so the trace holds for any routing")
     if real:
         return None
-    raise TraceError(f"{type(model).__name__} runs its experts with transformers' '{implementation}' implementation, a "
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # under peft's wrapper
+    raise TraceError(f"{type(base).__name__} runs its experts with transformers' '{implementation}' implementation, a "
                      "loop over the experts that got tokens, whose tensors the routing of real data decides; the memory "
                      "trace covers transformers' grouped_mm and batched_mm experts (grouped_mm is its default where a "
                      "model supports it: from_pretrained(..., experts_implementation='grouped_mm'))")
