@@ -18,8 +18,8 @@ from checks import limits
 
 SCHEMA_ID = "https://recipe-checks.dev/schema/recipe.schema.json"
 SHIPPED_SCHEMA = Path(__file__).resolve().parent.parent / "schema" / "recipe.schema.json"
-_LIBRARY_SECTIONS = (("training", "Training"), ("lora", "Lora"), ("quantization", "Quantization"))
-_GENERATED_WITH = ("pydantic", "transformers", "peft")
+_LIBRARY_SECTIONS = (("training", "Training"), ("lora", "Lora"), ("quantization", "Quantization"), ("dpo", "Dpo"))
+_GENERATED_WITH = ("pydantic", "transformers", "peft", "trl")  # trl: the dpo section's keys (the trl extra)
 _SIMPLE_TYPES = {"bool": "boolean", "int": "integer", "float": "number", "str": "string"}
 # What the loader checks that a JSON Schema cannot say; the schema says it in a description instead.
 NOT_EXPRESSIBLE = {
@@ -48,6 +48,8 @@ def _field_types(section: str) -> dict[str, str]:
         from transformers import TrainingArguments as cls
     elif section == "lora":
         from peft import LoraConfig as cls
+    elif section == "dpo":
+        from trl import DPOConfig as cls
     else:
         return {}
     types = {}
