@@ -60,6 +60,10 @@ def recipe_ceiling(recipe, model, gpu) -> Throughput:
 
     if getattr(recipe, "diffusion", None) is not None:  # a diffusion transformer: no tokens/s ceiling is modelled
         return Throughput(0.0, matmul_params(model), None, None)
+    if getattr(recipe, "dpo", None) is not None:  # a DPO step: its sequence length, and the reference's forward
+        from checks.memory.preference import dpo_ceiling
+
+        return dpo_ceiling(recipe, model, gpu)
     return ceiling(model, recipe.training.max_seq_length, trains_weights=recipe.method is Method.FULL,
                    checkpointing=recipe.training.gradient_checkpointing, gpu=gpu, precision=recipe.training_dtype)
 

@@ -312,3 +312,22 @@ def test_the_estimate_of_the_shipped_dpo_recipe_names_the_reference_pass():
     assert result.notes[0] == (f"reference forward (no_grad, chosen and rejected rows): peaks at "
                                f"{(reference + result.peak_bytes - result.trace.timeline.peak_bytes) / GIB:.2f} GiB, "
                                f"{(result.trace.timeline.peak_bytes - reference) / GIB:.2f} GiB below the step's peak")
+
+
+def test_the_throughput_ceiling_of_a_dpo_step_adds_the_reference_forward(tmp_path):
+    """Per token (chosen and rejected alike): the policy's forward, backward and recompute, as an SFT step's
+    at the same length; plus one forward of the reference. Precomputed log-probs: the SFT step's alone."""
+    from checks.throughput import attention_flops_per_token, recipe_ceiling
+
+    gpu = GpuCatalog.load().get("rtx4090")
+    sft = _state(_recipe(tmp_path, LORA_DPO.replace("dpo: {beta: 0.1, max_length: 256}", "")
+                         .replace("bf16: true}", "bf16: true, max_seq_length: 256, gradient_checkpointing: true}"),
+                         "sft.yaml"))
+    dpo_state = _state(_recipe(tmp_path, LORA_DPO))
+    precomputed = _state(_recipe(tmp_path, LORA_DPO.replace("beta: 0.1", "beta: 0.1, precompute_ref_log_probs: true"),
+                                 "pre.yaml"))
+    ceilings = {name: recipe_ceiling(state.recipe, state.meta_model(), gpu)
+                for name, state in (("sft", sft), ("dpo", dpo_state), ("precomputed", precomputed))}
+    assert ceilings["precomputed"].flops_per_token == ceilings["sft"].flops_per_token
+    forward = 2.0 * ceilings["sft"].matmul_params + attention_flops_per_token(sft.meta_model().config, 256)
+    assert ceilings["dpo"].flops_per_token == ceilings["sft"].flops_per_token + forward

@@ -299,3 +299,28 @@ def reference_pass_note(peak_bytes: int, step_peak_bytes: int) -> str:
 
     return (f"reference forward (no_grad, chosen and rejected rows): peaks at {peak_bytes / GIB:.2f} GiB, "
             f"{(step_peak_bytes - peak_bytes) / GIB:.2f} GiB below the step's peak")
+
+
+def dpo_ceiling(recipe, model, gpu):
+    """The tokens/s ceiling of a DPO step (checks.throughput), counting chosen and rejected tokens as TRL's
+    num_tokens does: the policy's forward and backward (and recompute) at dpo.max_length, plus the reference's
+    forward (no_grad, checkpointing off) unless its log-probs are precomputed."""
+    from checks.recipe.schema import Method
+    from checks.throughput import Throughput, attention_flops_per_token, ceiling
+
+    dpo = recipe.dpo
+    try:
+        args = dpo_arguments(recipe)
+        checkpointing, length = compat.activation_checkpointing(args)[0], args.max_length
+        precision = "bfloat16" if args.bf16 else "float16" if args.fp16 else "float32"
+        precompute = bool(args.precompute_ref_log_probs)
+    except Exception:  # noqa: BLE001  RC117 reports what DPOConfig refuses: the sections as written
+        checkpointing, length = recipe.training.gradient_checkpointing, dpo.max_length
+        precision, precompute = recipe.training_dtype, dpo.precompute_ref_log_probs
+    seq_len = length if length is not None else recipe.training.max_seq_length
+    policy = ceiling(model, seq_len, trains_weights=recipe.method is Method.FULL, checkpointing=checkpointing,
+                     gpu=gpu, precision=precision)
+    reference = 0.0 if precompute else 2.0 * policy.matmul_params + attention_flops_per_token(model.config, seq_len)
+    flops = policy.flops_per_token + reference
+    peak = policy.peak_tflops
+    return Throughput(flops, policy.matmul_params, peak * 1e12 / flops if peak else None, peak)
