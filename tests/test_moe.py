@@ -203,3 +203,24 @@ def test_a_qlora_moe_recipe_is_offered_lora_without_quantization_as_a_traced_fix
     assert not any("quantization section" in f[1] for f in candidate_fixes(qlora, "llama"))
     peaks = [run_step(build_step_model(MIXTRAL, s), s).timeline.peak_bytes for s in (qlora, lora)]
     assert peaks[1] < peaks[0]
+
+
+@pytest.mark.slow  # traces the full-size step and its fixes
+def test_mixtral_qlora_that_does_not_fit_an_h200_is_told_to_drop_the_quantization():
+    """The corpus recipe of RC216 on its H200: the 4-bit Mixtral's float32 experts alone exceed the budget;
+    the traced fix that fits is LoRA without quantization, and the weights note names it as the way to shrink."""
+    from checks.gpus import GpuCatalog
+    from checks.memory.estimate import estimate
+    from checks.recipe.load import load_text
+    from checks.recipe.validate import validate
+    from tests.conftest import CORPUS
+
+    path = CORPUS / "rc216-mixtral-qlora-experts-unquantized.yaml"
+    recipe = validate(load_text(path.read_text(encoding="utf-8"), path.name)).recipe
+    catalog = GpuCatalog.load()
+    result = estimate(recipe, resolve_model_config(recipe.model.id), catalog.get("h200"), catalog=catalog)
+    assert not result.fits and result.weights_exceed_budget
+    best = result.fixes[0]
+    assert best.name.startswith("LoRA without quantization") and best.fits
+    assert best.peak_bytes < result.peak_bytes / 1.8  # bf16 experts, not float32
+    assert "only a fix that shrinks them (here LoRA without quantization" in result.weights_note

@@ -165,8 +165,11 @@ def _weights_exceed_note(recipe, result: Estimate, catalog) -> str:
         catalog = GpuCatalog.load()
     smallest = smallest_fitting_profile(recipe, result.peak_bytes, catalog)
     result.smallest_fitting_gpu = smallest.key if smallest is not None else None
+    # a QLoRA of fused MoE experts shrinks them by dropping the quantization (checks/memory/experts.py)
+    unquantize = any(f.name.startswith("LoRA without quantization") for f in result.fixes or ())
+    shrink = "here LoRA without quantization: the experts stay 16-bit" if unquantize else "QLoRA"
     note = (f"the model's weights alone take {result.weights_bytes / GIB:.1f} GiB, more than the "
-            f"{result.budget_bytes / GIB:.1f} GiB budget: only a fix that shrinks them (QLoRA) or a larger GPU fits")
+            f"{result.budget_bytes / GIB:.1f} GiB budget: only a fix that shrinks them ({shrink}) or a larger GPU fits")
     if smallest is None:
         return note + f"; no known GPU profile has the {result.peak_bytes / GIB:.1f} GiB the recipe needs as it is"
     return note + (f"; the smallest known GPU where the recipe fits as it is (peak {result.peak_bytes / GIB:.1f} "
