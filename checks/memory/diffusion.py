@@ -36,7 +36,7 @@ def step_inputs(recipe, config: dict, notes: list[str]) -> dict[str, Any]:
         missing = [what for what, done in (("the VAE (cache_latents: false)", diffusion.cache_latents),
                                            ("the text encoders (precompute_text_embeddings: false)",
                                             diffusion.precompute_text_embeddings)) if not done]
-        raise TraceError(f"{' and '.join(missing)} stay on the GPU during the step, and recipe-checks traces "
+        raise TraceError(f"{' and '.join(missing)} would stay on the GPU during the step, and recipe-checks traces "
                          "only the transformer's step: cache the latents and precompute the text embeddings "
                          "(as diffusers' flux_lora_quantization example does), or check the step on a GPU")
     if recipe.training.fp16 and recipe.lora is not None:
