@@ -190,8 +190,8 @@ class DpoLoss:
         with _fused_head_regions(tracker):
             outputs = model(input_ids=input_ids, labels=labels, use_cache=False, fused_lm_head=True)
             tracker.segment = None
+            # the outputs' entropy, mean logits and top-1 flags feed TRL's metrics after the loss: held till then
             logps = outputs.log_probs[:, -seq_len:].sum(dim=1)
-            del outputs  # its entropy, mean logits and top-1 flags feed TRL's metrics (logged, then dropped)
             chosen, rejected = logps.chunk(2, dim=0)
             if pref["reference"] == PRECOMPUTED:  # dataset columns, moved to the device with the batch
                 ref_chosen = torch.zeros((settings.micro_batch,), dtype=torch.float32)
@@ -217,6 +217,7 @@ class DpoLoss:
             # the sigmoid loss; TRL's other loss types combine the same B numbers per side
             logits = (chosen - ref_chosen) - (rejected - ref_rejected)
             loss = -F.logsigmoid(beta * logits).mean()
+            del outputs
         return loss
 
 
