@@ -331,3 +331,16 @@ def test_the_throughput_ceiling_of_a_dpo_step_adds_the_reference_forward(tmp_pat
     assert ceilings["precomputed"].flops_per_token == ceilings["sft"].flops_per_token
     forward = 2.0 * ceilings["sft"].matmul_params + attention_flops_per_token(sft.meta_model().config, 256)
     assert ceilings["dpo"].flops_per_token == ceilings["sft"].flops_per_token + forward
+
+
+@pytest.mark.slow
+def test_estimate_json_gives_the_reference_pass_peak(capsys):
+    import json
+
+    from checks.cli import main
+    from tests.conftest import RECIPES
+
+    assert main(["estimate", str(RECIPES / "llama3-8b-lora-dpo-rtx4090.yaml"), "--gpu", "rtx4090", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    data = data[0] if isinstance(data, list) else data
+    assert 0 < data["peak_bytes"] - data["reference_pass_peak_bytes"] < data["peak_bytes"] // 10

@@ -86,6 +86,9 @@ class Estimate:
             "weights_bytes": self.weights_bytes,
             "weights_exceed_budget": self.weights_exceed_budget,
             "smallest_fitting_gpu": self.smallest_fitting_gpu,
+            # a DPO step's reference forward: the highest total while it runs, overheads included (None: none ran)
+            "reference_pass_peak_bytes": (self.trace.timeline.region_peaks["reference"] + overhead_bytes()
+                                          if "reference" in getattr(self.trace.timeline, "region_peaks", {}) else None),
         }
 
     @property
