@@ -344,3 +344,19 @@ def test_estimate_json_gives_the_reference_pass_peak(capsys):
     data = json.loads(capsys.readouterr().out)
     data = data[0] if isinstance(data, list) else data
     assert 0 < data["peak_bytes"] - data["reference_pass_peak_bytes"] < data["peak_bytes"] // 10
+
+
+def test_liger_kernel_leaves_the_dpo_step_on_trls_fused_head():
+    from checks.memory.settings import settings_from_recipe
+    from checks.recipe.load import load_text
+    from checks.recipe.validate import validate
+
+    text = textwrap.dedent("""\
+        model: {id: Qwen/Qwen2.5-0.5B, torch_dtype: bfloat16}
+        lora: {r: 8, target_modules: all-linear}
+        training: {per_device_train_batch_size: 1, bf16: true, use_liger_kernel: true}
+        dpo: {beta: 0.1}
+        """)
+    recipe = validate(load_text(text, "r.yaml")).recipe
+    step = settings_from_recipe(recipe, {"model_type": "qwen2"})
+    assert step.chunked_loss is False and any("fused linear cross-entropy off" in n for n in step.notes)

@@ -80,12 +80,15 @@ def dpo_step_settings(recipe, settings: StepSettings) -> StepSettings:
         seq_len = max_length
     else:
         notes.append(f"dpo.max_length: null truncates nothing: traced at training.max_seq_length {seq_len}")
+    if settings.chunked_loss:
+        notes.append("use_liger_kernel: DPOTrainer keeps Liger's fused linear cross-entropy off (its own fused LM head "
+                     "computes the log-probs); traced with TRL's head")
     strategy = reference_strategy(bool(settings.lora), precompute)
     outputs = _OUTPUTS + (("log_sum_sq_probs",) if weighting else ())
     preference = (("disable_dropout", dropout), ("loss_type", tuple(loss_types)), ("outputs", outputs),
                   ("reference", strategy), ("trainer", "dpo"))
     return dataclasses.replace(settings, precision=precision, gradient_checkpointing=checkpointing,
-                               seq_len=seq_len, preference=preference, notes=tuple(notes))
+                               seq_len=seq_len, preference=preference, chunked_loss=False, notes=tuple(notes))
 
 
 def preference_step(step, resolved, settings: StepSettings, *, real: bool, device: str):
