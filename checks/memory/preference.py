@@ -94,9 +94,14 @@ def dpo_step_settings(recipe, settings: StepSettings) -> StepSettings:
 def preference_step(step, resolved, settings: StepSettings, *, real: bool, device: str):
     """The StepModel of a DPO step: TRL's fused LM head on the model (and the reference model it needs,
     built and counted), and the DPO forward and loss as the step's `loss`."""
+    from checks import limits
+    from checks.memory.errors import TraceError
     from checks.recipe.library import require_trl
 
     require_trl()
+    if 2 * settings.micro_batch * settings.seq_len > limits.MAX_TRACE_TOKENS:  # RC119 says so in the recipe
+        raise TraceError(f"a DPO step of 2 x {settings.micro_batch} rows of {settings.seq_len:,} tokens is more than "
+                         f"the {limits.MAX_TRACE_TOKENS:,} tokens a training step is checked for")
     from trl.trainer.utils import add_fused_lm_head, disable_dropout_in_model
 
     from checks.memory.build import quiet
