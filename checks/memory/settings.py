@@ -31,7 +31,7 @@ class StepSettings:
     quant_4bit: tuple = ()  # sorted (key, value) of the 4-bit settings; empty: not quantized
     quant_8bit: tuple = ()  # sorted (key, value) of the LLM.int8() settings; empty: not 8-bit
     chunked_loss: bool = False  # Liger's fused linear cross-entropy (use_liger_kernel)
-    # sorted (key, value) of a diffusion transformer's step (checks.memory.diffusion.diffusion_settings):
+    # sorted (key, value) of a diffusion transformer's step (diffusion_settings, checks.memory.diffusion.step_inputs):
     # image size, text length, what is precomputed; empty: a causal LM's step
     diffusion: tuple = ()
     # sorted (key, value) of a preference trainer's step (checks/memory/preference.py); empty: a causal-LM step
