@@ -61,6 +61,28 @@ def test_the_fake_flux_trace_is_exact_against_a_real_cpu_step(case):
     assert fake.trainable_params == real.trainable_params > 0
 
 
+@pytest.mark.slow  # 10-20 s: a fresh interpreter imports the libraries
+def test_the_first_flux_trace_of_a_process_counts_what_a_later_one_counts():
+    # importing diffusers.training_utils (and the modules it imports) creates tensors: imported first inside
+    # the traced step, they were counted once per process, so that a pinned peak depended on which test had
+    # traced FLUX before; only a fresh interpreter has not imported them yet
+    import subprocess
+    import sys
+
+    script = (  # not importing this module, which imports diffusers.training_utils
+        "from checks.memory.step import StepSettings, build_step_model, run_step\n"
+        "from checks.models.resolve import ResolvedModel\n"
+        f"resolved = ResolvedModel(name='tiny-flux', config={TINY_FLUX!r}, source='test')\n"
+        f"settings = {flux_settings(gradient_accumulation=1)!r}\n"
+        "first, second = (run_step(build_step_model(resolved, settings), settings, keep_curve=True) for _ in '12')\n"
+        "print(first.curve == second.curve, first.timeline.peak_bytes, second.timeline.peak_bytes)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                         cwd=str(RECIPES.parent))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[0] == "True", out.stdout
+
+
 @pytest.mark.slow
 def test_checkpointing_and_qlora_change_the_traced_flux_step():
     """The exactness cases differ where the features act: switching one off changes the trace."""

@@ -27,16 +27,19 @@ class StepModel:
     blocks: Any = None  # the decoder blocks' ModuleList, when found
     copies: int = 0  # how many more blocks like block 1 the full-size model has than the built one
     notes: list[str] = field(default_factory=list)
-    # One micro-batch's forward and loss, (model, settings, tracker) -> loss, run under autocast in the
-    # tracker's forward phase; it sets tracker.segment = None once the blocks are done and lets go of
-    # everything but the loss. None: a causal LM's (causal_lm_loss); a diffusion transformer's or a
+    # One micro-batch's forward and loss, (model, settings, tracker) -> (loss, batch), run under autocast
+    # in the tracker's forward phase; it sets tracker.segment = None once the blocks are done and lets go
+    # of everything but the loss and the batch: the tensors the training loop still holds during the
+    # backward (the Trainer's `inputs`, a diffusers script's latents and embeddings), which run_step keeps
+    # until the optimizer step. None: a causal LM's (causal_lm_loss); a diffusion transformer's or a
     # preference trainer's step brings its own.
     loss: Callable[[Any, Any, Any], Any] | None = None
 
 
 def causal_lm_loss(model, settings: StepSettings, tracker):
     """The causal-LM step's forward and loss, as the Trainer runs it: one unpadded sequence of
-    seq_len tokens per row, labels given to the model (its own shifted cross-entropy)."""
+    seq_len tokens per row, labels given to the model (its own shifted cross-entropy); the batch (input
+    ids and labels) is the Trainer's `inputs`, held by its training_step through the backward."""
     import torch
 
     input_ids = torch.zeros((settings.micro_batch, settings.seq_len), dtype=torch.long)
@@ -45,7 +48,7 @@ def causal_lm_loss(model, settings: StepSettings, tracker):
     tracker.segment = None  # before autocast's cache of cast weights and the output die
     loss = output.loss
     del output  # with use_cache, its past_key_values hold every block's keys and values
-    return loss
+    return loss, (input_ids, labels)
 
 
 @dataclass

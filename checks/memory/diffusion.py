@@ -62,6 +62,8 @@ def build_diffusion_step_model(resolved, settings: StepSettings, *, real: bool =
     then every tensor a fake CPU tensor. Real: real CPU tensors, really quantized (to validate the fake
     trace on small models). `base`: the real transformer as loaded (`from_pretrained`, cpu-step), else
     built from the config. Every block is traced (see docs/flux.md for the measured time)."""
+    # imported here, not first in the traced step: importing it creates tensors, which the trace would count
+    import diffusers.training_utils  # noqa: F401
     import torch
 
     from checks.memory.materialize import materialize_fake
@@ -148,7 +150,9 @@ def quantize_transformer_4bit(model, quant: dict, *, real: bool, device: str = "
 
 def flow_matching_loss(model, settings: StepSettings, tracker):
     """One micro-batch of the FLUX scripts' training loop: cached latents noised along the flow-matching
-    path, packed into tokens, the transformer's prediction unpacked and its MSE against noise - latents."""
+    path, packed into tokens, the transformer's prediction unpacked and its MSE against noise - latents.
+    The batch is what the loop's locals still hold during the backward: the latents, the noise, their
+    noisy and packed forms, the text embeddings, ids, guidance, sigmas, the weighting and the target."""
     import torch
     from diffusers.training_utils import compute_loss_weighting_for_sd3
 
@@ -177,10 +181,11 @@ def flow_matching_loss(model, settings: StepSettings, tracker):
     tracker.region = "logits_loss"  # the loss on the prediction, as a causal LM's head and loss (run_step clears it)
     if model_pred.requires_grad:  # the loss's backward is done when the prediction's gradient is
         model_pred.register_hook(lambda grad: setattr(tracker, "region", ""))
-    del packed, noisy_model_input, prompt_embeds, pooled_prompt_embeds, latent_image_ids, text_ids, guidance
     model_pred = compat.flux_unpack_latents(model_pred, height * VAE_SCALE_FACTOR, width * VAE_SCALE_FACTOR,
                                             VAE_SCALE_FACTOR)
     weighting = compute_loss_weighting_for_sd3(weighting_scheme=inputs["weighting_scheme"], sigmas=sigmas)
     target = noise - model_input
     loss = torch.mean((weighting.float() * (model_pred.float() - target.float()) ** 2).reshape(batch, -1), 1)
-    return loss.mean()
+    held = (model_input, noise, timesteps, sigmas, noisy_model_input, packed, prompt_embeds, pooled_prompt_embeds,
+            text_ids, latent_image_ids, guidance, weighting, target)
+    return loss.mean(), held

@@ -171,7 +171,9 @@ def _reference_model(step, resolved, settings: StepSettings, *, real: bool, devi
 
 
 class DpoLoss:
-    """The DPO step's forward and loss (StepModel.loss): (model, settings, tracker) -> loss."""
+    """The DPO step's forward and loss (StepModel.loss): (model, settings, tracker) -> (loss, batch); the
+    batch is what TRL's collator gives training_step, held through the backward: input ids, completion
+    mask and, when precomputed, the reference log-probabilities."""
 
     def __init__(self, reference=None, reference_blocks=None) -> None:
         self.reference = reference
@@ -226,7 +228,8 @@ class DpoLoss:
             logits = (chosen - ref_chosen) - (rejected - ref_rejected)
             loss = -F.logsigmoid(beta * logits).mean()
             del outputs
-        return loss
+        held = (input_ids, completion_mask) + ((ref_chosen, ref_rejected) if pref["reference"] == PRECOMPUTED else ())
+        return loss, held
 
 
 def _tensors(module) -> list:

@@ -114,7 +114,7 @@ def run_step(built: StepModel, settings: StepSettings, *, keep_curve: bool = Fal
                     tracker.tag(p.grad, "gradients")
             tracker.phase = "forward"
             with autocast:
-                loss = (built.loss or causal_lm_loss)(model, settings, tracker)
+                loss, batch = (built.loss or causal_lm_loss)(model, settings, tracker)
             if settings.gradient_accumulation > 1:
                 loss = loss / settings.gradient_accumulation
             tracker.phase = "backward"

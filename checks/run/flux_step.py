@@ -95,7 +95,7 @@ def run_flux_step(recipe, resolved, fixture, *, seed: int = 0) -> StepReport:
             optimizer.zero_grad(set_to_none=True)
             for _ in range(settings.gradient_accumulation):
                 with autocast:
-                    loss = flow_matching_loss(model, settings, tracker)
+                    loss, _ = flow_matching_loss(model, settings, tracker)
                 report.losses.append(float(loss.detach().float().item()))
                 counts["phase"] = "backward"
                 (loss / settings.gradient_accumulation).backward()
@@ -108,7 +108,7 @@ def run_flux_step(recipe, resolved, fixture, *, seed: int = 0) -> StepReport:
             optimizer.zero_grad(set_to_none=True)
             report.block_forwards, report.block_recomputes = counts["forward"], counts["backward"]
             with autocast:  # one more backward: LoRA's A gets its first gradient once B is no longer zero
-                probe = flow_matching_loss(model, settings, tracker)
+                probe, _ = flow_matching_loss(model, settings, tracker)
             counts["phase"] = "probe"
             probe.backward()
             _note_gradients(trainable, got_gradient, None)
