@@ -17,7 +17,7 @@ def step_report(ctx):
     if outcome.missing_extra:  # e.g. a dpo recipe without TRL
         raise NotRun(f"not run: {outcome.missing_extra}")
     if outcome.cannot_run:
-        raise NotRun(f"not run: {outcome.cannot_run}; build it with `recipe-checks fixtures build {ctx.path}`")
+        raise NotRun(f"not run: {outcome.cannot_run}")
     return outcome.report
 
 

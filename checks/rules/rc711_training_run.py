@@ -44,7 +44,7 @@ class TrainingRun(Rule):
 
         outcome = cpu_train(ctx.state)
         if outcome.cannot_run:
-            raise NotRun(f"not run: {outcome.cannot_run}; build it with `recipe-checks fixtures build {ctx.path}`")
+            raise NotRun(f"not run: {outcome.cannot_run}")
         if outcome.refused is not None:
             error = outcome.refused.library_error
             raise CannotJudge(self.finding(

@@ -78,7 +78,8 @@ def tiny_model(state) -> TinyModel | str:
                                                  _vocab_size(fixture.path))
         except Exception as exc:  # noqa: BLE001  no tiny model for this architecture: nothing to run
             state.memo["tiny-model"] = (f"no tiny-random model of '{shorten(recipe.model.name)}' could be built: "
-                                        f"{shorten(str(exc), 200)}")
+                                        f"{shorten(str(exc), 200)}; build it with `recipe-checks fixtures build "
+                                        f"{state.path}`")
     return state.memo["tiny-model"]
 
 

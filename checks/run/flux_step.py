@@ -169,7 +169,8 @@ def run_flux_cpu_step(state):
     try:
         outcome.fixture = ensure_fixture(resolved, cache_dir=state.options.fixture_cache, task_type="DIFFUSION")
     except Exception as exc:  # noqa: BLE001  no tiny model for this transformer: nothing to run
-        outcome.cannot_run = f"no tiny-random model of '{shorten(recipe.model.name)}' could be built: {shorten(str(exc), 200)}"
+        outcome.cannot_run = (f"no tiny-random model of '{shorten(recipe.model.name)}' could be built: "
+                              f"{shorten(str(exc), 200)}; build it with `recipe-checks fixtures build {state.path}`")
         return outcome
     outcome.seconds["fixture"] = time.perf_counter() - started
     try:
