@@ -315,6 +315,8 @@ def test_the_estimate_of_the_shipped_dpo_recipe_names_the_reference_pass():
     assert result.notes[0] == (f"reference forward (no_grad, chosen and rejected rows): peaks at "
                                f"{(reference + result.peak_bytes - result.trace.timeline.peak_bytes) / GIB:.2f} GiB, "
                                f"{(result.trace.timeline.peak_bytes - reference) / GIB:.2f} GiB below the step's peak")
+    assert ("policy forward: the chosen and rejected rows concatenated, 2 rows (1 pair(s)) of 1024 tokens in one "
+            "forward") in result.notes
 
 
 def test_the_throughput_ceiling_of_a_dpo_step_adds_the_reference_forward(tmp_path):

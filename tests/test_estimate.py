@@ -76,7 +76,7 @@ def test_use_liger_kernel_traces_the_chunked_loss_and_says_what_it_approximates(
 
 
 PINNED = REPO / "tests" / "pinned_peaks.yaml"
-PINNED_LIBRARIES = ("torch", "transformers", "peft", "bitsandbytes")
+PINNED_LIBRARIES = ("torch", "transformers", "peft", "bitsandbytes", "diffusers", "trl")  # FLUX and DPO pins depend on the last two
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ that fits with few traces, and it writes nothing that does not fit."""
 
 from __future__ import annotations
 
-import itertools
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -11,7 +10,6 @@ import pytest
 
 from checks.cli import main
 from checks.engine import check_recipe, run_check
-from checks.context import RecipeState
 from checks.gpus import GIB, GpuCatalog
 from checks.init import search
 from checks.init.recipe_text import Plan

@@ -32,8 +32,8 @@ def overhead_bytes() -> int:
     return int(data["cuda_context"]["bytes"]) + int(data["cublas_workspace"]["bytes"])
 
 
-# A fix is offered when it saves at least this share of the peak: a few KiB less (a shorter batch of token
-# ids where the sequence length decides nothing else) is no fix.
+# A fix is offered when it saves at least this share of the traced tensors' peak: a few KiB less (a shorter
+# batch of token ids where the sequence length decides nothing else) is no fix.
 MIN_SAVING = 0.01
 
 # A combination applies at most this many fixes; each round traces the fixes that apply on top of the
@@ -270,7 +270,8 @@ def rank_fixes(resolved, settings: StepSettings, task: str, base: Estimate) -> l
     """Each single fix, traced, that lowers the peak: the largest saving first."""
     fixes = [Fix(name, change, peak, base.peak_bytes - peak, peak <= base.budget_bytes)
              for name, change, _, peak in _traced_fixes(resolved, settings, task)]
-    return sorted((f for f in fixes if f.saved_bytes >= MIN_SAVING * base.peak_bytes), key=lambda f: -f.saved_bytes)
+    least = MIN_SAVING * base.trace.timeline.peak_bytes
+    return sorted((f for f in fixes if f.saved_bytes > 0 and f.saved_bytes >= least), key=lambda f: -f.saved_bytes)
 
 
 def combine_fixes(resolved, settings: StepSettings, task: str, base: Estimate,

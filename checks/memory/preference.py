@@ -120,6 +120,8 @@ def preference_step(step, resolved, settings: StepSettings, *, real: bool, devic
             reference, reference_blocks = _reference_model(step, resolved, settings, real=real, device=device)
             add_fused_lm_head(reference)
     step.loss = DpoLoss(reference, reference_blocks)
+    step.notes.append(f"policy forward: the chosen and rejected rows concatenated, {2 * settings.micro_batch} rows "
+                      f"({settings.micro_batch} pair(s)) of {settings.seq_len} tokens in one forward")
     if reference is not None:
         step.notes.append("the reference model, a second frozen copy of the model as DPOTrainer loads it for a "
                           "full fine-tune, is held beside it (reference_weights)")
