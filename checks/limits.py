@@ -40,6 +40,8 @@ MAX_STEPS = 10**12
 # Per-device batch size and gradient accumulation: a trace allocates (fake) tensors of
 # batch x sequence x hidden elements, which must stay far inside int64.
 MAX_BATCH_SIZE = 65_536
+# GPUs in one distributed run (distributed.world_size): past the largest published training runs
+MAX_WORLD_SIZE = 131_072
 MAX_ACCUMULATION_STEPS = 1_000_000
 # Tokens per micro-batch (batch x max_seq_length) that a training step is traced for: 2^27
 # (134M) is 100x the largest single-GPU micro-batch in the published measurements.

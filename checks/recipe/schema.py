@@ -255,9 +255,84 @@ class Diffusion(_Section):
         return self.width if self.width is not None else self.resolution  # type: ignore[return-value]
 
 
+class MixedPrecision(_Section):
+    """torch.distributed.fsdp.MixedPrecisionPolicy's fields: the dtype the blocks are all-gathered and
+    computed in, and the dtype gradients are reduce-scattered in (None: the parameters' own)."""
+
+    param_dtype: Literal["float32", "bfloat16", "float16"] | None = None
+    reduce_dtype: Literal["float32", "bfloat16", "float16"] | None = None
+
+
+class Fsdp(_Section):
+    """torch.distributed.fsdp.fully_shard's keyword arguments (FSDP2), applied to each decoder block and to
+    the root, as accelerate, torchtune and TRL apply it."""
+
+    reshard_after_forward: bool = True  # False: the blocks stay unsharded from forward to backward (ZeRO-2-like)
+    mp_policy: MixedPrecision | None = None
+    offload_policy: Literal["cpu"] | None = None  # CPUOffloadPolicy: sharded parameters, gradients, states on the host
+
+
+class Zero(_Section):
+    """DeepSpeed's zero_optimization offload settings (its device names)."""
+
+    offload_optimizer: Literal["none", "cpu", "nvme"] = "none"  # optimizer states and fp32 master weights
+    offload_param: Literal["none", "cpu", "nvme"] = "none"  # ZeRO-3 only: the parameter partitions
+
+
+STRATEGIES = ("ddp", "fsdp", "zero1", "zero2", "zero3")
+
+
+class Distributed(_Section):
+    """How the recipe runs on several GPUs: data parallel (ddp), torch's FSDP2 (fsdp), or DeepSpeed's ZeRO
+    stages (zero1, zero2, zero3). The world size is `world_size`, or `nodes` x `gpus_per_node`."""
+
+    strategy: Literal[STRATEGIES]  # type: ignore[valid-type]
+    world_size: int | None = Field(None, ge=1, le=limits.MAX_WORLD_SIZE)
+    nodes: int | None = Field(None, ge=1, le=limits.MAX_WORLD_SIZE)
+    gpus_per_node: int | None = Field(None, ge=1, le=64)
+    fsdp: Fsdp | None = None
+    zero: Zero | None = None
+
+    @model_validator(mode="after")
+    def _world(self) -> Distributed:
+        if self.world_size is None and self.gpus_per_node is None:
+            raise ValueError("give the number of GPUs: world_size, or nodes and gpus_per_node")
+        if self.world_size is not None and self.gpus_per_node is not None:
+            computed = (self.nodes or 1) * self.gpus_per_node
+            if computed != self.world_size:
+                raise ValueError(f"world_size {self.world_size} is not nodes x gpus_per_node = {computed}: "
+                                 "give one or the other")
+        if self.fsdp is not None and self.strategy != "fsdp":
+            raise ValueError(f"an fsdp section configures strategy 'fsdp', not '{self.strategy}': remove it, "
+                             "or use strategy: fsdp")
+        if self.zero is not None and not self.strategy.startswith("zero"):
+            raise ValueError(f"a zero section configures DeepSpeed's ZeRO stages, not '{self.strategy}': remove it, "
+                             "or use strategy: zero1, zero2 or zero3")
+        if self.zero is not None and self.zero.offload_param != "none" and self.strategy != "zero3":
+            raise ValueError(f"offload_param needs ZeRO stage 3 (DeepSpeed partitions parameters only there), "
+                             f"not {self.strategy}: use strategy: zero3, or offload_param: none")
+        return self
+
+    @property
+    def size(self) -> int:
+        """The number of ranks (GPUs) in all."""
+        if self.world_size is not None:
+            return self.world_size
+        return (self.nodes or 1) * (self.gpus_per_node or 1)
+
+    @property
+    def per_node(self) -> int:
+        """The ranks on one node (the GPUs that share one host's memory)."""
+        if self.gpus_per_node is not None:
+            return self.gpus_per_node
+        return self.size if self.nodes is None else max(1, self.size // self.nodes)
+
+
 class Hardware(_Section):
     gpu: _Names = Field(default_factory=list, description="One GPU name or a list: the GPUs this recipe is for")
     vram_budget_gib: float | None = Field(None, gt=0, le=4096)
+    host_memory_gib: float | None = Field(
+        None, gt=0, le=1_048_576, description="CPU memory of one node: what ZeRO and FSDP offload can use")
 
     @field_validator("gpu", mode="before")
     @classmethod
@@ -344,6 +419,7 @@ class Recipe(_Section):
     training: Training = Field(default_factory=Training)
     dpo: Dpo | None = None  # a DPO recipe: TRL's DPOTrainer trains it against a reference model
     diffusion: Diffusion | None = None  # a diffusion transformer's recipe (model.component: transformer)
+    distributed: Distributed | None = None  # several GPUs: DDP, FSDP2 or ZeRO (docs/distributed.md)
     hardware: Hardware = Field(default_factory=Hardware)
     expect: Expect = Field(default_factory=Expect)
     checks: ChecksSection = Field(default_factory=ChecksSection)
