@@ -17,6 +17,7 @@ from checks.limits import MAX_ERROR_CHARS, shorten
 from checks.models.resolve import ModelResolutionError, ResolvedModel, resolve_model_config
 from checks.models.skeleton import ModelBuildError, build_meta_model
 from checks.options import Options
+from checks.recipe.distributed_files import attach as attach_distributed_files
 from checks.recipe.load import LoadedRecipe, RecipeLoadError, load_recipe_file, read_recipe_text
 from checks.recipe.schema import Recipe
 from checks.recipe.validate import InvalidValue, Validation, validate
@@ -47,6 +48,8 @@ class RecipeState:
             state.loaded = load_recipe_file(fs_path, display_path)
             # another tool's config becomes the native recipe it means (checks.formats), or RC112 says why not
             state.loaded, state.load_error = read_as_native(state.loaded, options.format)
+            if state.loaded is not None:  # the DeepSpeed / accelerate files a distributed section names
+                state.loaded = attach_distributed_files(state.loaded, fs_path.parent)
         except RecipeLoadError as exc:
             state.load_error = exc.finding
         except Exception as exc:  # never a crash of the session: the file is reported, the others still run

@@ -51,6 +51,9 @@ class LoadedRecipe:
     duplicate_keys: list[KeyPath] = field(default_factory=list)
     duplicate_of: dict[KeyPath, str] = field(default_factory=dict)  # a duplicate -> the key it repeats, as written
     translation: Any = None  # checks.formats.Translation: another tool's config, read as this native recipe
+    # checks.recipe.distributed_files.DistributedFiles: what the distributed section's DeepSpeed and accelerate
+    # files say (None: it names no file)
+    distributed_files: Any = None
 
     def written_key(self, key_path: KeyPath) -> str | None:
         """The key as the file writes it, where the file is another tool's config (`lora_r` for lora.r)."""

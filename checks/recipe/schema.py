@@ -11,7 +11,16 @@ import enum
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from checks import limits
 from checks.regex_safety import describe_problem, lora_pattern_problems
@@ -284,7 +293,12 @@ STRATEGIES = ("ddp", "fsdp", "zero1", "zero2", "zero3")
 
 class Distributed(_Section):
     """How the recipe runs on several GPUs: data parallel (ddp), torch's FSDP2 (fsdp), or DeepSpeed's ZeRO
-    stages (zero1, zero2, zero3). The world size is `world_size`, or `nodes` x `gpus_per_node`."""
+    stages (zero1, zero2, zero3). The world size is `world_size`, or `nodes` x `gpus_per_node`.
+
+    `deepspeed` (a DeepSpeed JSON) and `accelerate_config` (an `accelerate config` YAML), paths relative to
+    the recipe file, are read into these fields before validation (checks.recipe.distributed_files; see
+    docs/distributed-configs.md): the strategy, the world size and the options come from the files, and a
+    field the recipe also writes and the file contradicts is a finding (RC801), not a silent win."""
 
     strategy: Literal[STRATEGIES]  # type: ignore[valid-type]
     world_size: int | None = Field(None, ge=1, le=limits.MAX_WORLD_SIZE)
@@ -292,11 +306,21 @@ class Distributed(_Section):
     gpus_per_node: int | None = Field(None, ge=1, le=64)
     fsdp: Fsdp | None = None
     zero: Zero | None = None
+    deepspeed: str | None = Field(
+        None, min_length=1, max_length=limits.MAX_STRING_CHARS,
+        description="A DeepSpeed config JSON, relative to the recipe file: strategy, offload and batch sizes from it")
+    accelerate_config: str | None = Field(
+        None, min_length=1, max_length=limits.MAX_STRING_CHARS,
+        description="An accelerate config YAML (`accelerate config`), relative to the recipe file")
 
     @model_validator(mode="after")
-    def _world(self) -> Distributed:
-        if self.world_size is None and self.gpus_per_node is None:
-            raise ValueError("give the number of GPUs: world_size, or nodes and gpus_per_node")
+    def _world(self, info: ValidationInfo) -> Distributed:
+        optional = bool(info.context and info.context.get("world_size_optional"))
+        if self.world_size is None and self.gpus_per_node is None and not optional:
+            named = [f"{key} {value}" for key, value in (("deepspeed", self.deepspeed),
+                                                         ("accelerate_config", self.accelerate_config)) if value]
+            said = f" ({' and '.join(named)} does not give it)" if named else ""
+            raise ValueError(f"give the number of GPUs: world_size, or nodes and gpus_per_node{said}")
         if self.world_size is not None and self.gpus_per_node is not None:
             computed = (self.nodes or 1) * self.gpus_per_node
             if computed != self.world_size:
@@ -314,11 +338,25 @@ class Distributed(_Section):
         return self
 
     @property
+    def size_known(self) -> bool:
+        """Whether the number of GPUs is stated (another tool's config may not state it; see RC111)."""
+        return self.world_size is not None or self.gpus_per_node is not None
+
+    @property
     def size(self) -> int:
-        """The number of ranks (GPUs) in all."""
+        """The number of ranks (GPUs) in all (1 where it is not stated: see size_known)."""
         if self.world_size is not None:
             return self.world_size
         return (self.nodes or 1) * (self.gpus_per_node or 1)
+
+    @property
+    def node_count(self) -> int:
+        """The nodes (hosts) the ranks run on."""
+        if self.nodes is not None:
+            return self.nodes
+        if self.gpus_per_node is not None and self.world_size is not None:
+            return max(1, self.world_size // self.gpus_per_node)
+        return 1
 
     @property
     def per_node(self) -> int:
@@ -326,6 +364,11 @@ class Distributed(_Section):
         if self.gpus_per_node is not None:
             return self.gpus_per_node
         return self.size if self.nodes is None else max(1, self.size // self.nodes)
+
+    @property
+    def shards_parameters(self) -> bool:
+        """Whether each rank holds only a shard of the (frozen and trained) parameters: FSDP and ZeRO-3."""
+        return self.strategy in ("fsdp", "zero3")
 
 
 class Hardware(_Section):

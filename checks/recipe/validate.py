@@ -119,11 +119,18 @@ def validate(loaded: LoadedRecipe) -> Validation:
             result.unknown_keys.append(UnknownKey((section, key), tuple(sorted(valid))))
         if unknown:
             data[section] = {k: v for k, v in values.items() if k in valid}
+    files = loaded.distributed_files
+    if files is not None and files.blocked and isinstance(data.get("distributed"), dict):
+        # a DeepSpeed or accelerate file that cannot be read: the section means nothing yet (RC801 says why)
+        del data["distributed"]
+        result.broken["distributed"] = files.blocked
+    # another tool's config does not state the number of GPUs (its launcher is told): the section may lack it
+    context = {"world_size_optional": loaded.translation is not None}
     sections = tuple(Recipe.model_fields)
     # Each pass drops at least one key or section, so this ends after at most as many passes as keys.
     for _ in range(1 + sum(len(v) if isinstance(v, dict) else 1 for v in data.values())):
         try:
-            result.recipe = Recipe.model_validate(data)
+            result.recipe = Recipe.model_validate(data, context=context)
             break
         except ValidationError as exc:
             dropped = False
