@@ -21,6 +21,13 @@ if TYPE_CHECKING:
     from checks.recipe.schema import Recipe
 
 FORMATS = ("axolotl", "llamafactory", "trl")
+# The note a translation leaves where a config shards across GPUs without saying how many (RC111 reports it;
+# dropped where the DeepSpeed config's batch sizes give the number)
+GPUS_NOT_STATED = "the number of GPUs is not stated (the launcher is told it): the sharding is checked without a world size"
+
+
+def gpus_not_stated(how: str) -> str:
+    return f"{GPUS_NOT_STATED}; {how}"
 CHOICES = ("auto", "native", *FORMATS)
 LABELS = {"axolotl": "Axolotl", "llamafactory": "LLaMA-Factory", "trl": "TRL", "native": "recipe-checks"}
 

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from checks.formats import Builder, NativeRecipe
+from checks.formats import Builder, NativeRecipe, gpus_not_stated
 
 SOURCE = ("Axolotl main after v0.13.0 (src/axolotl/utils/schemas: config.py, peft.py at 00564c8, training.py at "
-          "002a637; utils/config normalize_config)")
+          "002a637; utils/config normalize_config); its multi-GPU keys as of v0.18.0-9 (067b021: schemas/config.py "
+          "deepspeed, fsdp, fsdp_config, fsdp_version, world_size; schemas/fsdp.py FSDPConfig; schemas/validation.py "
+          "check_fsdp_config_kwargs_prefix; utils/trainer.py prepare_optim_env, setup_fsdp_envs)")
 REQUIRED = frozenset({"base_model"})
 SIGNATURE = frozenset({
     "adapter", "micro_batch_size", "sequence_len", "lora_target_linear", "sample_packing", "num_epochs",
@@ -49,10 +51,6 @@ IGNORED = (
 NOT_CHECKED = {
     "sample_packing": "packs several examples into each sequence_len row (block-diagonal attention): the "
                       "memory of a packed row is that of one full row, which is what is traced",
-    "deepspeed": "DeepSpeed shards optimizer state, gradients or weights across GPUs: the estimate is of one "
-                 "GPU holding all of them",
-    "fsdp": "FSDP shards the model across GPUs: the estimate is of one unsharded GPU",
-    "fsdp_config": "FSDP shards the model across GPUs: the estimate is of one unsharded GPU",
     "rl": "an RL/preference step (DPO, ORPO, KTO, GRPO...) runs chosen and rejected sequences and a reference "
           "model: what is traced is one supervised step",
     "activation_offloading": "activations offloaded to the CPU are not traced: the estimate keeps them on the GPU",
@@ -117,6 +115,7 @@ def translate(b: Builder, out: NativeRecipe) -> None:
     if adapter in ("lora", "qlora"):
         _lora(b, out)
     _training(b, out)
+    _distributed(b, out)
     for key, why in NOT_CHECKED.items():
         if why:
             b.not_checked(key, why)
@@ -239,3 +238,77 @@ def _training_precision(b: Builder, out: NativeRecipe) -> None:
     out.set(("model", "torch_dtype"), _precision(b), "bf16" if b.has("bf16") else None)
     if auto:
         b.translation.precision_follows += (("model", "torch_dtype"),)
+
+
+# the legacy `fsdp:` list (TrainingArguments.fsdp options): what each option means for fully_shard
+_FSDP_OPTIONS = {"full_shard": True, "shard_grad_op": False}
+
+
+def _distributed(b: Builder, out: NativeRecipe) -> None:
+    """deepspeed / fsdp / fsdp_config as the native distributed section. Axolotl prefers FSDP where both are set
+    (prepare_optim_env); the number of GPUs is the launcher's (normalize_config reads WORLD_SIZE), so only a
+    `world_size` in the config states it."""
+    deepspeed, fsdp, config = b.take("deepspeed"), b.take("fsdp"), b.take("fsdp_config")
+    version, world = b.take("fsdp_version"), b.take("world_size")
+    b.ignore(("ddp",))
+    if isinstance(world, int) and not isinstance(world, bool) and (deepspeed or fsdp or config or world > 1):
+        out.set(("distributed", "world_size"), world, "world_size")
+    elif world is not None and not isinstance(world, int):
+        out.set(("distributed", "world_size"), world, "world_size")  # as written: RC103 reports the value
+    if fsdp or config:
+        origin = "fsdp_config" if config else "fsdp"
+        _fsdp(b, out, fsdp, config if isinstance(config, dict) else {}, version, origin)
+        if deepspeed:
+            b.translation.resolved.append((("deepspeed",), "not used: Axolotl configures FSDP where fsdp_config is set"))
+    elif isinstance(deepspeed, str):
+        out.set(("distributed", "deepspeed"), deepspeed, "deepspeed")
+        origin = "deepspeed"
+    elif isinstance(deepspeed, dict):
+        b.translation.not_checked.append((("deepspeed",), "an inline DeepSpeed config is not read: write it to a JSON "
+                                          "file and name the file in `deepspeed:`"))
+        return
+    elif isinstance(world, int) and world > 1:
+        out.set(("distributed", "strategy"), "ddp", "world_size")  # several GPUs, nothing sharded: DDP
+        return
+    else:
+        return
+    if world is None:
+        how = "add `world_size: N` to the config (Axolotl overwrites it from the launcher's WORLD_SIZE: the run is the same)"
+        b.translation.not_checked.append(((origin,), gpus_not_stated(how)))
+
+
+def _fsdp(b: Builder, out: NativeRecipe, fsdp: Any, config: dict[str, Any], version: Any, origin: str) -> None:
+    # check_fsdp_config_kwargs_prefix: fsdp_-prefixed keys are the same keys (fsdp_version keeps its name)
+    config = {(k[5:] if isinstance(k, str) and k.startswith("fsdp_") and k != "fsdp_version" else k): v
+              for k, v in config.items()}
+    if version is None:  # _resolve_fsdp_version: top level, else fsdp_config's, else 1
+        version = config.get("fsdp_version", config.get("version", 1))
+    out.set(("distributed", "strategy"), "fsdp", origin)
+    options = [o.strip() for o in fsdp.split()] if isinstance(fsdp, str) else fsdp if isinstance(fsdp, list) else []
+    reshard = config.get("reshard_after_forward")
+    if isinstance(reshard, bool):
+        out.set(("distributed", "fsdp", "reshard_after_forward"), reshard, ("fsdp_config", _written(b, "reshard_after_forward")))
+    for option in options:
+        if option in _FSDP_OPTIONS and reshard is None:
+            out.set(("distributed", "fsdp", "reshard_after_forward"), _FSDP_OPTIONS[option], "fsdp")
+        elif option == "no_shard":
+            out.set(("distributed", "strategy"), "ddp", "fsdp")
+        elif option == "offload":
+            out.set(("distributed", "fsdp", "offload_policy"), "cpu", "fsdp")
+        elif isinstance(option, str) and option.startswith("hybrid_shard"):
+            b.translation.not_checked.append((("fsdp",), f"'{option}' shards within a node and replicates across "
+                                              "nodes: checked as sharding across all GPUs"))
+    if config.get("offload_params") is True:
+        out.set(("distributed", "fsdp", "offload_policy"), "cpu", ("fsdp_config", _written(b, "offload_params")))
+    if str(version) != "2":
+        b.translation.resolved.append(((origin,), f"FSDP1 (fsdp_version {version}) checked as FSDP2's fully_shard with "
+                                       "the same sharding; Axolotl recommends fsdp_version: 2"))
+    if config.get("activation_checkpointing") is True and not b.get("gradient_checkpointing"):
+        out.set(("training", "gradient_checkpointing"), True, ("fsdp_config", _written(b, "activation_checkpointing")))
+        b.resolved("fsdp_config", "gradient_checkpointing true (FSDP's activation checkpointing of each block)")
+
+
+def _written(b: Builder, key: str) -> str:
+    """The fsdp_config key as the config writes it (with or without Axolotl's deprecated fsdp_ prefix)."""
+    config = b.data.get("fsdp_config")
+    return f"fsdp_{key}" if isinstance(config, dict) and f"fsdp_{key}" in config and key not in config else key

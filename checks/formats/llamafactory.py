@@ -7,9 +7,10 @@ every other key is a transformers.TrainingArguments field (Seq2SeqTrainingArgume
 
 from __future__ import annotations
 
-from checks.formats import Builder, NativeRecipe
+from checks.formats import Builder, NativeRecipe, gpus_not_stated
 
-SOURCE = "LLaMA-Factory main (src/llamafactory/hparams: finetuning_args.py, model_args.py, data_args.py)"
+SOURCE = ("LLaMA-Factory main (src/llamafactory/hparams: finetuning_args.py, model_args.py, data_args.py); `deepspeed` "
+          "is TrainingArguments.deepspeed, a DeepSpeed JSON the HF integration reads")
 REQUIRED = frozenset({"model_name_or_path"})
 SIGNATURE = frozenset({
     "finetuning_type", "lora_rank", "lora_target", "quantization_bit", "cutoff_len", "stage", "template",
@@ -35,7 +36,6 @@ IGNORED = (
 NOT_CHECKED = {
     "packing": "packing several examples into each cutoff_len row is not modelled: one full row is traced",
     "neat_packing": "packing several examples into each cutoff_len row is not modelled: one full row is traced",
-    "deepspeed": "DeepSpeed shards optimizer state, gradients or weights across GPUs: one GPU holding all is estimated",
     "fsdp": "FSDP shards the model across GPUs: one unsharded GPU is estimated",
     "use_galore": "GaLore projects the gradients: the optimizer state is not that of the recipe's optimizer",
     "use_apollo": "APOLLO's optimizer state is not modelled",
@@ -81,6 +81,7 @@ def translate(b: Builder, out: NativeRecipe) -> None:
     if method == "lora":
         _lora(b, out)
     _training(b, out)
+    _deepspeed(b, out)
     for key, why in NOT_CHECKED.items():
         b.not_checked(key, why)
 
@@ -153,3 +154,14 @@ def _training(b: Builder, out: NativeRecipe) -> None:
     disabled = b.take("disable_gradient_checkpointing")
     out.set(("training", "gradient_checkpointing"), not disabled,
             "disable_gradient_checkpointing" if disabled is not None else None)
+
+
+def _deepspeed(b: Builder, out: NativeRecipe) -> None:
+    """TrainingArguments.deepspeed: a DeepSpeed JSON (read into the distributed section). The number of GPUs is
+    the launcher's (FORCE_TORCHRUN / NPROC_PER_NODE), never a key of the file."""
+    path = b.take("deepspeed")
+    if isinstance(path, str):
+        out.set(("distributed", "deepspeed"), path, "deepspeed")
+        how = ("give numbers for train_batch_size and train_micro_batch_size_per_gpu in the DeepSpeed config, or check "
+               "the native recipe (`recipe-checks convert`) with distributed.world_size: N")
+        b.translation.not_checked.append((("deepspeed",), gpus_not_stated(how)))

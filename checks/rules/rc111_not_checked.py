@@ -11,8 +11,10 @@ class NotChecked(Rule):
     """
     ## What it checks
     A config of another tool, read as a recipe, sets nothing the recipe model cannot express yet that
-    changes a step's memory or correctness: sample packing, DeepSpeed or FSDP sharding, an RL or
-    preference stage (`rl: dpo`, `stage: dpo`), activation offloading, kernels that patch the model.
+    changes a step's memory or correctness: sample packing, an RL or preference stage (`rl: dpo`,
+    `stage: dpo`), activation offloading, kernels that patch the model, a DeepSpeed or FSDP setup whose
+    number of GPUs the config does not state (its `deepspeed` and `fsdp_config` keys are read into the
+    distributed section: docs/distributed-configs.md).
     Each such key gets a finding at its line saying what is checked in its place.
 
     ## Why it matters
@@ -22,7 +24,7 @@ class NotChecked(Rule):
 
     ## Example
         rl: dpo
-        deepspeed: deepspeed_configs/zero3.json
+        deepspeed: deepspeed_configs/zero3.json   # and no world_size
 
     ## Use instead
     Keep the settings; read the vram verdict as that of one supervised step on one GPU, or check the
