@@ -42,6 +42,10 @@ NOT_FROM_A_RECIPE = {
     "RC722": "needs a CUDA GPU: tested with a CPU device standing in for one",
     "RC603": "needs a baseline (--recipes-baseline), which no recipe file gives: tested in tests/test_baseline.py",
     "RC114": "needs diffusers not installed: tested in tests/test_flux.py with its import monkeypatched away",
+    "RC802": "needs a DeepSpeed or accelerate config beside the recipe, which the corpus run does not copy: tested "
+             "in tests/test_distributed_config.py",
+    "RC803": "needs a DeepSpeed config beside the recipe, which the corpus run does not copy: tested in "
+             "tests/test_distributed_config.py",
 }
 
 
