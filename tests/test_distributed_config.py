@@ -478,3 +478,14 @@ def test_a_recipe_without_a_distributed_section_gets_none_of_these_rules(files):
     state, findings = check(root / "r.yaml")
     assert state.loaded.distributed_files is None
     assert not {f.rule_id for f in findings if f.rule_id.startswith("RC8")}
+
+
+def test_an_accelerate_config_and_a_deepspeed_config_that_disagree_are_a_finding(files):
+    root = files(**{"acc.yaml": "distributed_type: DEEPSPEED\nnum_processes: 4\nmixed_precision: no\n"
+                                "deepspeed_config:\n  zero_stage: 3\n",
+                    "ds.json": ds(zero_optimization={"stage": 2}),
+                    "r.yaml": recipe("accelerate_config: acc.yaml\ndeepspeed: ds.json\n",
+                                     training=TRAINING.replace("bf16: true", "bf16: false"))})
+    state, findings = check(root / "r.yaml")
+    assert any("gives strategy 'zero2'" in f.message and "'zero3'" in f.message for f in only(findings, "RC801"))
+    assert "RC802" not in ids(findings)  # an unquoted `no` is YAML's false: accelerate's "no", as the recipe trains

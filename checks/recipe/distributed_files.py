@@ -604,7 +604,8 @@ def _accelerate(data: dict[str, Any], loaded: LoadedRecipe, shown: str, at: KeyP
             from checks.suggest import did_you_mean
 
             problem(f"{place(str(key))}: '{shorten(key, 60)}' is not an accelerate config key; accelerate refuses the "
-                    "file (\"unknown keys\")", f"{did_you_mean(str(key), _ACCELERATE_KEYS)} Remove it.".strip(), str(key))
+                    "file (\"unknown keys\")", f"{did_you_mean(str(key), _ACCELERATE_KEYS)} Remove it: accelerate takes "
+                    "only the keys `accelerate config` writes".strip(), str(key))
     kind = data.get("distributed_type")
     if isinstance(kind, str):
         kind = kind.upper()
@@ -691,9 +692,11 @@ def _accelerate_fsdp(config: Any, place, problem, refuse, files: DistributedFile
                    f"fsdp_version 1, not {_show(value)}", "write fsdp_version: 2 and fsdp_reshard_after_forward: true",
                    "fsdp_config", key)
         where = place("fsdp_config", key) if key in config else place("fsdp_config")
-        problem(f"{where}: FSDP1 (fsdp_version {version}) is checked as FSDP2's fully_shard with the same sharding",
+        said = ("fsdp_config", "fsdp_version") if "fsdp_version" in config else ("fsdp_config",)
+        problem(f"{place(*said)}: FSDP1 (fsdp_version {version}{'' if 'fsdp_version' in config else ', the default'}) "
+                f"is checked as FSDP2's fully_shard with the same sharding ({name})",
                 "write fsdp_version: 2: FSDP1 is deprecated in accelerate and torch, and FSDP2 is what is traced",
-                *(("fsdp_config", "fsdp_version") if "fsdp_version" in config else ("fsdp_config",)), severity="warning")
+                *said, severity="warning")
         if name == "NO_SHARD":
             files.fields[("strategy",)] = Setting("ddp", where)
         elif name in ("FULL_SHARD", "SHARD_GRAD_OP"):

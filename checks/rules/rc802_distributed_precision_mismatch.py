@@ -35,7 +35,8 @@ class DistributedPrecisionMismatch(Rule):
     name = "distributed-precision-mismatch"
     check = "schema"
     reads = frozenset({"distributed", "training"})
-    why = "the precision the launcher or DeepSpeed config sets must be the recipe's: the Trainer refuses a mismatch"
+    why = ("the precision a DeepSpeed or accelerate config sets is what the run trains in; the Trainer refuses a "
+           "DeepSpeed config that differs from TrainingArguments")
 
     def run(self, ctx):
         files = ctx.loaded.distributed_files
