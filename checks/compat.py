@@ -123,6 +123,38 @@ def tensor_slots(module) -> tuple[dict, dict]:
         raise _missing("torch.nn.Module._parameters") from None
 
 
+# -- torch.distributed (written against torch 2.13) ---------------------------------------------------
+def local_tensor(tensor):
+    """The tensor that holds a DTensor's memory on this rank (DTensor._local_tensor); any other tensor as it is.
+    A DTensor is a wrapper without storage of its own: what a rank allocates is its local shard."""
+    local = getattr(tensor, "_local_tensor", None)
+    return local if local is not None else tensor
+
+
+def fake_store() -> type:
+    """torch.testing._internal.distributed.fake_pg.FakeStore: the store of the `fake` backend, whose
+    collectives return at once (torch's own tool for memory estimation without GPUs)."""
+    return require("torch.testing._internal.distributed.fake_pg.FakeStore")
+
+
+def fully_shard():
+    """torch.distributed.fsdp.fully_shard (FSDP2) and its MixedPrecisionPolicy and CPUOffloadPolicy."""
+    return (require("torch.distributed.fsdp.fully_shard"), require("torch.distributed.fsdp.MixedPrecisionPolicy"),
+            require("torch.distributed.fsdp.CPUOffloadPolicy"))
+
+
+def fsdp_lazy_init(model) -> None:
+    """FSDP2 initialises its root state at the first forward (FSDPState._lazy_init): run it before the step
+    is accounted, as the steady state of training has (the unsharded parameters' storages exist, empty)."""
+    state = getattr(model, "_get_fsdp_state", None)
+    if state is None:
+        raise _missing("torch.distributed.fsdp.FSDPModule._get_fsdp_state")
+    try:
+        state()._lazy_init()
+    except AttributeError:
+        raise _missing("torch.distributed.fsdp._fully_shard._fsdp_state.FSDPState._lazy_init") from None
+
+
 def bitsandbytes_op(name: str):
     """torch.ops.bitsandbytes.<name>.default, the op bitsandbytes registers with torch."""
     require("bitsandbytes")  # importing it registers the ops

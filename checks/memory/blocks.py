@@ -72,12 +72,14 @@ def blocks_of_tensors(blocks) -> dict[int, int]:
     return out
 
 
-def segment_hooks(blocks, tracker) -> list:
+def segment_hooks(blocks, tracker, *, first: bool = False) -> list:
     """Tell the tracker which decoder block's span of the step is running. In the forward, block i's
     span runs from its start to the next block's (the frees between them, such as the previous
     block's output once block i has returned, recur between every pair of blocks; the last block's
     span ends with the model's forward); in the backward, from the gradient of its output (its
-    backward starts) to the previous block's."""
+    backward starts) to the previous block's. `first`: run before the hooks the block has already (FSDP2's,
+    which all-gather the block's parameters and prefetch the next block's), so that each block's span
+    holds its own all-gather and prefetch, as every other block's does."""
     if blocks is None:
         return []
 
@@ -98,6 +100,6 @@ def segment_hooks(blocks, tracker) -> list:
 
     hooks = []
     for index, block in enumerate(blocks):
-        hooks.append(block.register_forward_pre_hook(enter(index)))
-        hooks.append(block.register_forward_hook(leave(index)))
+        hooks.append(block.register_forward_pre_hook(enter(index), prepend=first))
+        hooks.append(block.register_forward_hook(leave(index), prepend=first))
     return hooks

@@ -49,6 +49,7 @@ class Fix:
     saved_bytes: int
     fits: bool
     parts: tuple[str, ...] = ()  # a combination: the names of the fixes it applies, in order; () for one fix
+    settings: Any = field(default=None, repr=False, compare=False)  # what it was traced with (not in to_dict)
 
 
 @dataclass
@@ -65,6 +66,22 @@ class Estimate:
     weights_bytes: int = 0  # the model's weights (and 4-bit quantization state) at the peak
     smallest_fitting_gpu: str | None = None  # set when the weights alone exceed the budget
     weights_note: str | None = None  # says so, naming that GPU (also the first of `notes`)
+    plan: Any = None  # the distributed plan (checks/memory/sharding.py ShardPlan); None: one GPU
+
+    @property
+    def world_size(self) -> int:
+        return self.plan.world_size if self.plan is not None else 1
+
+    def per_rank(self) -> dict:
+        """Rank 0's peak and breakdown, what of it is one shard of the whole and what every rank holds."""
+        plan = self.plan
+        sharded = sorted(k for k in self.breakdown if k in plan.sharded)
+        return {
+            "rank": 0, "strategy": plan.strategy, "peak_bytes": self.peak_bytes, "breakdown": self.breakdown,
+            "sharded": sharded, "not_sharded": sorted(k for k in self.breakdown if k not in plan.sharded),
+            "host_offloaded_bytes": self.trace.timeline.host_bytes,
+            "host_offloaded_breakdown": self.trace.timeline.host_breakdown,
+        }
 
     @property
     def fits(self) -> bool:
@@ -85,11 +102,14 @@ class Estimate:
             "breakdown": self.breakdown,
             "paged_optimizer_state_bytes": self.paged_bytes,
             "trainable_parameters": self.trace.trainable_params,
-            "fixes": [dataclasses.asdict(f) for f in self.fixes],
+            "fixes": [{f.name: getattr(fix, f.name) for f in dataclasses.fields(fix) if f.name != "settings"}
+                      for fix in self.fixes],
             "notes": self.notes,
             "weights_bytes": self.weights_bytes,
             "weights_exceed_budget": self.weights_exceed_budget,
             "smallest_fitting_gpu": self.smallest_fitting_gpu,
+            "world_size": self.world_size,
+            "per_rank": self.per_rank() if self.plan is not None else None,
             # a DPO step's reference forward: the highest total while it runs, overheads included (None: none ran)
             "reference_pass_peak_bytes": (self.trace.timeline.region_peaks["reference"] + overhead_bytes()
                                           if "reference" in getattr(self.trace.timeline, "region_peaks", {}) else None),
@@ -140,7 +160,7 @@ def estimate(recipe, resolved, gpu, *, with_fixes: bool = True, catalog=None) ->
         peak_bytes=_total(trace), budget_bytes=budget, budget_source=source, breakdown=breakdown,
         paged_bytes=trace.timeline.breakdown.get("optimizer_state_paged", 0), peak_phase=trace.timeline.peak_phase,
         trace=trace, notes=list(trace.notes),
-        weights_bytes=breakdown.get("weights", 0) + breakdown.get("quant_state", 0),
+        weights_bytes=breakdown.get("weights", 0) + breakdown.get("quant_state", 0), plan=settings.distributed,
     )
     if "reference" in trace.timeline.region_peaks:  # a DPO step's reference forward, wherever the peak is
         from checks.memory.preference import reference_pass_note
@@ -155,6 +175,9 @@ def estimate(recipe, resolved, gpu, *, with_fixes: bool = True, catalog=None) ->
             combined = combine_fixes(resolved, settings, task, result)
             if combined is not None:
                 result.fixes = sorted([*result.fixes, combined], key=lambda f: -f.saved_bytes)
+        if settings.distributed is not None:
+            result.fixes = [_smallest_world_size(resolved, task, f, result) if f.name.startswith("more GPUs") else f
+                            for f in result.fixes]
         if getattr(recipe, "unsloth", None) is not None:  # written as an Unsloth recipe writes them (RC120)
             from checks.unsloth import as_unsloth_fixes
 
@@ -163,6 +186,29 @@ def estimate(recipe, resolved, gpu, *, with_fixes: bool = True, catalog=None) ->
         result.weights_note = _weights_exceed_note(recipe, result, catalog)
         result.notes.insert(0, result.weights_note)
     return result
+
+
+def _smallest_world_size(resolved, task: str, fix: Fix, base: Estimate) -> Fix:
+    """A 'more GPUs' fix that fits at twice the GPUs, narrowed to the smallest world size that fits: per-rank
+    memory never rises with the world size of a sharded step (tests/test_distributed.py), so a bisection
+    between the recipe's and twice it finds it, each size traced."""
+    from checks.memory.step import trace_training_step
+
+    if not fix.fits:
+        return fix
+    settings = fix.settings
+    low, high = base.plan.world_size, base.plan.world_size * 2  # low does not fit, high does
+    best = fix
+    while high - low > 1:
+        middle = (low + high) // 2
+        changed = dataclasses.replace(settings, distributed=settings.distributed.with_world_size(middle))
+        peak = _total(trace_training_step(resolved, changed, task))
+        if peak <= base.budget_bytes:
+            high = middle
+            best = Fix(f"more GPUs ({middle})", f"distributed.world_size: {middle}", peak, base.peak_bytes - peak, True)
+        else:
+            low = middle
+    return best
 
 
 def _weights_exceed_note(recipe, result: Estimate, catalog) -> str:
@@ -232,6 +278,10 @@ def candidate_fixes(settings: StepSettings, model_type: str | None = None, *,
     if settings.optim not in ("paged_adamw_8bit",):
         out.append(("paged 8-bit optimizer", "training.optim: paged_adamw_8bit",
                     dataclasses.replace(settings, optim="paged_adamw_8bit")))
+    if settings.distributed is not None:  # several GPUs: another sharding, offload, more GPUs
+        from checks.memory.sharding import distributed_fixes
+
+        out.extend(distributed_fixes(settings))
     if settings.preference:  # a DPO step: its own fixes (precomputed reference, dpo.max_length)
         from checks.memory.preference import preference_fixes
 
@@ -268,8 +318,8 @@ def _traced_fixes(resolved, settings: StepSettings, task: str) -> Iterator[tuple
 
 def rank_fixes(resolved, settings: StepSettings, task: str, base: Estimate) -> list[Fix]:
     """Each single fix, traced, that lowers the peak: the largest saving first."""
-    fixes = [Fix(name, change, peak, base.peak_bytes - peak, peak <= base.budget_bytes)
-             for name, change, _, peak in _traced_fixes(resolved, settings, task)]
+    fixes = [Fix(name, change, peak, base.peak_bytes - peak, peak <= base.budget_bytes, settings=changed)
+             for name, change, changed, peak in _traced_fixes(resolved, settings, task)]
     least = MIN_SAVING * base.trace.timeline.peak_bytes
     return sorted((f for f in fixes if f.saved_bytes > 0 and f.saved_bytes >= least), key=lambda f: -f.saved_bytes)
 

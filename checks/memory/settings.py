@@ -36,6 +36,8 @@ class StepSettings:
     diffusion: tuple = ()
     # sorted (key, value) of a preference trainer's step (checks/memory/preference.py); empty: a causal-LM step
     preference: tuple = ()
+    # several GPUs (checks/memory/sharding.py ShardPlan): the strategy, world size and options; None: one GPU
+    distributed: Any = None
     notes: tuple[str, ...] = ()
 
 
@@ -110,6 +112,7 @@ def settings_from_recipe(recipe, config: dict) -> StepSettings:
         ),
         chunked_loss=chunked,
         diffusion=diffusion_settings(recipe, config, notes),
+        distributed=_shard_plan(recipe, notes),
         notes=tuple(notes),
     )
     if getattr(recipe, "dpo", None) is not None:  # TRL's DPOConfig decides its step's settings
@@ -117,6 +120,20 @@ def settings_from_recipe(recipe, config: dict) -> StepSettings:
 
         settings = dpo_step_settings(recipe, settings)
     return settings
+
+
+def _shard_plan(recipe, notes: list[str]):
+    """The distributed section as the trace takes it (None: one GPU), with what the trace says of it."""
+    if getattr(recipe, "distributed", None) is None:
+        return None
+    from checks.memory.sharding import plan_from_recipe, sharding_notes
+
+    plan = plan_from_recipe(recipe)
+    if plan is None:
+        notes.append("the number of GPUs is not stated: traced as one GPU holding the whole model")
+        return None
+    notes.extend(sharding_notes(plan))
+    return plan
 
 
 def diffusion_settings(recipe, config: dict, notes: list[str]) -> tuple:

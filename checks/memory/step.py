@@ -69,15 +69,19 @@ def run_step(built: StepModel, settings: StepSettings, *, keep_curve: bool = Fal
         raise TraceError("the model has no trainable parameter")
     if built.quantized:
         check_ops()
+    plan = settings.distributed
+    own = rank_share(trainable, plan.world_size) if plan is not None and plan.strategy == "zero1" else trainable
     with quiet():
-        optimizer = build_optimizer(settings, trainable)  # outside fake mode: bitsandbytes builds real code maps
+        optimizer = build_optimizer(settings, own)  # outside fake mode: bitsandbytes builds real code maps
     paged = settings.optim.startswith("paged_")
     tracker = MemoryTracker()
     block_of = blocks_of_tensors(built.blocks)
     if block_of:
         optimizer.state = SpanByParameter(optimizer.state, tracker, block_of)
+    master = plan is not None and plan.keeps_master_weights and not settings.lora
     for p in model.parameters():
-        tracker.tag(p, "adapters" if p.requires_grad and settings.lora else "weights", block_of.get(id(p)))
+        trained = "adapters" if settings.lora else ("master_weights" if master else "weights")
+        tracker.tag(p, trained if p.requires_grad else "weights", block_of.get(id(p)))
     for b in model.buffers():
         tracker.tag(b, "weights", block_of.get(id(b)))
     for t in quant_state_tensors(model):
@@ -88,13 +92,19 @@ def run_step(built: StepModel, settings: StepSettings, *, keep_curve: bool = Fal
     if head is not None:
         hooks.append(head.register_forward_pre_hook(lambda *_: setattr(tracker, "region", "logits_loss")))
         hooks.append(head.register_full_backward_hook(lambda *_: setattr(tracker, "region", "")))
-    hooks.extend(segment_hooks(built.blocks, tracker))
+    hooks.extend(segment_hooks(built.blocks, tracker, first=plan is not None))
     autocast = (
         torch.autocast("cpu", dtype=getattr(torch, settings.precision))
         if settings.precision != "float32" else contextlib.nullcontext()
     )
+    collectives = contextlib.nullcontext()
+    if plan is not None:
+        from checks.memory.sharding import collectives_untracked
+
+        collectives = collectives_untracked(tracker)
     try:
-        with quiet(), _no_packed_sequences(), int8_matmul_as_on_cuda(), (fake or contextlib.nullcontext()), tracker:
+        with quiet(), _no_packed_sequences(), int8_matmul_as_on_cuda(), collectives, \
+                (fake or contextlib.nullcontext()), tracker:
             # steady state: the optimizer has stepped before, so its states exist
             tracker.phase = "init"
             for p in trainable:
@@ -107,6 +117,10 @@ def run_step(built: StepModel, settings: StepSettings, *, keep_curve: bool = Fal
                         tracker.tag(value, None, block_of.get(id(p)))
             tracker.forget_transients("warmup")
             tracker.phase = "init"
+            buffers = communication_buffers(plan, built, trainable)  # held by the distributed engine throughout
+            held = torch.empty(buffers, dtype=torch.uint8) if buffers else None
+            if held is not None:
+                tracker.tag(held, "communication_buffers")
             if settings.gradient_accumulation == 1:
                 optimizer.zero_grad(set_to_none=True)
             else:
@@ -126,17 +140,21 @@ def run_step(built: StepModel, settings: StepSettings, *, keep_curve: bool = Fal
             for p in trainable:
                 tracker.tag(p.grad, "gradients")
             tracker.phase = "optimizer"
+            if plan is not None and plan.offload:  # the step runs on the host, beside the states it updates
+                tracker.region = "host_optimizer_step"
             if settings.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(trainable, settings.max_grad_norm, foreach=True)
             optimizer.step()
             tracker.segment = None
+            tracker.region = ""
             if paged:
-                for p in trainable:
+                for p in own:
                     if p.numel() >= PAGED_MIN_NUMEL:
                         for value in optimizer.state[p].values():
                             if isinstance(value, torch.Tensor) and value.numel() > 1:
                                 tracker.tag(value, "optimizer_state_paged")
             tracker.phase = "end"
+            del held
     finally:
         for hook in hooks:
             hook.remove()
@@ -148,7 +166,7 @@ def run_step(built: StepModel, settings: StepSettings, *, keep_curve: bool = Fal
             raise NotPeriodic(differs)
         notes.append(f"{TRACED_BLOCKS} of {TRACED_BLOCKS + copies} identical decoder blocks traced; "
                      f"block {TEMPLATE_BLOCK}'s allocations stand for the other {copies}")
-    timeline = tracker.timeline(TEMPLATE_BLOCK, copies)
+    timeline = tracker.timeline(TEMPLATE_BLOCK, copies, host=plan.host_categories if plan is not None else frozenset())
 
     def count(params) -> int:  # a packed 4-bit weight holds two parameters per byte
         return sum(p.numel() * (2 if p.dtype == torch.uint8 and built.quantized else 1) for p in params)
@@ -169,6 +187,49 @@ def run_step(built: StepModel, settings: StepSettings, *, keep_curve: bool = Fal
     )
 
 
+def rank_share(params: list, world_size: int, rank: int = 0) -> list:
+    """The parameters whose optimizer states one rank holds under ZeRO-1, partitioned as torch's
+    ZeroRedundancyOptimizer partitions them: largest first, each to the rank with the fewest elements."""
+    loads = [0] * world_size
+    owner = {}
+    for p in sorted(params, key=lambda p: -p.numel()):
+        r = loads.index(min(loads))
+        owner[id(p)] = r
+        loads[r] += p.numel()
+    return [p for p in params if owner[id(p)] == rank]
+
+
+def communication_buffers(plan, built: StepModel, trainable: list) -> int:
+    """The bytes a distributed engine holds besides the model's own tensors (checks/memory/sharding.py)."""
+    if plan is None or plan.world_size == 1:
+        return 0
+    from checks import compat
+    from checks.memory.sharding import ddp_bucket_bytes, zero_buffer_bytes
+
+    if plan.strategy == "ddp":
+        return ddp_bucket_bytes(trainable)
+    shard = sum(compat.local_tensor(p).numel() for p in trainable)
+    if built.copies:  # the trained shard of the blocks the trace left out
+        template = [p for p in built.blocks[TEMPLATE_BLOCK].parameters() if p.requires_grad]
+        shard += built.copies * sum(compat.local_tensor(p).numel() for p in template)
+    import torch
+
+    dtype_bytes = torch.empty((), dtype=getattr(torch, plan.param_dtype or "bfloat16")).element_size()
+    config = getattr(built.model, "config", None)
+    hidden = getattr(config.get_text_config(), "hidden_size", None) if hasattr(config, "get_text_config") else None
+    return zero_buffer_bytes(plan, hidden, shard, dtype_bytes)
+
+
+def build_traced_model(resolved, settings: StepSettings, task_type: str = "CAUSAL_LM", **kwargs) -> StepModel:
+    """build_step_model, then the sharding of a distributed plan (in the process group that is current)."""
+    built = build_step_model(resolved, settings, task_type, **kwargs)
+    if settings.distributed is not None:
+        from checks.memory.sharding import shard_step_model
+
+        shard_step_model(built, settings.distributed)
+    return built
+
+
 def trace_training_step(resolved, settings: StepSettings, task_type: str = "CAUSAL_LM") -> StepTrace:
     """One training step of the full-size model on fake tensors: the peak and what is live at it.
     Cached per (config, settings, task): recipes and GPUs that share them share one trace."""
@@ -184,12 +245,19 @@ def _trace_cached(config_json: str, name: str, settings: StepSettings, task_type
     from checks.models.resolve import ResolvedModel
 
     resolved = ResolvedModel(name=name, config=json.loads(config_json), source="")
-    try:
-        return run_step(build_step_model(resolved, settings, task_type, replicate_blocks=True), settings)
-    except TraceError:
-        raise
-    except Exception as exc:  # noqa: BLE001  blocks 1 and 2 differ, or the model needs all its blocks
-        why = str(exc) if isinstance(exc, NotPeriodic) else f"the four-block model fails ({type(exc).__name__})"
-        trace = run_step(build_step_model(resolved, settings, task_type), settings)
-        trace.notes.append(f"all decoder blocks traced: {why}")
-        return trace
+    plan = settings.distributed
+    group = contextlib.nullcontext()
+    if plan is not None and plan.world_size > 1 and plan.strategy in ("fsdp", "zero2", "zero3"):
+        from checks.memory.sharding import fake_process_group
+
+        group = fake_process_group(plan.world_size)
+    with group:
+        try:
+            return run_step(build_traced_model(resolved, settings, task_type, replicate_blocks=True), settings)
+        except TraceError:
+            raise
+        except Exception as exc:  # noqa: BLE001  blocks 1 and 2 differ, or the model needs all its blocks
+            why = str(exc) if isinstance(exc, NotPeriodic) else f"the four-block model fails ({type(exc).__name__})"
+            trace = run_step(build_traced_model(resolved, settings, task_type), settings)
+            trace.notes.append(f"all decoder blocks traced: {why}")
+            return trace

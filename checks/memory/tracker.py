@@ -36,6 +36,12 @@ CATEGORIES = (
     "activations", "logits_loss", "dequantized_weights", "temporaries",
     # a preference trainer's reference model: its weights (a second full model), and what its forward allocates
     "reference_weights", "reference",
+    # a sharded step (FSDP2): the blocks' parameters all-gathered for their forward and backward; the buffers a
+    # distributed engine holds besides (DDP's gradient buckets, DeepSpeed's buckets and 16-bit partitions)
+    "unsharded_weights", "communication_buffers",
+    # DeepSpeed's fp32 partition of the trained parameters (its optimizer's master copy), and what an optimizer
+    # step offloaded to the host allocates there (DeepSpeed's CPU Adam, FSDP2's CPUOffloadPolicy)
+    "master_weights", "host_optimizer_step",
 )
 
 
@@ -72,6 +78,8 @@ class MemoryTimeline:
     events: int
     # the highest total while a region's ops allocate (e.g. "reference": the reference model's forward)
     region_peaks: dict[str, int] = field(default_factory=dict)
+    host_bytes: int = 0  # the most held at once in host memory by the categories offloaded there
+    host_breakdown: dict[str, int] = field(default_factory=dict)  # what of them is live then
 
 
 @dataclass
@@ -119,8 +127,9 @@ class MemoryTracker(TorchDispatchMode):
         return out
 
     def _block_of(self, tensor: torch.Tensor) -> int | None:
-        known = self._by_storage.get(id(tensor.untyped_storage()))
-        return known[1].block if known is not None and known[0]() is tensor.untyped_storage() else None
+        storage = compat.local_tensor(tensor).untyped_storage()
+        known = self._by_storage.get(id(storage))
+        return known[1].block if known is not None and known[0]() is storage and known[1] is not None else None
 
     def _output_blocks(self, name: str, args, kwargs, outputs: list) -> list:
         """The block each output belongs to: the running block, else the block its inputs belong to."""
@@ -153,13 +162,16 @@ class MemoryTracker(TorchDispatchMode):
                 allocation.per_block[block] = allocation.per_block.get(block, 0) + t.numel() * t.element_size()
 
     def track(self, tensor: torch.Tensor, tag: str | None = None, op: str = "", block=None) -> _Allocation:
-        storage = tensor.untyped_storage()
+        storage = compat.local_tensor(tensor).untyped_storage()  # a DTensor's memory is its local shard's
         known = self._by_storage.get(id(storage))
-        if known is not None and known[0]() is storage:
+        if known is not None and known[0]() is storage and known[1] is not None:
             allocation = known[1]
             if tag is not None:
                 allocation.tag = tag
             return allocation
+        return self._allocate(storage, tag, op, block, known[0] if known is not None and known[0]() is storage else None)
+
+    def _allocate(self, storage, tag: str | None, op: str, block, ref=None) -> _Allocation:
         if block is None:
             block = self.segment
         raw = storage.nbytes()
@@ -169,18 +181,64 @@ class MemoryTracker(TorchDispatchMode):
                                  raw=raw, block=block)
         self.allocations.append(allocation)
         self.log.append((1, allocation.index, self.segment))
-        self._by_storage[id(storage)] = (weakref.ref(storage, self._freed(id(storage), allocation)), allocation)
+        key = id(storage)
+        self._by_storage[key] = (ref or weakref.ref(storage, self._freed(key)), allocation)
         return allocation
 
-    def _freed(self, key: int, allocation: _Allocation):
-        def callback(_ref) -> None:
+    def _free(self, allocation: _Allocation) -> None:
+        allocation.freed_in = self.phase
+        self.log.append((-1, allocation.index, self.segment))
+
+    def _freed(self, key: int):
+        def callback(ref) -> None:
             current = self._by_storage.get(key)
-            if current is not None and current[1] is allocation:
-                del self._by_storage[key]
-            allocation.freed_in = self.phase
-            self.log.append((-1, allocation.index, self.segment))
+            if current is None or current[0] is not ref:
+                return
+            del self._by_storage[key]
+            if current[1] is not None:
+                self._free(current[1])
 
         return callback
+
+    def _resized(self, storage, old_nbytes: int) -> None:
+        """torch.UntypedStorage.resize_, which no dispatch mode sees: FSDP2 frees a block's unsharded
+        parameters by resizing their storage to 0 and allocates them again by resizing it back (as
+        torch's own torch.distributed._tools.mem_tracker patches it to see). A resize frees the storage's
+        bytes and allocates its new size."""
+        if self.paused or storage.nbytes() == old_nbytes:
+            return
+        key = id(storage)
+        known = self._by_storage.get(key)
+        ref = known[0] if known is not None and known[0]() is storage else None
+        if ref is not None and known[1] is not None:
+            self._free(known[1])
+            self._by_storage[key] = (ref, None)
+        if storage.nbytes():
+            self._allocate(storage, "unsharded_weights", "UntypedStorage.resize_", None, ref)
+
+    def __enter__(self):
+        original = torch.UntypedStorage.resize_
+        tracker = self
+
+        def resize_(storage, size):
+            old = storage.nbytes()
+            result = original(storage, size)
+            tracker._resized(storage, old)
+            return result
+
+        self._original_resize = original
+        torch.UntypedStorage.resize_ = resize_
+        try:
+            return super().__enter__()
+        except BaseException:
+            torch.UntypedStorage.resize_ = original
+            raise
+
+    def __exit__(self, *exc):
+        try:
+            return super().__exit__(*exc)
+        finally:
+            torch.UntypedStorage.resize_ = self._original_resize
 
     def tag(self, tensor: torch.Tensor, tag: str | None, block: int | None = None) -> None:
         """Name what a tensor is (weights, adapters, gradients, ...) and the decoder block it belongs
@@ -230,7 +288,7 @@ class MemoryTracker(TorchDispatchMode):
     def _category(self, a: _Allocation) -> str:
         if a.tag is not None:
             return a.tag
-        if a.region in ("logits_loss", "dequantized_weights", "reference"):
+        if a.region in ("logits_loss", "dequantized_weights", "reference", "host_optimizer_step"):
             return a.region
         if a.phase == "forward" and a.freed_in != "forward":
             return "activations"  # kept from the forward pass for the backward pass
@@ -303,13 +361,15 @@ class MemoryTracker(TorchDispatchMode):
         """Every event as (sign, bytes, category): what tests compare to prove a replay exact."""
         return [(sign, a.bytes_with(template, copies), self._category(a)) for sign, a in self._events(template, copies)]
 
-    def timeline(self, template: int | None = None, copies: int = 0) -> MemoryTimeline:
+    def timeline(self, template: int | None = None, copies: int = 0, host: frozenset = frozenset()) -> MemoryTimeline:
         """The peak and what is live at it; with copies, for the model with `copies` more blocks
-        like `template`."""
+        like `template`; `host`: categories held in host memory (offloaded), counted apart."""
         categories = {}
-        total = peak = 0
+        total = peak = host_total = host_peak = 0
         breakdown = dict.fromkeys(CATEGORIES, 0)
         at_peak = dict(breakdown)
+        host_live = dict.fromkeys(host, 0)
+        at_host_peak = dict(host_live)
         peak_phase = "init"
         events = 0
         region_peaks: dict[str, int] = {}
@@ -319,13 +379,20 @@ class MemoryTracker(TorchDispatchMode):
             category = categories.get(a.index)
             if category is None:
                 category = categories[a.index] = self._category(a)
+            if category in host:
+                host_total += sign * nbytes
+                host_live[category] += sign * nbytes
+                if host_total > host_peak:
+                    host_peak, at_host_peak = host_total, dict(host_live)
+                continue
             total += sign * nbytes
             breakdown[category] += sign * nbytes
             if total > peak:
                 peak, peak_phase, at_peak = total, a.phase, dict(breakdown)
             if sign > 0 and a.region == "reference" and total > region_peaks.get(a.region, 0):
                 region_peaks[a.region] = total
-        return MemoryTimeline(peak, peak_phase, {k: v for k, v in at_peak.items() if v}, total, events, region_peaks)
+        return MemoryTimeline(peak, peak_phase, {k: v for k, v in at_peak.items() if v}, total, events, region_peaks,
+                              host_peak, {k: v for k, v in at_host_peak.items() if v})
 
 
 _MIXED = object()  # an op's inputs come from several decoder blocks

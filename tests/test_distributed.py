@@ -1,0 +1,188 @@
+"""Each rank's step of a distributed recipe, traced with torch's FSDP2 on a fake process group
+(checks/memory/sharding.py): equal byte for byte to a real run of the same step by 2 CPU processes with
+the gloo backend, replayable from four blocks, never more per rank with more ranks, and without a trace
+of itself left in the process (no process group stays behind)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings as hypothesis_settings, strategies as st
+
+from checks.memory.sharding import ShardPlan, fake_process_group
+from checks.memory.step import StepSettings, build_traced_model, run_step, trace_training_step
+from checks.models.resolve import ResolvedModel
+
+ROOT = Path(__file__).resolve().parent.parent
+
+TINY_LLAMA = {"model_type": "llama", "hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 3,
+              "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 1024, "max_position_embeddings": 512}
+LORA = (("lora_alpha", 16), ("lora_dropout", 0.0), ("r", 8),
+        ("target_modules", ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")),
+        ("task_type", "CAUSAL_LM"))
+
+
+def step_settings(plan: ShardPlan | None, **changes) -> StepSettings:
+    base = dict(micro_batch=2, seq_len=64, precision="bfloat16", weights_dtype="bfloat16", distributed=plan)
+    return StepSettings(**{**base, **changes})
+
+
+def resolved(config: dict) -> ResolvedModel:
+    return ResolvedModel(name="tiny-org/tiny-llama", config=dict(config), source="test")
+
+
+CASES = {
+    "fsdp-lora": (TINY_LLAMA, step_settings(ShardPlan("fsdp", 2, 2), lora=LORA)),
+    "fsdp-full-mixed-precision-checkpointing": (
+        TINY_LLAMA, step_settings(ShardPlan("fsdp", 2, 2, param_dtype="bfloat16", reduce_dtype="float32"),
+                                  weights_dtype="float32", gradient_checkpointing=True)),
+    "zero2-full": (TINY_LLAMA, step_settings(ShardPlan("zero2", 2, 2, False, "bfloat16", "bfloat16"))),
+}
+
+
+def _fake(case: str, rank: int):
+    config, settings = CASES[case]
+    with fake_process_group(2, rank):
+        return run_step(build_traced_model(resolved(config), settings), settings, keep_curve=True)
+
+
+def _real(case: str, tmp_path: Path) -> list[dict]:
+    """Both ranks of a real gloo run, each in its own process, as torchrun would start them."""
+    store = tmp_path / "store"
+    outs = [tmp_path / f"rank{rank}.json" for rank in range(2)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-m", "tests.distributed_worker", case, str(rank), "2", str(store),
+                               str(outs[rank])], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+             for rank in range(2)]
+    logs = []
+    for proc in procs:
+        try:
+            logs.append(proc.communicate(timeout=300)[0].decode(errors="replace"))
+        except subprocess.TimeoutExpired:
+            for p in procs:
+                p.kill()
+            pytest.fail("the 2-process gloo run did not finish in 300 s")
+    assert all(p.returncode == 0 for p in procs), "\n".join(log[-3000:] for log in logs)
+    return [json.loads(out.read_text()) for out in outs]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_fake_process_group_trace_equals_a_real_two_process_gloo_run_byte_for_byte(case, tmp_path):
+    real = _real(case, tmp_path)
+    for rank in range(2):
+        fake = _fake(case, rank)
+        assert [list(e) for e in fake.curve] == real[rank]["curve"], f"rank {rank}: the memory curves differ"
+        assert fake.timeline.peak_bytes == real[rank]["peak"]
+        assert fake.timeline.breakdown == real[rank]["breakdown"]
+    assert "unsharded_weights" in real[0]["breakdown"] or "unsharded_weights" in {e[2] for e in real[0]["curve"]}
+
+
+EIGHT_BLOCKS = {**TINY_LLAMA, "num_hidden_layers": 8}
+
+
+@pytest.mark.parametrize("plan", [ShardPlan("fsdp", 4, 4), ShardPlan("zero3", 8, 8, True, "bfloat16", "bfloat16"),
+                                  ShardPlan("zero2", 4, 4, False, "bfloat16", "bfloat16")],
+                         ids=["fsdp", "zero3", "zero2"])
+def test_four_sharded_blocks_replay_as_the_full_model_event_for_event(plan):
+    settings = step_settings(plan, lora=LORA, gradient_checkpointing=True)
+    with fake_process_group(plan.world_size):
+        replicated = build_traced_model(resolved(EIGHT_BLOCKS), settings, replicate_blocks=True)
+        assert replicated.copies == 4
+        short = run_step(replicated, settings, keep_curve=True)
+    with fake_process_group(plan.world_size):
+        full = run_step(build_traced_model(resolved(EIGHT_BLOCKS), settings), settings, keep_curve=True)
+    assert short.curve == full.curve
+    assert short.timeline.peak_bytes == full.timeline.peak_bytes
+
+
+def _sharded_state(timeline) -> int:
+    """What each rank holds one shard of, all step long: parameters, master weights, optimizer states."""
+    return sum(timeline.breakdown.get(k, 0) for k in ("weights", "adapters", "master_weights", "optimizer_state"))
+
+
+@hypothesis_settings(max_examples=6, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(smaller=st.integers(1, 16), factor=st.integers(2, 8), strategy=st.sampled_from(["fsdp", "zero3"]),
+       full=st.booleans())
+def test_per_rank_sharded_state_never_rises_with_the_world_size(smaller, factor, strategy, full):
+    """The shards (ceil(rows / world size) rows of each parameter) never grow with more ranks, whatever the
+    world sizes. The peak does not either where neither world size pads: FSDP2 pads each parameter's rows to
+    a multiple of the world size for its all-gather and reduce-scatter, so 13 -> 39 ranks on this tiny model
+    (LoRA A has 8 rows) adds 85 KB of padded rows to a 4.9 MB peak; full-size rows make that a rounding."""
+    import math
+
+    def trace(world_size: int):
+        mixed = ("bfloat16", "bfloat16") if strategy == "zero3" else (None, None)
+        plan = ShardPlan(strategy, world_size, min(world_size, 8), True, *mixed)
+        return trace_training_step(resolved(TINY_LLAMA), step_settings(plan, lora=() if full else LORA, seq_len=16)).timeline
+
+    few, many = trace(smaller), trace(smaller * factor)
+    assert _sharded_state(many) <= _sharded_state(few)
+    rows = math.gcd(*_row_counts(full))
+    if rows % (smaller * factor) == 0:  # no padding at either size (smaller divides it too)
+        assert many.peak_bytes <= few.peak_bytes
+
+
+def _row_counts(full: bool) -> list[int]:
+    built = build_traced_model(resolved(TINY_LLAMA), step_settings(None, lora=() if full else LORA))
+    return [p.shape[0] for p in built.model.parameters()]
+
+
+@pytest.mark.parametrize("world_sizes", [(1, 2), (2, 8), (4, 64)])
+def test_per_rank_peak_falls_with_more_ranks_where_nothing_pads(world_sizes):
+    plans = [ShardPlan("fsdp", n, min(n, 8)) for n in world_sizes]
+    few, many = (trace_training_step(resolved(TINY_LLAMA), step_settings(plan)).timeline for plan in plans)
+    assert many.peak_bytes < few.peak_bytes
+    assert _sharded_state(many) < _sharded_state(few)
+
+
+def test_ddp_is_the_one_gpu_step_plus_a_second_copy_of_the_gradients_in_its_buckets():
+    config = resolved(TINY_LLAMA)
+    one = trace_training_step(config, step_settings(None, lora=LORA))
+    ddp = trace_training_step(config, step_settings(ShardPlan("ddp", 4, 4), lora=LORA))
+    buckets = ddp.timeline.breakdown["communication_buffers"]
+    assert buckets == _adapter_bytes(config)
+    assert ddp.timeline.peak_bytes == one.timeline.peak_bytes + buckets
+
+
+def _adapter_bytes(config) -> int:
+    from checks.memory.tracker import allocation_bytes
+
+    built = build_traced_model(config, step_settings(None, lora=LORA))
+    return allocation_bytes(sum(p.numel() * p.element_size() for p in built.model.parameters() if p.requires_grad))
+
+
+def test_zero1_keeps_the_optimizer_states_of_its_share_of_the_parameters():
+    config = resolved(TINY_LLAMA)
+    one = trace_training_step(config, step_settings(None)).timeline.breakdown["optimizer_state"]
+    four = trace_training_step(config, step_settings(ShardPlan("zero1", 4, 4))).timeline.breakdown["optimizer_state"]
+    assert one / 4 * 0.8 <= four <= one / 4 * 1.5  # a whole parameter per rank: the shares are near a quarter
+
+
+def test_offload_moves_the_sharded_states_to_host_memory():
+    config = resolved(TINY_LLAMA)
+    on_gpu = trace_training_step(config, step_settings(ShardPlan("zero3", 4, 4, True, "bfloat16", "bfloat16")))
+    offloaded = trace_training_step(config, step_settings(ShardPlan("zero3", 4, 4, True, "bfloat16", "bfloat16",
+                                                                     offload=True)))
+    assert offloaded.timeline.host_bytes >= on_gpu.timeline.breakdown["optimizer_state"]
+    assert "optimizer_state" not in offloaded.timeline.breakdown
+    assert offloaded.timeline.peak_bytes < on_gpu.timeline.peak_bytes
+
+
+def test_the_trace_leaves_no_process_group_behind_and_refuses_to_replace_one():
+    import torch.distributed as dist
+
+    from checks.memory.errors import TraceError
+
+    trace_training_step(resolved(TINY_LLAMA), step_settings(ShardPlan("fsdp", 2, 2), lora=LORA, seq_len=32))
+    assert not dist.is_initialized()
+    with fake_process_group(2):
+        with pytest.raises(TraceError, match="already has a torch.distributed process group"):
+            with fake_process_group(2):
+                pass
+        assert dist.is_initialized()
+    assert not dist.is_initialized()
