@@ -140,8 +140,9 @@ def test_per_rank_peak_falls_with_more_ranks_where_nothing_pads(world_sizes):
     assert _sharded_state(many) < _sharded_state(few)
 
 
-def test_ddp_is_the_one_gpu_step_plus_a_second_copy_of_the_gradients_in_its_buckets():
-    config = resolved(TINY_LLAMA)
+@pytest.mark.parametrize("model", [TINY_LLAMA, EIGHT_BLOCKS], ids=["3-blocks", "8-blocks-4-traced"])
+def test_ddp_is_the_one_gpu_step_plus_a_second_copy_of_the_gradients_in_its_buckets(model):
+    config = resolved(model)
     one = trace_training_step(config, step_settings(None, lora=LORA))
     ddp = trace_training_step(config, step_settings(ShardPlan("ddp", 4, 4), lora=LORA))
     buckets = ddp.timeline.breakdown["communication_buffers"]
@@ -186,3 +187,70 @@ def test_the_trace_leaves_no_process_group_behind_and_refuses_to_replace_one():
                 pass
         assert dist.is_initialized()
     assert not dist.is_initialized()
+
+
+DISTRIBUTED_RECIPE = """\
+model: {config: tiny.json, torch_dtype: bfloat16}
+lora: {r: 8, lora_alpha: 16, target_modules: [q_proj, v_proj]}
+training: {per_device_train_batch_size: 1, max_seq_length: 64, bf16: true, gradient_checkpointing: true}
+distributed: {strategy: fsdp, world_size: 4}
+hardware: {gpu: rtx4090, vram_budget_gib: %s}
+"""
+
+
+def _recipe_file(tmp_path: Path, budget: str) -> Path:
+    (tmp_path / "tiny.json").write_text(json.dumps({**EIGHT_BLOCKS, "architectures": ["LlamaForCausalLM"]}))
+    path = tmp_path / "fsdp.yaml"
+    path.write_text(DISTRIBUTED_RECIPE % budget)
+    return path
+
+
+def test_estimate_json_gives_the_world_size_and_rank_zeros_peak_and_what_of_it_is_sharded(tmp_path, capsys):
+    from checks.cli import main
+
+    assert main(["estimate", str(_recipe_file(tmp_path, "1")), "--json", "--no-fixes"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["world_size"] == 4
+    rank = out["per_rank"]
+    assert rank["rank"] == 0 and rank["strategy"] == "fsdp" and rank["peak_bytes"] == out["peak_bytes"]
+    assert {"weights", "adapters", "optimizer_state"} <= set(rank["sharded"])
+    assert "unsharded_weights" in rank["not_sharded"] and "activations" in rank["not_sharded"]
+    assert rank["breakdown"]["unsharded_weights"] > 0
+
+
+def test_more_gpus_is_a_traced_fix_narrowed_to_the_smallest_world_size_that_fits(tmp_path, capsys):
+    from checks.cli import main
+
+    def peak(world_size: int, budget: str = "1") -> int:
+        path.write_text((DISTRIBUTED_RECIPE % budget).replace("world_size: 4", f"world_size: {world_size}"))
+        main(["estimate", str(path), "--json", "--no-fixes"])
+        return json.loads(capsys.readouterr().out)["peak_bytes"]
+
+    path = _recipe_file(tmp_path, "1")
+    four, eight = peak(4), peak(8)
+    assert eight < four
+    budget = f"{(four + eight) / 2 / 2 ** 30:.9f}"  # 4 GPUs do not fit, 8 do
+    path.write_text(DISTRIBUTED_RECIPE % budget)
+    assert main(["estimate", str(path), "--json"]) == 1
+    fixes = json.loads(capsys.readouterr().out)["fixes"]
+    more = next(f for f in fixes if f["name"].startswith("more GPUs"))
+    assert more["fits"]
+    world = int(more["change"].rsplit(" ", 1)[1])
+    assert 4 < world <= 8
+    budget_bytes = float(budget) * 2 ** 30
+    assert peak(world, budget) <= budget_bytes  # it fits, and one GPU fewer does not: the smallest
+    assert peak(world - 1, budget) > budget_bytes
+
+
+@pytest.mark.slow  # the three full-size sharded traces, and the fixes of the one that does not fit: 1-2 min
+def test_the_multi_gpu_recipes_per_rank_verdicts(pytester):
+    for path in ["recipes/llama3.1-70b-lora-fsdp2-8xa100.yaml", "recipes/llama3.1-8b-full-zero3-offload-4xrtx4090.yaml",
+                 "docs/examples/qwen2.5-32b-qlora-ddp-2xrtx3090.yaml"]:
+        (pytester.path / Path(path).name).write_text((ROOT / path).read_text(encoding="utf-8"), encoding="utf-8")
+    result = pytester.runpytest(".", "-k", "vram", "-p", "no:cacheprovider", "-rA")
+    result.assert_outcomes(passed=2, failed=1, deselected=pytest.approx(0, abs=100))
+    result.stdout.fnmatch_lines_random([
+        "*RC601 (info) peak 34.1 GiB per rank (rank 0 of 8, FSDP2) of the 76.0 GiB budget on a100-80gb*",
+        "*RC601 (info) peak 10.5 GiB per rank (rank 0 of 4, ZeRO-3) of the 22.8 GiB budget on rtx4090*offloaded to host memory: 37.39*",
+        "*RC601 peak 27.8 GiB per rank (rank 0 of 2, DDP) does not fit the 22.8 GiB budget*",
+    ])

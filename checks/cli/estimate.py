@@ -25,6 +25,10 @@ def register(sub) -> None:
     est.set_defaults(func=run, warns_versions=True)
 
 
+# what every rank of a distributed step holds whole, whatever the strategy shards
+_REPLICATED = frozenset({"weights", "quant_state", "adapters", "gradients", "optimizer_state", "optimizer_state_paged"})
+
+
 def run(args: argparse.Namespace) -> int:
     """Trace one training step of the recipe's full-size model and print the memory it needs."""
     from checks.context import RecipeState
@@ -107,11 +111,21 @@ def run(args: argparse.Namespace) -> int:
     else:
         verdict = "fits" if result.fits else ("fits only if paged optimizer state spills to host memory"
                                               if result.fits_with_paging else "does NOT fit")
-        print(f"{path} on {gpu.key} ({recipe.method.label}): peak {result.peak_bytes / GIB:.2f} GiB, "
+        where = gpu.key if result.plan is None else f"{result.world_size} x {gpu.key}, {result.plan.label}"
+        per = "" if result.plan is None else " per rank"
+        print(f"{path} on {where} ({recipe.method.label}): peak {result.peak_bytes / GIB:.2f} GiB{per}, "
               f"budget {result.budget_bytes / GIB:.2f} GiB ({result.budget_source}): {verdict}")
-        print(f"breakdown at the peak ({result.peak_phase}):")
+        print(f"breakdown at the peak ({result.peak_phase})" + (", rank 0" if result.plan is not None else "") + ":")
+        sharded = result.plan.sharded if result.plan is not None else frozenset()
         for category, nbytes in sorted(result.breakdown.items(), key=lambda kv: -kv[1]):
-            print(f"  {category:<24}{nbytes / GIB:>9.3f} GiB")
+            kind = ("  (1/{} of the whole: sharded)".format(result.world_size) if category in sharded else
+                    "  (all-gathered: whole blocks while they compute)" if category == "unsharded_weights" else
+                    "  (the whole, on every rank)" if result.plan is not None and category in _REPLICATED else "")
+            print(f"  {category:<24}{nbytes / GIB:>9.3f} GiB{kind}")
+        if result.plan is not None and result.trace.timeline.host_bytes:
+            print(f"  host memory, offloaded:  {result.trace.timeline.host_bytes / GIB:>7.3f} GiB per rank ("
+                  + ", ".join(f"{k} {v / GIB:.2f}" for k, v in sorted(result.trace.timeline.host_breakdown.items()))
+                  + ")")
         if result.paged_bytes:
             print(f"  (of which paged optimizer state, can spill to host memory: {result.paged_bytes / GIB:.3f} GiB)")
         for fix in result.fixes:

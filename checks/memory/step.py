@@ -206,12 +206,12 @@ def communication_buffers(plan, built: StepModel, trainable: list) -> int:
     from checks import compat
     from checks.memory.sharding import ddp_bucket_bytes, zero_buffer_bytes
 
-    if plan.strategy == "ddp":
-        return ddp_bucket_bytes(trainable)
+    template = [p for p in built.blocks[TEMPLATE_BLOCK].parameters() if p.requires_grad] if built.copies else []
+    if plan.strategy == "ddp":  # the buckets of every trained gradient, the blocks the trace left out included
+        return ddp_bucket_bytes(trainable) + built.copies * ddp_bucket_bytes(template)
+    # the trained shard, of the blocks the trace left out too
     shard = sum(compat.local_tensor(p).numel() for p in trainable)
-    if built.copies:  # the trained shard of the blocks the trace left out
-        template = [p for p in built.blocks[TEMPLATE_BLOCK].parameters() if p.requires_grad]
-        shard += built.copies * sum(compat.local_tensor(p).numel() for p in template)
+    shard += built.copies * sum(compat.local_tensor(p).numel() for p in template)
     import torch
 
     dtype_bytes = torch.empty((), dtype=getattr(torch, plan.param_dtype or "bfloat16")).element_size()

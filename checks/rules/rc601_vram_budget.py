@@ -39,7 +39,7 @@ class VramBudget(Rule):
     id = "RC601"
     name = "vram-budget"
     check = "vram"
-    reads = frozenset({"model", "quantization", "lora", "training", "hardware"})
+    reads = frozenset({"model", "quantization", "lora", "training", "hardware", "distributed"})
     needs = frozenset({"gpu", "model"})
     why = "an out-of-memory error at step 1 loses the GPU hour this check exists to save"
 
@@ -62,10 +62,14 @@ class VramBudget(Rule):
                      "cover this setting yet",
             )) from None
         shown = ", ".join(f"{k} {v / GIB:.2f}" for k, v in sorted(result.breakdown.items(), key=lambda kv: -kv[1]))
+        # a distributed recipe: rank 0 of its world size (checks/memory/sharding.py)
+        rank = (f" per rank (rank 0 of {result.world_size}, {result.plan.label})" if result.plan is not None else "")
+        if result.plan is not None and result.trace.timeline.host_bytes:
+            shown += f"; offloaded to host memory: {result.trace.timeline.host_bytes / GIB:.2f} per rank"
         if result.fits:
             yield self.finding(
                 ctx,
-                f"peak {result.peak_bytes / GIB:.1f} GiB of the {result.budget_bytes / GIB:.1f} GiB budget on {gpu.key} "
+                f"peak {result.peak_bytes / GIB:.1f} GiB{rank} of the {result.budget_bytes / GIB:.1f} GiB budget on {gpu.key} "
                 f"(at the peak, GiB: {shown})",
                 ("training",), at_value=False, help="", severity=Severity.INFO,
             )
@@ -79,7 +83,7 @@ class VramBudget(Rule):
                  if result.paged_bytes >= 0.05 * GIB else "")
         yield self.finding(
             ctx,
-            f"peak {result.peak_bytes / GIB:.1f} GiB does not fit the {result.budget_bytes / GIB:.1f} GiB budget "
+            f"peak {result.peak_bytes / GIB:.1f} GiB{rank} does not fit the {result.budget_bytes / GIB:.1f} GiB budget "
             f"({result.budget_source}) on {gpu.key}{paged}",
             ("hardware", "vram_budget_gib") if ctx.recipe.hardware.vram_budget_gib else ("training",),
             at_value=False,
