@@ -12,7 +12,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings as hypothesis_settings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from checks.memory.sharding import ShardPlan, fake_process_group
 from checks.memory.step import StepSettings, build_traced_model, run_step, trace_training_step
@@ -254,3 +256,75 @@ def test_the_multi_gpu_recipes_per_rank_verdicts(pytester):
         "*RC601 (info) peak 10.5 GiB per rank (rank 0 of 4, ZeRO-3) of the 22.8 GiB budget on rtx4090*offloaded to host memory: 37.39*",
         "*RC601 peak 27.8 GiB per rank (rank 0 of 2, DDP) does not fit the 22.8 GiB budget*",
     ])
+
+
+def test_the_tracker_agrees_with_torchs_fsdp2_memory_tracker_on_a_sharded_step(monkeypatch):
+    """torch's own accountant of FSDP2 (torch.distributed._tools.fsdp2_mem_tracker.FSDPMemTracker) and ours, on
+    the same steady-state step of a 4-block MLP fully sharded over 4 fake ranks with AdamW: the same peak, and
+    at it the same sharded parameters (with the input), unsharded parameters and optimizer states. As in
+    test_memory_exactness's MemTracker test, ours counts raw bytes here (FSDPMemTracker rounds CUDA tensors
+    only), and the tolerance is 0."""
+    import torch
+    from torch.distributed._tools.fsdp2_mem_tracker import FSDPMemTracker
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    from checks.memory import tracker as tracker_module
+    from checks.memory.sharding import collectives_untracked
+
+    monkeypatch.setattr(tracker_module, "allocation_bytes", lambda nbytes: nbytes)
+
+    def warm_model():
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(*[torch.nn.Sequential(torch.nn.Linear(256, 512), torch.nn.ReLU(),
+                                                          torch.nn.Linear(512, 256)) for _ in range(4)])
+        mesh = init_device_mesh("cpu", (4,))
+        for block in model:
+            fully_shard(block, mesh=mesh)
+        fully_shard(model, mesh=mesh)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=False)
+        model(torch.ones(64, 256)).square().mean().backward()  # a first step: the states exist
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return model, optimizer, torch.ones(64, 256)
+
+    def step(model, optimizer, x, on_phase):
+        on_phase("forward")
+        loss = model(x).square().mean()
+        on_phase("backward")
+        loss.backward()
+        del loss
+        on_phase("optimizer")
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    with fake_process_group(4):
+        model, optimizer, x = warm_model()
+        theirs_tracker = FSDPMemTracker(model, optimizer)
+        theirs_tracker.track_inputs((x,))
+        with theirs_tracker:
+            step(model, optimizer, x, lambda phase: None)
+        [snapshot] = theirs_tracker.get_tracker_snapshot("peak").values()
+        theirs = {getattr(kind, "value", kind): nbytes for kind, nbytes in snapshot.items()}
+
+    with fake_process_group(4):
+        model, optimizer, x = warm_model()
+        ours = tracker_module.MemoryTracker()
+        for p in [*model.parameters(), x]:
+            ours.tag(p, "weights")
+        for state in optimizer.state.values():
+            for value in state.values():
+                if isinstance(value, torch.Tensor):
+                    ours.tag(value, "optimizer_state")
+
+        def on_phase(phase):
+            ours.phase = phase
+
+        with collectives_untracked(ours), ours:
+            step(model, optimizer, x, on_phase)
+        timeline = ours.timeline()
+
+    assert timeline.peak_bytes == theirs["Total"]
+    assert timeline.breakdown["weights"] == theirs["Sharded Param"] + theirs["Inputs"]
+    assert timeline.breakdown["unsharded_weights"] == theirs["Unsharded Param"]
+    assert timeline.breakdown["optimizer_state"] == theirs["OptState"]

@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"breakdown at the peak ({result.peak_phase})" + (", rank 0" if result.plan is not None else "") + ":")
         sharded = result.plan.sharded if result.plan is not None else frozenset()
         for category, nbytes in sorted(result.breakdown.items(), key=lambda kv: -kv[1]):
-            kind = ("  (1/{} of the whole: sharded)".format(result.world_size) if category in sharded else
+            kind = (f"  (1/{result.world_size} of the whole: sharded)" if category in sharded else
                     "  (all-gathered: whole blocks while they compute)" if category == "unsharded_weights" else
                     "  (the whole, on every rank)" if result.plan is not None and category in _REPLICATED else "")
             print(f"  {category:<24}{nbytes / GIB:>9.3f} GiB{kind}")

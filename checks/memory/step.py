@@ -17,11 +17,16 @@ from dataclasses import dataclass, field
 
 from checks import compat
 from checks.memory.blocks import (  # noqa: F401  (re-exported)
-    TEMPLATE_BLOCK, TRACED_BLOCKS, NotPeriodic, blocks_of_tensors, decoder_blocks, first_different_block,
+    TEMPLATE_BLOCK,
+    TRACED_BLOCKS,
+    NotPeriodic,
+    blocks_of_tensors,
+    decoder_blocks,
+    first_different_block,
     segment_hooks,
 )
-from checks.memory.build import StepModel, build_step_model, causal_lm_loss, quiet  # noqa: F401  (re-exported)
-from checks.memory.errors import TraceError  # noqa: F401  (re-exported)
+from checks.memory.build import StepModel, build_step_model, causal_lm_loss, quiet
+from checks.memory.errors import TraceError
 from checks.memory.optimizer import PAGED_MIN_NUMEL, SpanByParameter, build_optimizer
 from checks.memory.settings import StepSettings, settings_from_recipe  # noqa: F401  (re-exported)
 from checks.memory.tracker import MemoryTimeline, MemoryTracker
