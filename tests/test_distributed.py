@@ -328,3 +328,22 @@ def test_the_tracker_agrees_with_torchs_fsdp2_memory_tracker_on_a_sharded_step(m
     assert timeline.breakdown["weights"] == theirs["Sharded Param"] + theirs["Inputs"]
     assert timeline.breakdown["unsharded_weights"] == theirs["Unsharded Param"]
     assert timeline.breakdown["optimizer_state"] == theirs["OptState"]
+
+
+@pytest.mark.parametrize(("plan", "expected", "absent"), [
+    (ShardPlan("ddp", 2, 2), {"ZeRO-3 (parameters, gradients and optimizer states sharded)", "FSDP2 (fully_shard)"},
+     {"more GPUs (4)", "offload the optimizer states to host memory"}),  # more DDP ranks change nothing per rank
+    (ShardPlan("zero2", 4, 4, False, "bfloat16", "bfloat16"),
+     {"ZeRO-3 (parameters, gradients and optimizer states sharded)", "offload the optimizer states to host memory",
+      "more GPUs (8)"}, set()),
+    (ShardPlan("fsdp", 8, 8, False), {"reshard after forward", "offload the optimizer states to host memory",
+                                      "more GPUs (16)"}, {"FSDP2 (fully_shard)"}),
+    (ShardPlan("zero3", 4, 4, True, "bfloat16", "bfloat16", offload=True), {"more GPUs (8)"},
+     {"offload the optimizer states to host memory"}),
+])
+def test_the_fixes_of_a_distributed_recipe_are_a_stage_offload_and_more_gpus(plan, expected, absent):
+    from checks.memory.estimate import candidate_fixes
+
+    names = {name for name, _, _ in candidate_fixes(step_settings(plan), "llama")}
+    assert expected <= names
+    assert not absent & names
