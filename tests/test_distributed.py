@@ -347,3 +347,13 @@ def test_the_fixes_of_a_distributed_recipe_are_a_stage_offload_and_more_gpus(pla
     names = {name for name, _, _ in candidate_fixes(step_settings(plan), "llama")}
     assert expected <= names
     assert not absent & names
+
+
+def test_gpu_step_of_a_sharded_recipe_skips_saying_it_needs_all_its_gpus():
+    from checks.recipe.schema import Recipe
+    from checks.run.gpu import _start
+
+    recipe = Recipe.model_validate({"model": "meta-llama/Llama-3.1-70B", "training": {"bf16": True},
+                                    "distributed": {"strategy": "fsdp", "world_size": 8}})
+    outcome = _start(recipe, None, None)  # decided before the device is asked anything
+    assert outcome.skip.startswith("needs the recipe's 8 GPUs in one fsdp run (torchrun)")

@@ -76,6 +76,11 @@ def full_size_setup(recipe, resolved, scale: Scale, device: str, *, schedule_ste
 
 def _start(recipe, profile, device) -> GpuOutcome:
     """An outcome holding how the device stands for the target, or why it cannot."""
+    distributed = getattr(recipe, "distributed", None)
+    if distributed is not None and distributed.size > 1:  # one process here; the run needs all its ranks
+        return GpuOutcome(skip=f"needs the recipe's {distributed.size} GPUs in one {distributed.strategy} run "
+                               "(torchrun); this check runs one process on one GPU, so the sharded step is "
+                               "checked by the vram trace only")
     plan = memory_limit_for(profile, device, needs_bf16=recipe.training.bf16)
     return GpuOutcome(skip=plan.reason) if isinstance(plan, Skip) else GpuOutcome(plan=plan)
 
