@@ -108,11 +108,13 @@ def _sharded_state(timeline) -> int:
 
 
 @hypothesis_settings(max_examples=6, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
-@given(smaller=st.integers(1, 16), factor=st.integers(2, 8), strategy=st.sampled_from(["fsdp", "zero3"]),
+@given(smaller=st.integers(1, 8), factor=st.integers(2, 4), strategy=st.sampled_from(["fsdp", "zero3"]),
        full=st.booleans())
 def test_per_rank_sharded_state_never_rises_with_the_world_size(smaller, factor, strategy, full):
     """The shards (ceil(rows / world size) rows of each parameter) never grow with more ranks, whatever the
-    world sizes. The peak does not either where neither world size pads: FSDP2 pads each parameter's rows to
+    world sizes. The peak does not either between sharded runs where neither world size pads (one rank is the
+    one-GPU step: two FSDP2 ranks of a tiny model hold more, their all-gathered copies outweighing the halved
+    shards): FSDP2 pads each parameter's rows to
     a multiple of the world size for its all-gather and reduce-scatter, so 13 -> 39 ranks on this tiny model
     (LoRA A has 8 rows) adds 85 KB of padded rows to a 4.9 MB peak; full-size rows make that a rounding."""
     import math
@@ -125,7 +127,8 @@ def test_per_rank_sharded_state_never_rises_with_the_world_size(smaller, factor,
     few, many = trace(smaller), trace(smaller * factor)
     assert _sharded_state(many) <= _sharded_state(few)
     rows = math.gcd(*_row_counts(full))
-    if rows % (smaller * factor) == 0:  # no padding at either size (smaller divides it too)
+    # both sharded (one rank is the one-GPU step, without FSDP2's all-gathered copies) and nothing padded
+    if smaller > 1 and rows % (smaller * factor) == 0:
         assert many.peak_bytes <= few.peak_bytes
 
 
