@@ -73,6 +73,7 @@ def _real(case: str, tmp_path: Path) -> list[dict]:
     return [json.loads(out.read_text()) for out in outs]
 
 
+@pytest.mark.slow  # two processes per case, each importing torch and transformers: 20-30 s
 @pytest.mark.parametrize("case", CASES)
 def test_fake_process_group_trace_equals_a_real_two_process_gloo_run_byte_for_byte(case, tmp_path):
     real = _real(case, tmp_path)
@@ -87,6 +88,7 @@ def test_fake_process_group_trace_equals_a_real_two_process_gloo_run_byte_for_by
 EIGHT_BLOCKS = {**TINY_LLAMA, "num_hidden_layers": 8}
 
 
+@pytest.mark.slow  # two sharded traces of an 8-block model per case: 8-14 s
 @pytest.mark.parametrize("plan", [ShardPlan("fsdp", 4, 4), ShardPlan("zero3", 8, 8, True, "bfloat16", "bfloat16"),
                                   ShardPlan("zero2", 4, 4, False, "bfloat16", "bfloat16")],
                          ids=["fsdp", "zero3", "zero2"])
@@ -107,6 +109,7 @@ def _sharded_state(timeline) -> int:
     return sum(timeline.breakdown.get(k, 0) for k in ("weights", "adapters", "master_weights", "optimizer_state"))
 
 
+@pytest.mark.slow  # 12 sharded traces: about 30 s
 @hypothesis_settings(max_examples=6, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(smaller=st.integers(1, 8), factor=st.integers(2, 4), strategy=st.sampled_from(["fsdp", "zero3"]),
        full=st.booleans())
