@@ -138,9 +138,8 @@ def fake_store() -> type:
 
 
 def fully_shard():
-    """torch.distributed.fsdp.fully_shard (FSDP2) and its MixedPrecisionPolicy and CPUOffloadPolicy."""
-    return (require("torch.distributed.fsdp.fully_shard"), require("torch.distributed.fsdp.MixedPrecisionPolicy"),
-            require("torch.distributed.fsdp.CPUOffloadPolicy"))
+    """torch.distributed.fsdp.fully_shard (FSDP2) and its MixedPrecisionPolicy."""
+    return require("torch.distributed.fsdp.fully_shard"), require("torch.distributed.fsdp.MixedPrecisionPolicy")
 
 
 def fsdp_lazy_init(model) -> None:

@@ -39,11 +39,11 @@ def resolved(config: dict) -> ResolvedModel:
 
 
 CASES = {
-    "fsdp-lora": (TINY_LLAMA, step_settings(ShardPlan("fsdp", 2, 2), lora=LORA)),
+    "fsdp-lora": (TINY_LLAMA, step_settings(ShardPlan("fsdp", 2), lora=LORA)),
     "fsdp-full-mixed-precision-checkpointing": (
-        TINY_LLAMA, step_settings(ShardPlan("fsdp", 2, 2, param_dtype="bfloat16", reduce_dtype="float32"),
+        TINY_LLAMA, step_settings(ShardPlan("fsdp", 2, param_dtype="bfloat16", reduce_dtype="float32"),
                                   weights_dtype="float32", gradient_checkpointing=True)),
-    "zero2-full": (TINY_LLAMA, step_settings(ShardPlan("zero2", 2, 2, False, "bfloat16", "bfloat16"))),
+    "zero2-full": (TINY_LLAMA, step_settings(ShardPlan("zero2", 2, False, "bfloat16", "bfloat16"))),
 }
 
 
@@ -89,8 +89,8 @@ EIGHT_BLOCKS = {**TINY_LLAMA, "num_hidden_layers": 8}
 
 
 @pytest.mark.slow  # two sharded traces of an 8-block model per case: 8-14 s
-@pytest.mark.parametrize("plan", [ShardPlan("fsdp", 4, 4), ShardPlan("zero3", 8, 8, True, "bfloat16", "bfloat16"),
-                                  ShardPlan("zero2", 4, 4, False, "bfloat16", "bfloat16")],
+@pytest.mark.parametrize("plan", [ShardPlan("fsdp", 4), ShardPlan("zero3", 8, True, "bfloat16", "bfloat16"),
+                                  ShardPlan("zero2", 4, False, "bfloat16", "bfloat16")],
                          ids=["fsdp", "zero3", "zero2"])
 def test_four_sharded_blocks_replay_as_the_full_model_event_for_event(plan):
     settings = step_settings(plan, lora=LORA, gradient_checkpointing=True)
@@ -124,7 +124,7 @@ def test_per_rank_sharded_state_never_rises_with_the_world_size(smaller, factor,
 
     def trace(world_size: int):
         mixed = ("bfloat16", "bfloat16") if strategy == "zero3" else (None, None)
-        plan = ShardPlan(strategy, world_size, min(world_size, 8), True, *mixed)
+        plan = ShardPlan(strategy, world_size, True, *mixed)
         return trace_training_step(resolved(TINY_LLAMA), step_settings(plan, lora=() if full else LORA, seq_len=16)).timeline
 
     few, many = trace(smaller), trace(smaller * factor)
@@ -142,7 +142,7 @@ def _row_counts(full: bool) -> list[int]:
 
 @pytest.mark.parametrize("world_sizes", [(1, 2), (2, 8), (4, 64)])
 def test_per_rank_peak_falls_with_more_ranks_where_nothing_pads(world_sizes):
-    plans = [ShardPlan("fsdp", n, min(n, 8)) for n in world_sizes]
+    plans = [ShardPlan("fsdp", n) for n in world_sizes]
     few, many = (trace_training_step(resolved(TINY_LLAMA), step_settings(plan)).timeline for plan in plans)
     assert many.peak_bytes < few.peak_bytes
     assert _sharded_state(many) < _sharded_state(few)
@@ -152,7 +152,7 @@ def test_per_rank_peak_falls_with_more_ranks_where_nothing_pads(world_sizes):
 def test_ddp_is_the_one_gpu_step_plus_a_second_copy_of_the_gradients_in_its_buckets(model):
     config = resolved(model)
     one = trace_training_step(config, step_settings(None, lora=LORA))
-    ddp = trace_training_step(config, step_settings(ShardPlan("ddp", 4, 4), lora=LORA))
+    ddp = trace_training_step(config, step_settings(ShardPlan("ddp", 4), lora=LORA))
     buckets = ddp.timeline.breakdown["communication_buffers"]
     assert buckets == _adapter_bytes(config)
     assert ddp.timeline.peak_bytes == one.timeline.peak_bytes + buckets
@@ -168,14 +168,14 @@ def _adapter_bytes(config) -> int:
 def test_zero1_keeps_the_optimizer_states_of_its_share_of_the_parameters():
     config = resolved(TINY_LLAMA)
     one = trace_training_step(config, step_settings(None)).timeline.breakdown["optimizer_state"]
-    four = trace_training_step(config, step_settings(ShardPlan("zero1", 4, 4))).timeline.breakdown["optimizer_state"]
+    four = trace_training_step(config, step_settings(ShardPlan("zero1", 4))).timeline.breakdown["optimizer_state"]
     assert one / 4 * 0.8 <= four <= one / 4 * 1.5  # a whole parameter per rank: the shares are near a quarter
 
 
 def test_offload_moves_the_sharded_states_to_host_memory():
     config = resolved(TINY_LLAMA)
-    on_gpu = trace_training_step(config, step_settings(ShardPlan("zero3", 4, 4, True, "bfloat16", "bfloat16")))
-    offloaded = trace_training_step(config, step_settings(ShardPlan("zero3", 4, 4, True, "bfloat16", "bfloat16",
+    on_gpu = trace_training_step(config, step_settings(ShardPlan("zero3", 4, True, "bfloat16", "bfloat16")))
+    offloaded = trace_training_step(config, step_settings(ShardPlan("zero3", 4, True, "bfloat16", "bfloat16",
                                                                      offload=True)))
     assert offloaded.timeline.host_bytes >= on_gpu.timeline.breakdown["optimizer_state"]
     assert "optimizer_state" not in offloaded.timeline.breakdown
@@ -187,7 +187,7 @@ def test_the_trace_leaves_no_process_group_behind_and_refuses_to_replace_one():
 
     from checks.memory.errors import TraceError
 
-    trace_training_step(resolved(TINY_LLAMA), step_settings(ShardPlan("fsdp", 2, 2), lora=LORA, seq_len=32))
+    trace_training_step(resolved(TINY_LLAMA), step_settings(ShardPlan("fsdp", 2), lora=LORA, seq_len=32))
     assert not dist.is_initialized()
     with fake_process_group(2):
         with pytest.raises(TraceError, match="already has a torch.distributed process group"):
@@ -337,14 +337,14 @@ def test_the_tracker_agrees_with_torchs_fsdp2_memory_tracker_on_a_sharded_step(m
 
 
 @pytest.mark.parametrize(("plan", "expected", "absent"), [
-    (ShardPlan("ddp", 2, 2), {"ZeRO-3 (parameters, gradients and optimizer states sharded)", "FSDP2 (fully_shard)"},
+    (ShardPlan("ddp", 2), {"ZeRO-3 (parameters, gradients and optimizer states sharded)", "FSDP2 (fully_shard)"},
      {"more GPUs (4)", "offload the optimizer states to host memory"}),  # more DDP ranks change nothing per rank
-    (ShardPlan("zero2", 4, 4, False, "bfloat16", "bfloat16"),
+    (ShardPlan("zero2", 4, False, "bfloat16", "bfloat16"),
      {"ZeRO-3 (parameters, gradients and optimizer states sharded)", "offload the optimizer states to host memory",
       "more GPUs (8)"}, set()),
-    (ShardPlan("fsdp", 8, 8, False), {"reshard after forward", "offload the optimizer states to host memory",
+    (ShardPlan("fsdp", 8, False), {"reshard after forward", "offload the optimizer states to host memory",
                                       "more GPUs (16)"}, {"FSDP2 (fully_shard)"}),
-    (ShardPlan("zero3", 4, 4, True, "bfloat16", "bfloat16", offload=True), {"more GPUs (8)"},
+    (ShardPlan("zero3", 4, True, "bfloat16", "bfloat16", offload=True), {"more GPUs (8)"},
      {"offload the optimizer states to host memory"}),
 ])
 def test_the_fixes_of_a_distributed_recipe_are_a_stage_offload_and_more_gpus(plan, expected, absent):

@@ -62,7 +62,6 @@ class ShardPlan:
 
     strategy: str
     world_size: int
-    per_node: int
     reshard_after_forward: bool = True
     param_dtype: str | None = None  # FSDP2 MixedPrecisionPolicy
     reduce_dtype: str | None = None
@@ -72,6 +71,11 @@ class ShardPlan:
     @property
     def label(self) -> str:
         return STRATEGY_LABELS[self.strategy]
+
+    @property
+    def shards(self) -> bool:
+        """Whether the trace applies fully_shard: a sharded strategy over more than one rank."""
+        return self.strategy in SHARDED_STRATEGIES and self.world_size > 1
 
     @property
     def sharded(self) -> frozenset:
@@ -98,7 +102,7 @@ class ShardPlan:
     def with_world_size(self, world_size: int) -> ShardPlan:
         from dataclasses import replace
 
-        return replace(self, world_size=world_size, per_node=min(self.per_node, world_size))
+        return replace(self, world_size=world_size)
 
 
 def plan_from_recipe(recipe) -> ShardPlan | None:
@@ -121,7 +125,7 @@ def plan_from_recipe(recipe) -> ShardPlan | None:
         if d.zero is not None:
             offload = d.zero.offload_optimizer != "none"
             offload_params = d.zero.offload_param != "none"
-    return ShardPlan(d.strategy, d.size, d.per_node, raf, param_dtype, reduce_dtype, offload, offload_params)
+    return ShardPlan(d.strategy, d.size, raf, param_dtype, reduce_dtype, offload, offload_params)
 
 
 @contextlib.contextmanager
@@ -145,26 +149,21 @@ def fake_process_group(world_size: int, rank: int = 0):
         dist.destroy_process_group()
 
 
-def device_mesh(world_size: int):
-    from torch.distributed.device_mesh import init_device_mesh
-
-    return init_device_mesh("cpu", (world_size,))
-
-
-def shard_step_model(step, plan: ShardPlan, *, mesh=None):
+def shard_step_model(step, plan: ShardPlan):
     """Apply the plan's sharding to a built StepModel in place (fully_shard on each decoder block, then on
     the root), as the trainer does before its first step; needs a process group (fake or real)."""
     import torch
+    from torch.distributed.device_mesh import init_device_mesh
 
-    if plan.strategy not in SHARDED_STRATEGIES or plan.world_size == 1:
+    if not plan.shards:
         return step
     from checks.memory.errors import TraceError
 
     if step.quantized:
         raise TraceError("bitsandbytes' quantized layers are not sharded by this trace: FSDP2's fully_shard turns "
                          "their packed weights into plain DTensors and loses the quantization state")
-    fully_shard, MixedPrecisionPolicy, _ = compat.fully_shard()
-    mesh = mesh or device_mesh(plan.world_size)
+    fully_shard, MixedPrecisionPolicy = compat.fully_shard()
+    mesh = init_device_mesh("cpu", (plan.world_size,))
     dtype = (lambda name: getattr(torch, name) if name else None)
     mp = MixedPrecisionPolicy(param_dtype=dtype(plan.param_dtype), reduce_dtype=dtype(plan.reduce_dtype))
     context = step.fake if step.fake is not None else contextlib.nullcontext()
@@ -279,7 +278,7 @@ def distributed_fixes(settings) -> list[tuple[str, str, object]]:
                     with_plan(strategy="zero3", reshard_after_forward=True, param_dtype=mixed, reduce_dtype=mixed)))
     if plan.strategy == "ddp" and not settings.quant_4bit and not settings.quant_8bit:
         out.append(("FSDP2 (fully_shard)", "distributed.strategy: fsdp", with_plan(strategy="fsdp")))
-    if plan.strategy in ("fsdp", "zero2", "zero3") and not plan.reshard_after_forward and plan.strategy != "zero2":
+    if plan.strategy in ("fsdp", "zero3") and not plan.reshard_after_forward:  # ZeRO-2 never reshards
         out.append(("reshard after forward", "distributed.fsdp.reshard_after_forward: true",
                     with_plan(reshard_after_forward=True)))
     if not plan.offload and plan.strategy != "ddp":
@@ -289,5 +288,5 @@ def distributed_fixes(settings) -> list[tuple[str, str, object]]:
                     with_plan(offload=True, offload_params=plan.strategy == "fsdp")))
     if plan.strategy != "ddp":  # DDP's ranks each hold everything: more of them change nothing per rank
         out.append((f"more GPUs ({2 * plan.world_size})", f"distributed.world_size: {2 * plan.world_size}",
-                    with_plan(world_size=2 * plan.world_size, per_node=min(plan.per_node * 2, 8))))
+                    replace(settings, distributed=plan.with_world_size(2 * plan.world_size))))
     return out

@@ -17,16 +17,11 @@ from dataclasses import dataclass, field
 
 from checks import compat
 from checks.memory.blocks import (  # noqa: F401  (re-exported)
-    TEMPLATE_BLOCK,
-    TRACED_BLOCKS,
-    NotPeriodic,
-    blocks_of_tensors,
-    decoder_blocks,
-    first_different_block,
+    TEMPLATE_BLOCK, TRACED_BLOCKS, NotPeriodic, blocks_of_tensors, decoder_blocks, first_different_block,
     segment_hooks,
 )
-from checks.memory.build import StepModel, build_step_model, causal_lm_loss, quiet
-from checks.memory.errors import TraceError
+from checks.memory.build import StepModel, build_step_model, causal_lm_loss, quiet  # noqa: F401  (re-exported)
+from checks.memory.errors import TraceError  # noqa: F401  (re-exported)
 from checks.memory.optimizer import PAGED_MIN_NUMEL, SpanByParameter, build_optimizer
 from checks.memory.settings import StepSettings, settings_from_recipe  # noqa: F401  (re-exported)
 from checks.memory.tracker import MemoryTimeline, MemoryTracker
@@ -208,7 +203,8 @@ def communication_buffers(plan, built: StepModel, trainable: list) -> int:
     """The bytes a distributed engine holds besides the model's own tensors (checks/memory/sharding.py)."""
     if plan is None or plan.world_size == 1:
         return 0
-    from checks import compat
+    import torch
+
     from checks.memory.sharding import ddp_bucket_bytes, zero_buffer_bytes
 
     template = [p for p in built.blocks[TEMPLATE_BLOCK].parameters() if p.requires_grad] if built.copies else []
@@ -217,9 +213,7 @@ def communication_buffers(plan, built: StepModel, trainable: list) -> int:
     # the trained shard, of the blocks the trace left out too
     shard = sum(compat.local_tensor(p).numel() for p in trainable)
     shard += built.copies * sum(compat.local_tensor(p).numel() for p in template)
-    import torch
-
-    dtype_bytes = torch.empty((), dtype=getattr(torch, plan.param_dtype or "bfloat16")).element_size()
+    dtype_bytes = getattr(torch, plan.param_dtype or "bfloat16").itemsize
     config = getattr(built.model, "config", None)
     hidden = getattr(config.get_text_config(), "hidden_size", None) if hasattr(config, "get_text_config") else None
     return zero_buffer_bytes(plan, hidden, shard, dtype_bytes)
@@ -252,7 +246,7 @@ def _trace_cached(config_json: str, name: str, settings: StepSettings, task_type
     resolved = ResolvedModel(name=name, config=json.loads(config_json), source="")
     plan = settings.distributed
     group = contextlib.nullcontext()
-    if plan is not None and plan.world_size > 1 and plan.strategy in ("fsdp", "zero2", "zero3"):
+    if plan is not None and plan.shards:
         from checks.memory.sharding import fake_process_group
 
         group = fake_process_group(plan.world_size)

@@ -126,10 +126,15 @@ class MemoryTracker(TorchDispatchMode):
             self.region = region
         return out
 
-    def _block_of(self, tensor: torch.Tensor) -> int | None:
-        storage = compat.local_tensor(tensor).untyped_storage()
+    def _entry(self, storage):
+        """(weakref, allocation) of a storage the tracker follows (allocation None while a resize holds it at 0
+        bytes); None for a storage it has not seen (an id can outlive its storage)."""
         known = self._by_storage.get(id(storage))
-        return known[1].block if known is not None and known[0]() is storage and known[1] is not None else None
+        return known if known is not None and known[0]() is storage else None
+
+    def _block_of(self, tensor: torch.Tensor) -> int | None:
+        entry = self._entry(compat.local_tensor(tensor).untyped_storage())
+        return entry[1].block if entry is not None and entry[1] is not None else None
 
     def _output_blocks(self, name: str, args, kwargs, outputs: list) -> list:
         """The block each output belongs to: the running block, else the block its inputs belong to."""
@@ -163,13 +168,13 @@ class MemoryTracker(TorchDispatchMode):
 
     def track(self, tensor: torch.Tensor, tag: str | None = None, op: str = "", block=None) -> _Allocation:
         storage = compat.local_tensor(tensor).untyped_storage()  # a DTensor's memory is its local shard's
-        known = self._by_storage.get(id(storage))
-        if known is not None and known[0]() is storage and known[1] is not None:
-            allocation = known[1]
+        entry = self._entry(storage)
+        if entry is not None and entry[1] is not None:
+            allocation = entry[1]
             if tag is not None:
                 allocation.tag = tag
             return allocation
-        return self._allocate(storage, tag, op, block, known[0] if known is not None and known[0]() is storage else None)
+        return self._allocate(storage, tag, op, block, entry[0] if entry is not None else None)
 
     def _allocate(self, storage, tag: str | None, op: str, block, ref=None) -> _Allocation:
         if block is None:
@@ -207,12 +212,11 @@ class MemoryTracker(TorchDispatchMode):
         bytes and allocates its new size."""
         if self.paused or storage.nbytes() == old_nbytes:
             return
-        key = id(storage)
-        known = self._by_storage.get(key)
-        ref = known[0] if known is not None and known[0]() is storage else None
-        if ref is not None and known[1] is not None:
-            self._free(known[1])
-            self._by_storage[key] = (ref, None)
+        entry = self._entry(storage)
+        ref = entry[0] if entry is not None else None
+        if entry is not None and entry[1] is not None:
+            self._free(entry[1])
+            self._by_storage[id(storage)] = (ref, None)
         if storage.nbytes():
             self._allocate(storage, "unsharded_weights", "UntypedStorage.resize_", None, ref)
 

@@ -359,13 +359,6 @@ class Distributed(_Section):
         return 1
 
     @property
-    def per_node(self) -> int:
-        """The ranks on one node (the GPUs that share one host's memory)."""
-        if self.gpus_per_node is not None:
-            return self.gpus_per_node
-        return self.size if self.nodes is None else max(1, self.size // self.nodes)
-
-    @property
     def shards_parameters(self) -> bool:
         """Whether each rank holds only a shard of the (frozen and trained) parameters: FSDP and ZeRO-3."""
         return self.strategy in ("fsdp", "zero3")
