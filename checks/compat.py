@@ -216,6 +216,30 @@ def int8_matmul_classes() -> tuple[type, type]:
             require("bitsandbytes.autograd._functions.MatmulLtState"))
 
 
+def keep_4bit_training_layout(model) -> int:
+    """Keep every bitsandbytes Linear4bit of `model` in the layout and autograd path a GPU run has; return how
+    many layers it set.
+
+    bitsandbytes 0.50's Linear4bit, on a CPU where its has_avx512bf16() is true, repacks its weight into a CPU
+    inference layout the first time it runs in eval mode under no_grad (Linear4bit.forward, guarded by the
+    instance attribute `support_avx512bf16_for_cpu` that __init__ sets), and never converts it back: from then
+    on matmul_4bit runs gemv_4bit, which has no autograd kernel, and no gradient reaches the input of a frozen
+    4-bit layer. A CUDA run never repacks. A real step's eval forwards (the identity probe, a DPO reference
+    pass) would otherwise decide the verdict by the CPU the check runs on.
+    """
+    import bitsandbytes as bnb
+
+    count = 0
+    for module in model.modules():
+        if not isinstance(module, bnb.nn.Linear4bit):
+            continue
+        if not hasattr(module, "support_avx512bf16_for_cpu"):
+            raise _missing("bitsandbytes.nn.Linear4bit.support_avx512bf16_for_cpu")
+        module.support_avx512bf16_for_cpu = False
+        count += 1
+    return count
+
+
 def quantize_on_cpu(param, device: str = "cpu"):
     """Really quantize a Params4bit or Int8Params on `device` (their private _quantize; .to(device)
     does not quantize a tensor already on that device)."""

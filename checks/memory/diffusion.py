@@ -145,6 +145,7 @@ def quantize_transformer_4bit(model, quant: dict, *, real: bool, device: str = "
             module.bias = torch.nn.Parameter(bias.data.to(compute_dtype), requires_grad=False)
         originals[name].weight = None
         count += 1
+    compat.keep_4bit_training_layout(model)
     return count
 
 

@@ -91,6 +91,7 @@ def quantize_model_4bit(model, quantization, compute_dtype: torch.dtype, real: b
             if module.bias is not None:
                 module.bias = torch.nn.Parameter(torch.empty(shape[0], dtype=compute_dtype), requires_grad=False)
             count += 1
+    compat.keep_4bit_training_layout(model)
     model.is_loaded_in_4bit = True
     model.is_quantized = True
     return count

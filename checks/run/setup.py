@@ -161,7 +161,9 @@ def load_model(recipe, model_path: str, *, weights_dtype: str, device: str = "cp
             model = _auto_class(recipe).from_pretrained(model_path, **kwargs)
         except Exception as exc:
             raise SetupRefused("from_pretrained", exc, ("quantization",) if quantization is not None else ("model",)) from None
-    if quantization is None and device != "cpu":
+    if quantization is not None:
+        compat.keep_4bit_training_layout(model)
+    elif device != "cpu":
         model.to(device)
     return model
 

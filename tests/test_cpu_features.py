@@ -1,0 +1,152 @@
+"""The real steps give the same verdict on every CPU: each branch bitsandbytes takes by the CPU's features is
+forced here, whatever CPU runs the suite.
+
+bitsandbytes 0.50 asks its native library whether the CPU has AVX512-BF16 (`has_avx512bf16`). Where it does,
+a Linear4bit repacks its weight into a CPU inference layout at its first eval forward under no_grad, and the
+CPU backend registers a `gemv_4bit` kernel for that layout with no autograd kernel. `avx512bf16` below sets
+up both halves on any CPU: the detection the layer reads, and a stand-in `gemv_4bit` CPU kernel that
+computes what the native one does (from the repacked layout), like it without autograd.
+"""
+
+from __future__ import annotations
+
+import textwrap
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import RECIPES
+
+from checks.engine import run_check
+from checks.gpus import GpuCatalog
+from checks.options import Options
+
+BRANCHES = ["avx512bf16", "no-avx512bf16"]
+
+
+def _repacked_gemv_4bit(A, B, shapeB, absmax, code, blocksize):
+    """bitsandbytes' CPU `gemv_4bit` on the layout `_convert_weight_packed_for_cpu` makes: weight codes
+    [N, K/2] in blocks of 32 rows, absmax [K / blocksize, N] in bf16; computed in bf16, as the native kernel
+    does, from the input's values only (the native kernel reads memory: autograd sees nothing of it)."""
+    n, k = shapeB
+    A = A.detach()
+    packed = B.contiguous().view(torch.uint8).reshape(-1, 32)
+    codes = torch.cat([packed & 0xF, packed >> 4], dim=-1)  # the 32 low nibbles, then the 32 high ones
+    codes = codes.reshape(n // 32, k // 2, 32, 2).transpose(1, 2).reshape(n, k)
+    weight = code.float()[codes.long()] * absmax.float().T.repeat_interleave(blocksize, dim=1)
+    flat = A.reshape(-1, k).to(torch.bfloat16).float()
+    return (flat @ weight.T).to(torch.bfloat16).reshape(*A.shape[:-1], n)
+
+
+@pytest.fixture(params=BRANCHES)
+def cpu_branch(request, monkeypatch):
+    """Each CPU branch of bitsandbytes, forced: the detection Linear4bit reads at construction, and for
+    AVX512-BF16 the CPU backend's gemv_4bit kernel (registered without autograd, as bitsandbytes does)."""
+    import bitsandbytes.nn.modules
+
+    has = request.param == "avx512bf16"
+    monkeypatch.setattr(bitsandbytes.nn.modules, "has_avx512bf16", lambda: has)
+    if not has:
+        yield request.param
+        return
+    library = torch.library.Library("bitsandbytes", "IMPL")
+    library.impl("gemv_4bit", _repacked_gemv_4bit, "CPU")
+    try:
+        yield request.param
+    finally:
+        library._destroy()
+
+
+def _linear4bit():
+    import bitsandbytes as bnb
+
+    torch.manual_seed(0)
+    layer = bnb.nn.Linear4bit(64, 64, bias=False, compute_dtype=torch.bfloat16, quant_type="nf4")
+    weight = bnb.nn.Params4bit(torch.randn(64, 64), requires_grad=False, quant_type="nf4")
+    layer.weight = weight._quantize("cpu")
+    return layer
+
+
+def _input_gradient_after_an_eval_forward(layer):
+    layer.eval()
+    with torch.no_grad():
+        inference = layer(torch.ones(2, 64))
+    layer.train()
+    x = torch.ones(2, 64, requires_grad=True)
+    training = layer(x)
+    training.float().sum().backward()
+    return inference, training, x.grad
+
+
+def test_the_forced_avx512bf16_branch_is_bitsandbytes_repack_and_cuts_the_gradient(cpu_branch):
+    """The stand-in is faithful: forced, the layer repacks at an eval forward, computes the same output from
+    the repacked layout, and its training forward no longer passes a gradient; unforced, nothing repacks."""
+    layer = _linear4bit()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        inference, training, grad = _input_gradient_after_an_eval_forward(layer)
+    unregistered = [w for w in caught if "autograd kernel was not registered" in str(w.message)]
+    assert bool(unregistered) is (cpu_branch == "avx512bf16")
+    repacked = getattr(layer.weight.quant_state, "packing_format_for_cpu", False)
+    assert repacked is (cpu_branch == "avx512bf16")
+    assert torch.allclose(inference.float(), training.detach().float(), rtol=2e-2, atol=2e-2)
+    assert (grad is None) is (cpu_branch == "avx512bf16")
+
+
+def test_keep_4bit_training_layout_keeps_the_gpu_layout_and_the_gradient_on_each_branch(cpu_branch):
+    from checks import compat
+
+    layer = _linear4bit()
+    assert compat.keep_4bit_training_layout(torch.nn.Sequential(layer)) == 1
+    _, _, grad = _input_gradient_after_an_eval_forward(layer)
+    assert not getattr(layer.weight.quant_state, "packing_format_for_cpu", False)
+    assert grad is not None and grad.abs().sum() > 0
+
+
+def test_a_bitsandbytes_without_the_switch_is_a_compat_error(monkeypatch):
+    from checks import compat
+
+    layer = _linear4bit()
+    del layer.support_avx512bf16_for_cpu
+    with pytest.raises(compat.CompatError, match="Linear4bit.support_avx512bf16_for_cpu"):
+        compat.keep_4bit_training_layout(torch.nn.Sequential(layer))
+
+
+# -- the real steps of a QLoRA recipe on each branch -----------------------------------------------------
+def _state(path: Path):
+    from checks.context import RecipeState
+
+    return RecipeState.from_file(path, path.name, Options(), GpuCatalog.load(()))
+
+
+def _errors(result) -> list[str]:
+    return [f"{f.rule_id} {f.message}" for f in result.errors]
+
+
+QLORA_DPO = """\
+    model: {id: Qwen/Qwen2.5-0.5B, torch_dtype: bfloat16}
+    quantization: {load_in_4bit: true, bnb_4bit_quant_type: nf4, bnb_4bit_compute_dtype: bfloat16}
+    lora: {r: 8, lora_alpha: 16, target_modules: all-linear}
+    training: {per_device_train_batch_size: 2, learning_rate: 5.0e-5, bf16: true, optim: paged_adamw_8bit}
+    dpo: {beta: 0.1, max_length: 256}
+    hardware: {gpu: rtx4090}
+    """
+
+
+@pytest.mark.parametrize("check", ["cpu-step", "cpu-train"])
+def test_a_qlora_recipe_passes_the_real_steps_on_each_cpu_branch(cpu_branch, check):
+    """The shipped QLoRA recipe RC704 failed on AVX512-BF16 CPUs (q/k/v and gate/up got no gradient)."""
+    result = run_check(_state(RECIPES / "llama3-8b-qlora-rtx4090.yaml"), check)
+    assert result.error is None and result.skipped is None, (result.error, result.skipped)
+    assert _errors(result) == []
+
+
+@pytest.mark.parametrize("check", ["cpu-step", "cpu-train"])
+def test_a_qlora_dpo_recipe_passes_the_real_steps_on_each_cpu_branch(cpu_branch, check, tmp_path):
+    path = tmp_path / "qlora-dpo.yaml"
+    path.write_text(textwrap.dedent(QLORA_DPO), encoding="utf-8")
+    result = run_check(_state(path), check)
+    assert result.error is None and result.skipped is None, (result.error, result.skipped)
+    assert _errors(result) == []
