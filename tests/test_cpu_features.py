@@ -150,3 +150,60 @@ def test_a_qlora_dpo_recipe_passes_the_real_steps_on_each_cpu_branch(cpu_branch,
     result = run_check(_state(path), check)
     assert result.error is None and result.skipped is None, (result.error, result.skipped)
     assert _errors(result) == []
+
+
+# -- a warning that a result may be silently incorrect fails the step ------------------------------------
+def test_a_step_torch_warns_may_be_silently_incorrect_fails_rc701_with_that_message(pytester, monkeypatch):
+    """The forced AVX512-BF16 branch without the fix: bitsandbytes' gemv_4bit has no autograd kernel, torch
+    warns during the backward, and the step is refused with torch's message instead of judged (RC704)."""
+    import bitsandbytes.nn.modules
+
+    from checks import compat
+
+    monkeypatch.setattr(bitsandbytes.nn.modules, "has_avx512bf16", lambda: True)
+    monkeypatch.setattr(compat, "keep_4bit_training_layout", lambda model: 0)
+    library = torch.library.Library("bitsandbytes", "IMPL")
+    library.impl("gemv_4bit", _repacked_gemv_4bit, "CPU")
+    try:
+        pytester.makefile(".yaml", qlora=(RECIPES / "llama3-8b-qlora-rtx4090.yaml").read_text(encoding="utf-8"))
+        result = pytester.runpytest("qlora.yaml", "-k", "cpu-step", "-p", "no:cacheprovider", "--recipes-no-cache")
+    finally:
+        library._destroy()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines([
+        "*RC701 the step cannot be judged: a library warned that its result may be silently incorrect: "
+        "UserWarning: bitsandbytes::gemv_4bit: an autograd kernel was not registered*",
+        "*help: this is no setting of the recipe*",
+    ])
+    result.stdout.no_fnmatch_line("*RC704*")
+
+
+# -- nothing left behind ----------------------------------------------------------------------------------
+# one recipe of each kind of real step: a QLoRA causal LM, a DPO, a FLUX QLoRA and a full fine-tune
+LEAVES_NOTHING = ["llama3-8b-qlora-rtx4090.yaml", "llama3-8b-lora-dpo-rtx4090.yaml", "flux1-dev-qlora-rtx4090.yaml",
+                  "smollm2-1.7b-full-rtx4090.yaml"]
+
+
+@pytest.mark.slow
+def test_the_main_job_and_check_with_vram_leave_nothing_in_the_temp_dir(tmp_path):
+    """Each command in a process of its own with a temp dir of its own (the fixtures and the result cache
+    elsewhere, as a user has them): afterwards the temp dir is as empty as it was."""
+    import os
+    import subprocess
+    import sys
+
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    # one result cache for both (outside the temp dir): check traces, the main job reuses the traces and runs
+    # the real steps, so each command does work of its own
+    env = {**os.environ, "TMPDIR": str(temp), "RECIPE_CHECKS_CACHE_DIR": str(tmp_path / "cache")}
+    env.pop("RECIPE_CHECKS_NO_CACHE", None)
+    recipes = [str(RECIPES / name) for name in LEAVES_NOTHING]
+    main_job = [sys.executable, "-m", "pytest", "--gpu=rtx4090", *recipes, "-v", "-p", "no:cacheprovider"]
+    check = [sys.executable, "-m", "checks.cli", "check", "--with-vram", *recipes]
+    for command in (check, main_job):
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        assert sorted(p.name for p in temp.iterdir()) == [], command
+        if command is main_job:  # the real steps ran: they are what made the directories
+            assert done.stdout.count("::cpu-step PASSED") == 4 and done.stdout.count("::cpu-train PASSED") == 3

@@ -4,15 +4,12 @@ of its identical blocks, bitsandbytes' quantized layers, peft's adapters, checkp
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from checks import compat
+from checks.library_warnings import quiet
 from checks.memory.blocks import TRACED_BLOCKS, decoder_blocks, first_different_block, keep_blocks
 from checks.memory.settings import StepSettings, thaw
 
@@ -57,22 +54,6 @@ class _QuantSettings:
     bnb_4bit_use_double_quant: bool
     bnb_4bit_quant_storage: str
     llm_int8_skip_modules: list
-
-
-@contextlib.contextmanager
-def quiet():
-    """transformers, peft and bitsandbytes log and print advice meant for real runs: silence it."""
-    loggers = [logging.getLogger(n) for n in ("transformers", "peft", "bitsandbytes")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
 
 
 def lora_config(settings: StepSettings):

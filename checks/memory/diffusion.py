@@ -12,7 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 from checks import compat
-from checks.memory.build import StepModel, lora_config, quiet
+from checks.library_warnings import quiet
+from checks.memory.build import StepModel, lora_config
 from checks.memory.errors import TraceError
 from checks.memory.settings import StepSettings, thaw
 

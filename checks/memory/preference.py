@@ -36,7 +36,7 @@ _OUTPUTS = ("log_probs", "entropy", "mean_logits", "is_top1")
 def dpo_arguments(recipe):
     """trl.DPOConfig as the recipe's training script builds it: the training and dpo sections together.
     Raises MissingExtra without TRL, and what DPOConfig (or TrainingArguments) raises for the recipe."""
-    from checks.memory.build import quiet
+    from checks.library_warnings import quiet
     from checks.recipe.library import dpo_config
     from checks.recipe.validate import library_kwargs
     from checks.run.setup import Scale, training_kwargs
@@ -104,7 +104,7 @@ def preference_step(step, resolved, settings: StepSettings, *, real: bool, devic
                          f"the {limits.MAX_TRACE_TOKENS:,} tokens a training step is checked for")
     from trl.trainer.utils import add_fused_lm_head, disable_dropout_in_model
 
-    from checks.memory.build import quiet
+    from checks.library_warnings import quiet
 
     pref = dict(settings.preference)
     model = step.model

@@ -62,7 +62,7 @@ def build_diffusers_model(config: dict[str, Any], *, device: str = "meta", dtype
     (its keys starting with '_' are diffusers' own bookkeeping, read by from_config itself)."""
     import torch
 
-    from checks.memory.build import quiet
+    from checks.library_warnings import quiet
 
     cls = model_class(config)
     logger = logging.getLogger("diffusers")  # advice meant for real loads ("cast with torch_dtype instead")

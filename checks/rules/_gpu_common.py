@@ -35,6 +35,12 @@ def run_on_gpu(rule, ctx, key: str, compute):
     try:
         outcome = memoized(ctx, key, lambda: compute(device))
     except Exception as exc:  # noqa: BLE001  a failure of the real run is a finding, not a crash
+        from checks.library_warnings import SilentlyIncorrect
+
+        error = getattr(exc, "library_error", None)
+        if isinstance(error, SilentlyIncorrect):  # the library's fault on this machine, not the recipe's
+            return device, None, [rule.finding(
+                ctx, error.finding_message(f"the {key} run on {device.name}"), ("training",), at_value=False, help=error.help)]
         return device, None, [rule.finding(
             ctx, f"the {key} run failed on {device.name}: {type(exc).__name__}: {shorten(str(exc), 300)}",
             ("training",), at_value=False, help="run the cpu checks first (they name refused settings)")]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from checks.findings import Severity
+from checks.library_warnings import SilentlyIncorrect
 from checks.limits import shorten
 from checks.rules._step_common import STEP_READS, step_report
 from checks.rules.base import CannotJudge, Rule
@@ -53,6 +54,9 @@ class StepRefused(Rule):
         key = refused.key_path
         where = ".".join(str(k) for k in key) if key else "the recipe"
         error = refused.library_error
+        if isinstance(error, SilentlyIncorrect):  # the library's fault on this machine, not the recipe's
+            return [self.finding(ctx, error.finding_message(refused.stage), ("training",), at_value=False,
+                                 help=error.help)]
         finding = self.finding(
             ctx,
             f"{refused.stage} refuses {where}: {type(error).__name__}: {shorten(str(error), 300)}",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from checks.findings import Severity
+from checks.library_warnings import SilentlyIncorrect
 from checks.limits import shorten
 from checks.rules._step_common import STEP_READS, modules_line
 from checks.rules.base import CannotJudge, NotRun, Rule
@@ -47,6 +48,10 @@ class TrainingRun(Rule):
             raise NotRun(f"not run: {outcome.cannot_run}")
         if outcome.refused is not None:
             error = outcome.refused.library_error
+            if isinstance(error, SilentlyIncorrect):  # the library's fault on this machine, not the recipe's
+                yield self.finding(ctx, error.finding_message(outcome.refused.stage), ("training",), at_value=False,
+                                   help=error.help)
+                return
             raise CannotJudge(self.finding(
                 ctx, f"the training run cannot be built: {outcome.refused.stage}: {type(error).__name__}: "
                      f"{shorten(str(error), 300)}",

@@ -12,13 +12,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
 from checks import compat
-from checks.memory.build import quiet
-from checks.run.setup import Scale, SetupRefused, TrainingSetup, autocast, blame_key, load_model, training_kwargs
+from checks.library_warnings import quiet
+from checks.run.setup import (Scale, SetupRefused, TrainingSetup, autocast, blame_key, load_model, trainer_output_dir,
+                              training_kwargs, trusted)
 from checks.run.step import StepReport, run_real_step
 
 # The reference log-probs equal the policy's before any update (the adapters start as the identity, the
@@ -77,7 +77,7 @@ def dpo_step(recipe, model_path: str, config: dict, scale: Scale, *, weights_dty
     scale = dataclasses.replace(scale, seq_len=min(scale.seq_len, length) if length is not None else scale.seq_len)
     training = training_kwargs(recipe, scale) if kwargs is None else kwargs
     dpo = {**library_kwargs(recipe.dpo), "max_length": scale.seq_len}
-    output_dir = tempfile.mkdtemp(prefix="recipe-checks-dpo-")
+    output_dir = trainer_output_dir()
     args = _dpo_config(training, dpo, output_dir)
     text = config.get("text_config") or config
     vocab = vocab_size(config)
@@ -138,6 +138,8 @@ def dpo_step(recipe, model_path: str, config: dict, scale: Scale, *, weights_dty
 
     try:
         report = run_real_step(setup, recipe, vocab_size=vocab, seed=seed, batches=batches, loss_of=loss_of)
+    except SetupRefused:  # the step itself is not to be trusted: no key of the recipe is to blame
+        raise
     except Exception as exc:  # what DPOTrainer refuses only when it computes a loss (an unknown loss_type)
         def step_fails(kept: dict) -> bool:
             try:
@@ -211,6 +213,7 @@ def _no_dataset_progress_bars():
             datasets_logging.enable_progress_bar()
 
 
+@trusted("DPOTrainer.train")
 def dpo_training(recipe, model_path: str, config: dict, scale: Scale, *, weights_dtype: str, steps: int,
                  seed: int = 0):
     """`steps` optimizer steps through DPOTrainer.train on fixed preference pairs; what the run shows (a
@@ -230,7 +233,7 @@ def dpo_training(recipe, model_path: str, config: dict, scale: Scale, *, weights
     length = recipe.dpo.max_length
     scale = dataclasses.replace(scale, seq_len=min(scale.seq_len, length) if length is not None else scale.seq_len)
     kwargs, notes = short_run_kwargs(recipe, scale, steps)
-    output_dir = tempfile.mkdtemp(prefix="recipe-checks-dpo-train-")
+    output_dir = trainer_output_dir()
     args = _dpo_config(kwargs, {**library_kwargs(recipe.dpo), "max_length": scale.seq_len}, output_dir)
     text = config.get("text_config") or config
     vocab = vocab_size(config)

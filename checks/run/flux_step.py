@@ -11,8 +11,8 @@ from __future__ import annotations
 import dataclasses
 from types import SimpleNamespace
 
-from checks.memory.build import quiet
-from checks.run.setup import Scale
+from checks.library_warnings import quiet
+from checks.run.setup import Scale, SetupRefused, trusted
 from checks.run.step import (
     _ADAPTER_PARTS,
     StepReport,
@@ -34,6 +34,7 @@ def small_inputs(inputs: dict) -> dict:
     return {**inputs, "height": height, "width": width, "text_tokens": min(inputs["text_tokens"], MAX_TEXT_TOKENS)}
 
 
+@trusted("the FLUX step")
 def run_flux_step(recipe, resolved, fixture, *, seed: int = 0) -> StepReport:
     """One optimizer step at the first LR past warmup (as many micro-batches as the accumulation), then one
     more backward pass, on the fixture; what it shows, for the cpu-step rules."""
@@ -161,7 +162,6 @@ def run_flux_cpu_step(state):
     from checks.fixtures.cache import ensure_fixture
     from checks.limits import shorten
     from checks.run.cpu_step import StepOutcome
-    from checks.run.setup import SetupRefused
 
     recipe, resolved = state.recipe, state.resolved_model()
     outcome = StepOutcome()
@@ -175,6 +175,8 @@ def run_flux_cpu_step(state):
     outcome.seconds["fixture"] = time.perf_counter() - started
     try:
         outcome.report = run_flux_step(recipe, resolved, outcome.fixture)
+    except SetupRefused as exc:  # a library warned that the step's result may be silently incorrect
+        outcome.refused = exc
     except Exception as exc:  # noqa: BLE001  whatever diffusers, peft or bitsandbytes raise on this recipe is a finding
         outcome.refused = SetupRefused("the FLUX step", exc, ())
     outcome.seconds["step"] = time.perf_counter() - started - outcome.seconds["fixture"]

@@ -9,7 +9,6 @@ comparison with the traced estimate are exercised where there is no GPU.
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +25,9 @@ from checks.run.setup import (
     TrainingSetup,
     optimizer_and_scheduler,
     training_arguments,
+    trainer_output_dir,
     training_kwargs,
+    trusted,
     vocab_size,
 )
 
@@ -63,7 +64,7 @@ def full_size_setup(recipe, resolved, scale: Scale, device: str, *, schedule_ste
     settings = settings_from_recipe(recipe, resolved.config)
     task = recipe.lora.task_type if recipe.lora is not None else "CAUSAL_LM"
     kwargs = training_kwargs(recipe, scale)
-    args = training_arguments(kwargs, output_dir=tempfile.mkdtemp(prefix="recipe-checks-gpu-"),
+    args = training_arguments(kwargs, output_dir=trainer_output_dir(),
                               on_cpu=device == "cpu")
     built = build_step_model(resolved, settings, task or "CAUSAL_LM", real=True, device=device)
     trainer, optimizer, scheduler = optimizer_and_scheduler(built.model, args, schedule_steps)
@@ -108,6 +109,7 @@ def gpu_step(recipe, resolved, profile, device, *, estimate=None) -> GpuOutcome:
     scale = Scale.full(recipe)
     holder: dict[str, Any] = {}
 
+    @trusted("gpu-step")
     def build_and_run():
         import torch
 
@@ -156,6 +158,7 @@ def gpu_train(recipe, resolved, profile, device, *, steps: int) -> GpuOutcome:
     where = torch_device(device)
     holder: dict[str, Any] = {}
 
+    @trusted("gpu-train")
     def build_and_train():
         setup = full_size_setup(recipe, resolved, Scale.full(recipe), where, schedule_steps=steps)
         holder["setup"] = setup

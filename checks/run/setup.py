@@ -8,13 +8,16 @@ A setting a library refuses raises `SetupRefused`, carrying the library's messag
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import functools
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from checks import compat
-from checks.memory.build import quiet
+from checks.library_warnings import SilentlyIncorrect, failing_on_silently_incorrect, quiet
 
 # The schedule's length when the recipe sets no max_steps: a fractional warmup_steps is read against it.
 DEFAULT_SCHEDULE_STEPS = 1000
@@ -62,6 +65,17 @@ class SetupRefused(Exception):
         self.key_path = key_path  # the recipe key that makes the library refuse, when found
 
 
+@contextlib.contextmanager
+def trusted(stage: str):
+    """Run a real step or run whose result a verdict rests on: when a library warns in it that a result may be
+    silently incorrect, it is refused (SetupRefused carrying SilentlyIncorrect), never judged."""
+    try:
+        with failing_on_silently_incorrect():
+            yield
+    except SilentlyIncorrect as exc:
+        raise SetupRefused(stage, exc, ()) from None
+
+
 @dataclass
 class TrainingSetup:
     model: Any  # what the optimizer trains: the PeftModel, or the model itself for a full fine-tune
@@ -98,6 +112,16 @@ def training_kwargs(recipe, scale: Scale) -> dict[str, Any]:
     kwargs["per_device_train_batch_size"] = scale.micro_batch
     kwargs["gradient_accumulation_steps"] = scale.gradient_accumulation
     return kwargs
+
+
+@functools.cache
+def trainer_output_dir() -> str:
+    """The output_dir of every trainer a check builds: one directory per process, removed when it exits.
+    Nothing is written there (save_strategy "no", report_to none), but TrainingArguments and TRL's configs
+    need a directory, and one per step left hundreds of empty ones in the temp dir."""
+    path = tempfile.mkdtemp(prefix="recipe-checks-")
+    atexit.register(shutil.rmtree, path, True)
+    return path
 
 
 def training_arguments(kwargs: dict[str, Any], *, output_dir: str, on_cpu: bool):
@@ -187,7 +211,7 @@ def build_training(recipe, model_path: str, scale: Scale, *, weights_dtype: str,
     """Everything one real optimizer step of the recipe needs, built as the Trainer and TRL build it.
     `kwargs`: TrainingArguments kwargs instead of the recipe's (to find which key a failure comes from)."""
     kwargs = training_kwargs(recipe, scale) if kwargs is None else kwargs
-    output_dir = tempfile.mkdtemp(prefix="recipe-checks-run-")
+    output_dir = trainer_output_dir()
     on_cpu = device == "cpu"
     try:
         args = training_arguments(kwargs, output_dir=output_dir, on_cpu=on_cpu)

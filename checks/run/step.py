@@ -12,8 +12,8 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from checks.memory.build import quiet
-from checks.run.setup import TrainingSetup, autocast
+from checks.library_warnings import quiet
+from checks.run.setup import TrainingSetup, autocast, trusted
 
 _ADAPTER_PARTS = re.compile(r"\.(lora_A|lora_B|lora_embedding_A|lora_embedding_B|lora_magnitude_vector|"
                             r"modules_to_save)(\.[^.]+)?(\.weight|\.bias)?$")
@@ -173,6 +173,7 @@ def _count_block_calls(setup: TrainingSetup):
     return counts, inner.register_forward_pre_hook(count)
 
 
+@trusted("the step")
 def run_real_step(setup: TrainingSetup, recipe, *, vocab_size: int, seed: int = 0, device: str = "cpu",
                   batches: list | None = None, loss_of: Callable[[Any], Any] | None = None) -> StepReport:
     """One optimizer step at the first LR past warmup, as many micro-batches as the accumulation, then

@@ -12,8 +12,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from checks.memory.build import quiet
-from checks.run.setup import Scale, TrainingSetup, training_arguments, training_kwargs
+from checks.library_warnings import quiet
+from checks.run.setup import Scale, TrainingSetup, training_arguments, training_kwargs, trusted
 from checks.run.step import module_of
 
 DEFAULT_STEPS = 30
@@ -93,6 +93,7 @@ def _loss_on(model, batch, precision: str) -> float:
     return float(loss.float().item())
 
 
+@trusted("the training run")
 def run_training(setup: TrainingSetup, recipe, *, vocab_size: int, steps: int = DEFAULT_STEPS,
                  device: str = "cpu", seed: int = 0) -> TrainReport:
     """`steps` optimizer steps through Trainer.train on the fixed batch; what the run shows."""
