@@ -302,7 +302,10 @@ def skip_at_item(reason: str):
         pytest.skip(reason)
 
 
-# -- bitsandbytes' import-time notice ---------------------------------------------------------------
+# -- bitsandbytes' import-time hub kernel (written against bitsandbytes 0.50) ------------------------------
+_BNB_CPU_OPS = "bitsandbytes.backends.cpu.ops"
+
+
 class _DropCpuKernelNotice:
     """bitsandbytes 0.49-0.50 logs, when imported on a CPU with AVX512-BF16, that it could not load a
     CPU 4-bit kernel from the kernels hub. recipe-checks never needs it (the trace emulates the CUDA
@@ -313,12 +316,59 @@ class _DropCpuKernelNotice:
         return "Failed to load CPU gemm_4bit_forward" not in record.getMessage()
 
 
-def drop_cpu_kernel_notice() -> None:
-    import logging
+class _NoHubKernelLoader:
+    """Runs bitsandbytes' CPU backend module with `kernels` unimportable: on a CPU with AVX512-BF16 that module
+    calls `kernels.get_kernel("kernels-community/quantization-bitsandbytes")` at import, which downloads and
+    loads native code from the hub. bitsandbytes catches the ImportError and keeps its own kernels."""
 
-    logger = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    def __init__(self, loader) -> None:
+        self.loader = loader
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module) -> None:
+        import sys
+
+        absent = object()
+        saved = sys.modules.get("kernels", absent)
+        sys.modules["kernels"] = None  # `from kernels import ...` raises ImportError, imported or not
+        try:
+            self.loader.exec_module(module)
+        finally:
+            if saved is absent:
+                sys.modules.pop("kernels", None)
+            else:
+                sys.modules["kernels"] = saved
+
+
+class _NoHubKernelFinder:
+    """A meta path finder for bitsandbytes' CPU backend module only (every other import is left alone)."""
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname != _BNB_CPU_OPS:
+            return None
+        import importlib.machinery
+
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path, target)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _NoHubKernelLoader(spec.loader)
+        return spec
+
+
+def bitsandbytes_without_hub_kernel() -> None:
+    """Before bitsandbytes is imported (the plugin and the CLI call it at start; it imports nothing): never let
+    its import reach the network or load the hub's CPU kernel, which would be remote code run without the
+    user's opt-in. That kernel serves the CPU inference layout only, which the real steps never use
+    (keep_4bit_training_layout). Also drops bitsandbytes' notice that the kernel could not be loaded."""
+    import logging
+    import sys
+
+    logger = logging.getLogger(_BNB_CPU_OPS)
     if not any(isinstance(f, _DropCpuKernelNotice) for f in logger.filters):
         logger.addFilter(_DropCpuKernelNotice())
+    if not any(isinstance(f, _NoHubKernelFinder) for f in sys.meta_path):
+        sys.meta_path.insert(0, _NoHubKernelFinder())
 
 
 # -- activation checkpointing, as the Trainer enables it ---------------------------------------------

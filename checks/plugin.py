@@ -93,9 +93,9 @@ def pytest_configure(config: pytest.Config) -> None:
         config.stash[_RUN_KEY] = annotate.RunRecord()  # fed by its pytest_runtest_logreport, as junitxml's LogXML is
         config.pluginmanager.register(config.stash[_RUN_KEY], "recipe_checks_annotate")
     if _asks_for_recipes(config):
-        from checks.compat import drop_cpu_kernel_notice
+        from checks.compat import bitsandbytes_without_hub_kernel
 
-        drop_cpu_kernel_notice()
+        bitsandbytes_without_hub_kernel()
     if hasattr(config, "workerinput"):  # a pytest-xdist worker: its controller prints the summary
         config.stash[_WORKER_KEY] = True
 

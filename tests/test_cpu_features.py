@@ -207,3 +207,119 @@ def test_the_main_job_and_check_with_vram_leave_nothing_in_the_temp_dir(tmp_path
         assert sorted(p.name for p in temp.iterdir()) == [], command
         if command is main_job:  # the real steps ran: they are what made the directories
             assert done.stdout.count("::cpu-step PASSED") == 4 and done.stdout.count("::cpu-train PASSED") == 3
+
+
+# -- bitsandbytes' hub kernel ---------------------------------------------------------------------------
+_IMPORT_BITSANDBYTES = """\
+import importlib.machinery, sys
+
+if sys.argv[1] == "guarded":
+    from checks.compat import bitsandbytes_without_hub_kernel
+
+    bitsandbytes_without_hub_kernel()
+
+
+class ForceAvx512Bf16:  # bitsandbytes.functional.has_avx512bf16 answers True, as on such a CPU
+    def find_spec(self, fullname, path, target=None):
+        if fullname != "bitsandbytes.functional":
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path, target)
+        real = spec.loader
+
+        class Loader:
+            def create_module(self, spec):
+                return real.create_module(spec)
+
+            def exec_module(self, module):
+                real.exec_module(module)
+                module.has_avx512bf16 = lambda: True
+
+        spec.loader = Loader()
+        return spec
+
+
+sys.meta_path.insert(0, ForceAvx512Bf16())
+import bitsandbytes  # noqa: E402
+import kernels  # noqa: E402  importable again once bitsandbytes' CPU backend is loaded
+
+print("imported", bitsandbytes.__version__, kernels.__name__)
+"""
+
+_STAND_IN_KERNELS = """\
+import os
+
+
+def get_kernel(repo_id, version=None):
+    with open(os.environ["HUB_KERNEL_ASKED"], "w") as marker:
+        marker.write(repo_id)
+    raise RuntimeError("a stand-in: the real one downloads the kernel from the hub")
+"""
+
+
+@pytest.mark.parametrize("guarded", [True, False], ids=["guarded", "unguarded"])
+def test_importing_bitsandbytes_on_an_avx512bf16_cpu_never_asks_the_hub_for_a_kernel(tmp_path, guarded):
+    """With the `kernels` package installed, bitsandbytes 0.50's import on such a CPU calls get_kernel on a hub
+    repository (a download, then native code loaded). Unguarded, the stand-in shows the call happens."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "kernels").mkdir()
+    (tmp_path / "kernels" / "__init__.py").write_text(_STAND_IN_KERNELS, encoding="utf-8")
+    asked = tmp_path / "asked"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(Path(__file__).resolve().parents[1])]),
+           "HUB_KERNEL_ASKED": str(asked)}
+    done = subprocess.run([sys.executable, "-c", _IMPORT_BITSANDBYTES, "guarded" if guarded else "unguarded"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "imported" in done.stdout, done.stderr[-2000:]
+    if guarded:
+        assert not asked.exists()
+        assert "kernels-community" not in done.stderr  # nor bitsandbytes' notice telling to install it
+    else:
+        assert asked.read_text(encoding="utf-8") == "kernels-community/quantization-bitsandbytes"
+
+
+# -- torch's CPU kernels: the ISA ATen dispatches to, and oneDNN ------------------------------------------
+_CPU_STEP_VERDICTS = """\
+import sys
+from pathlib import Path
+
+import torch
+
+from checks.context import RecipeState
+from checks.engine import run_check
+from checks.gpus import GpuCatalog
+from checks.options import Options
+
+with torch.backends.mkldnn.flags(enabled=sys.argv[1] != "no-onednn"):
+    for name in sys.argv[2:]:
+        path = Path(name)
+        result = run_check(RecipeState.from_file(path, path.name, Options(), GpuCatalog.load(())), "cpu-step")
+        print(path.name, result.skipped, result.error, sorted(f.rule_id for f in result.errors))
+print("capability", torch.backends.cpu.get_cpu_capability())
+"""
+
+# the bf16 LoRA and the fp16 QLoRA recipes: bf16 and fp16 matmuls are where ATen's and oneDNN's CPU paths differ
+ISA_RECIPES = ["llama3-8b-lora-bf16-rtx4090.yaml", "mistral-7b-qlora-t4-fp16.yaml"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", ["aten-default", "aten-avx2", "no-onednn"])
+def test_cpu_step_verdicts_do_not_depend_on_the_kernels_torch_picks_for_this_cpu(path):
+    """ATEN_CPU_CAPABILITY forces the vectorised kernels ATen runs (none, AVX2; this machine's own are the
+    other tests'); oneDNN, which serves bf16 matmuls on CPUs that have AVX512-BF16 or AMX, is switched off."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    if path.startswith("aten-"):
+        env["ATEN_CPU_CAPABILITY"] = path.removeprefix("aten-")
+    done = subprocess.run([sys.executable, "-c", _CPU_STEP_VERDICTS, path, *(str(RECIPES / n) for n in ISA_RECIPES)],
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    assert [line for line in lines if line.endswith(".yaml None None []") or line.startswith("capability")] == lines
+    assert len(lines) == len(ISA_RECIPES) + 1
+    if path.startswith("aten-"):
+        assert lines[-1] == f"capability {path.removeprefix('aten-').upper()}"

@@ -42,9 +42,9 @@ def version() -> str:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "warns_versions", False):
-        from checks.compat import drop_cpu_kernel_notice, version_warnings
+        from checks.compat import bitsandbytes_without_hub_kernel, version_warnings
 
-        drop_cpu_kernel_notice()
+        bitsandbytes_without_hub_kernel()
         for warning in version_warnings():
             print(f"recipe-checks: warning: {warning}", file=sys.stderr)
     return args.func(args)

@@ -179,7 +179,7 @@ def load_model(recipe, model_path: str, *, weights_dtype: str, device: str = "cp
     if quantization is not None:
         kwargs["quantization_config"] = quantization
         kwargs["device_map"] = {"": device}
-    compat.drop_cpu_kernel_notice()
+    compat.bitsandbytes_without_hub_kernel()
     with quiet(), _no_progress_bars():
         try:
             model = _auto_class(recipe).from_pretrained(model_path, **kwargs)
