@@ -17,6 +17,8 @@ class StepRefused(Rule):
     `from_pretrained` with the `quantization` section as a `BitsAndBytesConfig`, TRL's k-bit
     preparation, peft's `get_peft_model` with the `lora` section, activation checkpointing as the
     Trainer enables it, and the optimizer and LR scheduler the Trainer builds. None of them may refuse.
+    A step in which a library warns that a result may be silently incorrect (torch's "an autograd kernel
+    was not registered") is refused too, with the library's message: no verdict rests on it.
 
     ## Why it matters
     A setting that torch, peft or transformers refuse (an Adam beta of 1.5, a negative epsilon, a key
