@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from checks import result_cache
 from checks.context import RecipeContext, RecipeState
 from checks.compat import CompatError
 from checks.findings import Finding, Location, Severity
@@ -119,44 +120,45 @@ def run_check(state: RecipeState, check: str, gpu: str | None = None) -> CheckRe
         ignores = ignores_for(state)
         rules = rules_for(check)
         waiting: dict[str, list[str]] = {}
-        try:
-            for rule_cls in rules:
-                why = _rule_blocked(state, rule_cls)
-                if why is not None:
-                    if state.loaded is not None:  # a file that does not load: RC101 says all there is to say
-                        waiting.setdefault(why, []).append(rule_cls.id)
-                    continue
-                try:
-                    if check in CUDA_CHECKS and isinstance(ctx.gpu, GpuFamily):
-                        raise NeedsExactCard(ctx.gpu, "memory")  # a local GPU stands in for the target's memory
-                    found = list(rule_cls().run(ctx))
-                except NeedsExactCard as exc:  # an ambiguous target ('a100'): what its profiles do not share
-                    finding = _exact_card_finding(state, check, key[1], exc.family, exc.attribute)
-                    if not any(f.rule_id == finding.rule_id for f in result.findings + result.suppressed):
-                        result.judged.add(finding.rule_id)
-                        (result.suppressed if finding.rule_id in ignores else result.findings).append(finding)
-                    continue
-                except CompatError as exc:  # an installed library lacks what the rule asks of it
-                    found = [Finding(rule_cls.id, str(exc), ctx.loaded.location(()) if ctx.state.loaded else
-                                     Location(state.path), check=check, why="the rule asks the library itself",
-                                     help="install a library version in the supported range (the report header "
-                                          "lists the installed ones; the README, the range)")]
-                except NotRun as exc:  # nothing to judge here: the check skips, saying what it needs
-                    result.skipped = result.skipped or str(exc)
-                    continue
-                except CannotJudge as exc:
-                    explained = _static_errors(state, key[1], check)
-                    if explained:
-                        result.skipped = (f"not judged: {exc.finding.message}; fix the errors reported in "
-                                          f"{', '.join(explained)} first")
+        with result_cache.using(state.options.cache_dir):  # the cache the traces the rules ask for use
+            try:
+                for rule_cls in rules:
+                    why = _rule_blocked(state, rule_cls)
+                    if why is not None:
+                        if state.loaded is not None:  # a file that does not load: RC101 says all there is to say
+                            waiting.setdefault(why, []).append(rule_cls.id)
                         continue
-                    found = [exc.finding]
-                result.judged.add(rule_cls.id)
-                for finding in found:  # an ignore silences failures; information is never hidden
-                    ignored = finding.rule_id in ignores and finding.severity is not Severity.INFO
-                    (result.suppressed if ignored else result.findings).append(finding)
-        except Exception as exc:  # a bug in a rule fails this item alone, with its traceback
-            result.error = exc
+                    try:
+                        if check in CUDA_CHECKS and isinstance(ctx.gpu, GpuFamily):
+                            raise NeedsExactCard(ctx.gpu, "memory")  # a local GPU stands in for the target's memory
+                        found = list(rule_cls().run(ctx))
+                    except NeedsExactCard as exc:  # an ambiguous target ('a100'): what its profiles do not share
+                        finding = _exact_card_finding(state, check, key[1], exc.family, exc.attribute)
+                        if not any(f.rule_id == finding.rule_id for f in result.findings + result.suppressed):
+                            result.judged.add(finding.rule_id)
+                            (result.suppressed if finding.rule_id in ignores else result.findings).append(finding)
+                        continue
+                    except CompatError as exc:  # an installed library lacks what the rule asks of it
+                        found = [Finding(rule_cls.id, str(exc), ctx.loaded.location(()) if ctx.state.loaded else
+                                         Location(state.path), check=check, why="the rule asks the library itself",
+                                         help="install a library version in the supported range (the report header "
+                                              "lists the installed ones; the README, the range)")]
+                    except NotRun as exc:  # nothing to judge here: the check skips, saying what it needs
+                        result.skipped = result.skipped or str(exc)
+                        continue
+                    except CannotJudge as exc:
+                        explained = _static_errors(state, key[1], check)
+                        if explained:
+                            result.skipped = (f"not judged: {exc.finding.message}; fix the errors reported in "
+                                              f"{', '.join(explained)} first")
+                            continue
+                        found = [exc.finding]
+                    result.judged.add(rule_cls.id)
+                    for finding in found:  # an ignore silences failures; information is never hidden
+                        ignored = finding.rule_id in ignores and finding.severity is not Severity.INFO
+                        (result.suppressed if ignored else result.findings).append(finding)
+            except Exception as exc:  # a bug in a rule fails this item alone, with its traceback
+                result.error = exc
         result.waiting = [f"{', '.join(ids)} wait: {why} (see {state.path}::schema)" for why, ids in waiting.items()]
         if rules and sum(len(ids) for ids in waiting.values()) == len(rules) and result.skipped is None:
             result.skipped = "not checked: " + "; ".join(

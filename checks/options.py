@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from checks.result_cache import cache_directory
+
 
 @dataclass(frozen=True)
 class Options:
@@ -24,6 +26,9 @@ class Options:
     format: str = "auto"  # --recipes-format: how files are read (auto: recognised by their keys; checks.formats)
     baseline: str | None = None  # --recipes-baseline: a git REF or an `estimate --json` file
     baseline_threshold: float = 0.05  # a traced peak rising by more than this fraction fails
+    # the result cache's directory (checks/result_cache.py); None: no cache. Default: the environment's
+    # (RECIPE_CHECKS_NO_CACHE, RECIPE_CHECKS_CACHE_DIR), else the platform's user cache directory
+    cache_dir: str | None = field(default_factory=cache_directory)
 
 
 def split_names(values: list[str] | None) -> tuple[str, ...]:
@@ -114,6 +119,25 @@ def add_ci_options(add: Callable[..., Any], *, cli: bool = False) -> None:
         metavar="PERCENT",
         help="with --recipes-baseline: the rise in traced peak (and fall in throughput ceiling) that fails, "
         "in percent (default 5)",
+    )
+
+
+def add_cache_options(add: Callable[..., Any], *, cli: bool = False) -> None:
+    """The result cache's flags (checks/result_cache.py); `cli`: the command line's short spellings too."""
+    add(
+        "--recipes-cache-dir", *(("--cache-dir",) if cli else ()),
+        dest="recipes_cache_dir",
+        default=None,
+        metavar="DIR",
+        help="keep traced and real steps' results in DIR, keyed by everything that decides them (default: "
+        "$RECIPE_CHECKS_CACHE_DIR, else the platform's user cache directory, e.g. ~/.cache/recipe-checks)",
+    )
+    add(
+        "--recipes-no-cache", *(("--no-cache",) if cli else ()),
+        dest="recipes_no_cache",
+        action="store_true",
+        default=False,
+        help="neither read nor write the result cache (also RECIPE_CHECKS_NO_CACHE=1)",
     )
 
 

@@ -15,14 +15,16 @@ import pytest
 from checks import annotate
 from checks.collect import SESSION_KEY, RecipeFile, RecipeItem, RecipeSession, RecipeVersionWarning
 from checks.gpus import GpuCatalog, GpuProfileError, UnknownGpuError
-from checks.options import Options, add_ci_options, add_options, parse_ignore_lines, split_names
+from checks.options import Options, add_cache_options, add_ci_options, add_options, parse_ignore_lines, split_names
 from checks.discover import is_recipe_file
+from checks.result_cache import RunTally, cache_directory
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("recipe-checks", "recipe-checks: verify fine-tuning recipes")
     add_options(group.addoption)
     add_ci_options(group.addoption)
+    add_cache_options(group.addoption)
     group.addoption(
         "--recipes-annotate",
         action="store_true",
@@ -46,6 +48,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     parser.addini("recipe_checks_gpu_profiles", "extra GPU profile files", type="paths", default=[])
     parser.addini("recipe_checks_strict", "fail on warning-level findings too", type="bool", default=False)
+    parser.addini("recipe_checks_cache_dir", "the result cache's directory, relative to the ini file (the "
+                  "command line and RECIPE_CHECKS_CACHE_DIR come first)", type="paths", default=[])
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -85,8 +89,10 @@ def pytest_configure(config: pytest.Config) -> None:
         fixture_cache=_fixture_cache(config),
         baseline=config.getoption("recipes_baseline"),
         baseline_threshold=config.getoption("recipes_baseline_threshold"),
+        cache_dir=_cache_dir(config),
     )
     _check_baseline(config)
+    config.stash[_CACHE_KEY] = RunTally(options.cache_dir)
     config.stash[SESSION_KEY] = RecipeSession(options=options, catalog=catalog,
                                               changes=_changes(config, profiles))
     if annotate.enabled(config.getoption("recipes_annotate")) and not hasattr(config, "workerinput"):
@@ -133,6 +139,13 @@ def _check_baseline(config: pytest.Config) -> None:
             raise pytest.UsageError(f"--recipes-baseline: {exc}") from None
 
 
+def _cache_dir(config: pytest.Config) -> str | None:
+    """The result cache's directory from the options, the environment and the ini (None: off)."""
+    ini = config.getini("recipe_checks_cache_dir")
+    return cache_directory(config.getoption("recipes_cache_dir"), no_cache=config.getoption("recipes_no_cache"),
+                           ini=ini[0] if ini else None)
+
+
 def _fixture_cache(config: pytest.Config) -> str | None:
     """The tiny-random fixtures' cache the fixtures plugin's options name (None: huggingface_hub's own)."""
     option = config.getoption("recipes_fixture_cache", None)
@@ -147,6 +160,9 @@ def _fixture_cache(config: pytest.Config) -> str | None:
 _RECIPE_OPTIONS = ("gpu", "recipes_all_gpus", "recipes_allow_network", "recipes_trust_remote_code",
                    "recipes_strict", "gpu_profiles", "recipes_changed_since", "recipes_baseline")
 _WORKER_KEY = pytest.StashKey[bool]()
+
+
+_CACHE_KEY = pytest.StashKey[RunTally]()  # the result cache's hits and misses in this run
 _RUN_KEY = pytest.StashKey[annotate.RunRecord]()  # the items' outcomes, for annotations and the job summary
 
 
@@ -200,10 +216,12 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     )
     from checks.compat import version_warnings
 
+    cache_dir = session.options.cache_dir
     return [
         f"recipe-checks {_version('recipe-checks')}: {target_line}",
         f"recipe-checks: local device: {_local_device()} (checks use the target profile, not this machine)",
         f"recipe-checks: {versions}",
+        f"recipe-checks: result cache: {cache_dir if cache_dir else 'off'}",
         *(f"recipe-checks: WARNING: {warning}" for warning in version_warnings()),
     ]
 
@@ -285,6 +303,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
             "not_for_this_gpu": recipe_session.not_for_this_gpu,
             "deselected": recipe_session.deselected,
             "unchanged": recipe_session.unchanged,
+            "cache": config.stash[_CACHE_KEY].counts(),
         }
     elif recipe_session is not None and recipe_session.unchanged and session.exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:
         session.exitstatus = pytest.ExitCode.OK  # no recipe changed: nothing to check is a pass, not an empty run
@@ -299,10 +318,14 @@ class _DeselectedNode:
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_testnodedown(node, error) -> None:
-    """pytest-xdist: the controller collects nothing, so it takes the first worker's deselected recipes."""
+    """pytest-xdist: the controller collects nothing, so it takes the first worker's deselected recipes; it
+    sums every worker's result cache counts."""
     recipe_session = node.config.stash.get(SESSION_KEY, None)
     output = getattr(node, "workeroutput", {}).get("recipe_checks")
-    if recipe_session is None or output is None or recipe_session.from_worker:
+    if recipe_session is None or output is None:
+        return
+    node.config.stash[_CACHE_KEY].add_worker(output["cache"])
+    if recipe_session.from_worker:
         return
     recipe_session.from_worker = True
     recipe_session.not_for_this_gpu.update(output["not_for_this_gpu"])
@@ -319,6 +342,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         _report_changes(terminalreporter, session)
     if session.not_for_this_gpu:
         _report_other_gpus(terminalreporter, session)
+    _report_cache(terminalreporter, config.stash[_CACHE_KEY])
     run = config.stash.get(_RUN_KEY, None)
     if run is not None and (run.items or session.unchanged):  # a run that left every recipe out says so too
         lines = annotate.annotation_lines(run.findings())
@@ -327,6 +351,13 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         changes = session.changes
         annotate.write_summary(run.summary(unchanged=session.unchanged, ref=changes.ref if changes else None,
                                            annotated=sum(not line.startswith("::notice") for line in lines)))
+
+
+def _report_cache(terminalreporter, cache: RunTally) -> None:
+    hits, misses, writes = cache.counts()
+    if hits or misses:
+        terminalreporter.write_line(f"recipe-checks: result cache: {hits} hit(s), {misses} miss(es), {writes} "
+                                    f"written ({cache.directory})")
 
 
 def _report_changes(terminalreporter, session: RecipeSession) -> None:

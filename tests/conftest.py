@@ -17,6 +17,12 @@ import tempfile
 os.environ["HF_HUB_CACHE"] = os.environ.get("RECIPE_CHECKS_TEST_HUB_CACHE") or os.path.join(
     tempfile.gettempdir(), "recipe-checks-tests-hub-cache")
 os.environ["HF_HUB_OFFLINE"] = "1"
+# The result cache (checks/result_cache.py) is off for the suite, in this process and the ones it starts: tests
+# monkeypatch libraries and the engine, which no cache key sees, and the suite never reads a user's cache. A test
+# opts in with the `result_cache_dir` fixture, or by setting RECIPE_CHECKS_CACHE_DIR with RECIPE_CHECKS_NO_CACHE
+# removed (it wins over the directory), or by passing --recipes-cache-dir / --cache-dir to the run it starts.
+os.environ["RECIPE_CHECKS_NO_CACHE"] = "1"
+os.environ.pop("RECIPE_CHECKS_CACHE_DIR", None)
 
 import json
 import textwrap
@@ -53,6 +59,22 @@ collect_ignore = ["corpus", "hostile", "formats"]
 REPO = Path(__file__).resolve().parent.parent
 RECIPES = REPO / "recipes"
 CORPUS = Path(__file__).resolve().parent / "corpus"
+# A two-layer Llama for recipes that name it as a local config.json (model: {id: tiny-llama, config: ...}): its
+# trace and its real steps take a fraction of a second.
+TINY_LLAMA = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 256,
+              "intermediate_size": 512, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+              "vocab_size": 1024, "max_position_embeddings": 2048, "torch_dtype": "bfloat16"}
+TINY_LLAMA_RECIPE = """\
+model: {id: tiny-llama, config: ./tiny-llama.json}
+lora: {r: 8, lora_alpha: 16, target_modules: [q_proj, v_proj]}
+training:
+  per_device_train_batch_size: 1
+  learning_rate: 2.0e-4
+  bf16: true
+  max_seq_length: 128
+  gradient_checkpointing: false
+hardware: {gpu: rtx4090}
+"""
 
 # The slow tier: tests that trace full training steps or run every shipped recipe end to end (seconds
 # each, minutes together). A module path marks all its tests; a node id marks one test. Tests may
@@ -113,6 +135,16 @@ def outside_github_actions(monkeypatch):
     itself runs under GitHub Actions: the tests that test those set the variables themselves."""
     monkeypatch.delenv("GITHUB_ACTIONS", raising=False)
     monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
+
+
+@pytest.fixture
+def result_cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Opt in to the result cache for one test, in a fresh directory (the suite runs without one): the
+    environment names it, so runs the test starts, in this process or another, use it."""
+    directory = tmp_path / "result-cache"
+    monkeypatch.delenv("RECIPE_CHECKS_NO_CACHE", raising=False)
+    monkeypatch.setenv("RECIPE_CHECKS_CACHE_DIR", str(directory))
+    return directory
 
 
 @pytest.fixture

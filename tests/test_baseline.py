@@ -11,22 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import TINY_LLAMA
+from tests.conftest import TINY_LLAMA_RECIPE as RECIPE
+
 from checks.baseline import BaselineError, load_file
 
-TINY_LLAMA = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 256,
-              "intermediate_size": 512, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-              "vocab_size": 1024, "max_position_embeddings": 2048, "torch_dtype": "bfloat16"}
-RECIPE = """\
-model: {id: tiny-llama, config: ./tiny-llama.json}
-lora: {r: 8, lora_alpha: 16, target_modules: [q_proj, v_proj]}
-training:
-  per_device_train_batch_size: 1
-  learning_rate: 2.0e-4
-  bf16: true
-  max_seq_length: 128
-  gradient_checkpointing: false
-hardware: {gpu: rtx4090}
-"""
 VRAM_ONLY = ("-k", "vram", "-p", "no:cacheprovider")
 
 

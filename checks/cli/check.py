@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from checks.cli.common import EXIT_FINDINGS, EXIT_OK, EXIT_USAGE, UsageError, lexists, options_from_args
-from checks.options import add_ci_options, add_options
+from checks.options import add_cache_options, add_ci_options, add_options
 from checks.report import FORMATS
 
 
@@ -27,6 +27,7 @@ def register(sub) -> None:
     check.add_argument("paths", nargs="+", help="recipe files or directories to search")
     add_options(check.add_argument)
     add_ci_options(check.add_argument, cli=True)
+    add_cache_options(check.add_argument, cli=True)
     check.add_argument("--format", choices=tuple(FORMATS), default="text",
                        help="text for people; json for tools; github for workflow annotations; sarif for code "
                             "scanning (SARIF 2.1.0); junit for CI test views (one testcase per recipe x check)")

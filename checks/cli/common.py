@@ -6,6 +6,7 @@ import argparse
 import os
 
 from checks.options import Options, split_names
+from checks.result_cache import cache_directory
 
 EXIT_OK, EXIT_FINDINGS, EXIT_USAGE = 0, 1, 2
 
@@ -40,4 +41,5 @@ def options_from_args(args: argparse.Namespace, catalog) -> Options:
         format=args.recipes_format,
         baseline=getattr(args, "recipes_baseline", None),  # check's regression gate (estimate has none)
         baseline_threshold=getattr(args, "recipes_baseline_threshold", 0.05),
+        cache_dir=cache_directory(args.recipes_cache_dir, no_cache=args.recipes_no_cache),
     )

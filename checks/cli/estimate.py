@@ -7,9 +7,9 @@ import json
 import sys
 from pathlib import Path
 
-from checks import progress
+from checks import progress, result_cache
 from checks.cli.common import EXIT_FINDINGS, EXIT_OK, EXIT_USAGE, UsageError, options_from_args
-from checks.options import add_options
+from checks.options import add_cache_options, add_options
 
 
 def register(sub) -> None:
@@ -17,6 +17,7 @@ def register(sub) -> None:
                          "breakdown, fixes, throughput ceiling (exit 0 fits, 1 does not, 2 bad input)")
     est.add_argument("recipe", help="a recipe file")
     add_options(est.add_argument)  # the same flags as `check` (one --gpu: default, the recipe's first)
+    add_cache_options(est.add_argument, cli=True)
     est.add_argument("--json", action="store_true", help="print one JSON object")
     est.add_argument("--dataset-tokens", type=int, default=0, help="tokens per epoch, for hours per epoch")
     est.add_argument("--no-fixes", action="store_true", help="do not trace the fixes when it does not fit")
@@ -84,7 +85,8 @@ def run(args: argparse.Namespace) -> int:
         for f in run_check(state, check, gpu.key if check in GPU_CHECKS else None).errors
     ]
     try:
-        with progress.bar("recipe-checks estimate: tracing", unit="trace", enabled=progress.wanted()):
+        with progress.bar("recipe-checks estimate: tracing", unit="trace", enabled=progress.wanted()), \
+                result_cache.using(options.cache_dir):
             result = estimate(recipe, state.resolved_model(), gpu, with_fixes=not args.no_fixes)
     except TraceError as exc:
         if static_errors:  # the recipe as written does not start: its findings say why, not the library's error

@@ -38,6 +38,38 @@ class StepTrace:
     curve: list | None = None  # every event as (sign, bytes, category), when asked for
     ops: frozenset = frozenset()  # the name of every op the step dispatched (and every emulated kernel)
 
+    def to_dict(self) -> dict | None:
+        """What the result cache stores of a trace (checks/result_cache.py): all but its settings, which are
+        the entry's key; None for a trace that keeps its memory curve (tests ask for it; it is not stored)."""
+        from checks.result_cache import to_json
+
+        if self.curve is not None:
+            return None
+        return {"timeline": to_json(self.timeline), "trainable_params": self.trainable_params,
+                "total_params": self.total_params, "quantized_layers": self.quantized_layers,
+                "notes": list(self.notes), "ops": sorted(self.ops)}
+
+    @classmethod
+    def from_dict(cls, data: dict, settings: StepSettings) -> StepTrace:
+        """The trace `to_dict` stored, traced with `settings`; NotAnEntry for anything else."""
+        from checks.result_cache import from_json
+
+        stored = from_json(_StoredTrace, data)
+        return cls(stored.timeline, settings, stored.trainable_params, stored.total_params, stored.quantized_layers,
+                   stored.notes, ops=frozenset(stored.ops))
+
+
+@dataclass
+class _StoredTrace:
+    """StepTrace.to_dict's fields, with the types a stored entry must have."""
+
+    timeline: MemoryTimeline
+    trainable_params: int
+    total_params: int
+    quantized_layers: int
+    notes: list[str]
+    ops: list[str]
+
 
 @contextlib.contextmanager
 def _no_packed_sequences():
@@ -231,7 +263,9 @@ def build_traced_model(resolved, settings: StepSettings, task_type: str = "CAUSA
 
 def trace_training_step(resolved, settings: StepSettings, task_type: str = "CAUSAL_LM") -> StepTrace:
     """One training step of the full-size model on fake tensors: the peak and what is live at it.
-    Cached per (config, settings, task): recipes and GPUs that share them share one trace."""
+    Cached per (config, settings, task): recipes and GPUs that share them share one trace, in this process
+    and in the result cache (checks/result_cache.py), which keys it by those and the engine's and libraries'
+    versions. No GPU profile decides a trace: the budget it is compared with is applied afterwards."""
     import json
 
     return _trace_cached(json.dumps(resolved.config, sort_keys=True), resolved.name, settings, task_type)
@@ -239,6 +273,15 @@ def trace_training_step(resolved, settings: StepSettings, task_type: str = "CAUS
 
 @functools.lru_cache(maxsize=64)
 def _trace_cached(config_json: str, name: str, settings: StepSettings, task_type: str) -> StepTrace:
+    from checks import result_cache
+
+    return result_cache.cached(
+        "trace", {"config": config_json, "name": name, "settings": settings, "task": task_type},
+        lambda: _trace(config_json, name, settings, task_type),
+        encode=StepTrace.to_dict, decode=lambda data: StepTrace.from_dict(data, settings))
+
+
+def _trace(config_json: str, name: str, settings: StepSettings, task_type: str) -> StepTrace:
     import json
 
     from checks.models.resolve import ResolvedModel

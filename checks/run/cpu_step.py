@@ -35,11 +35,79 @@ def _broken(report: StepReport) -> bool:
 
 
 def cpu_step(state) -> StepOutcome:
-    """The recipe's step on its tiny-random model, run once per recipe and shared by the rules."""
+    """The recipe's step on its tiny-random model, run once per recipe and shared by the rules; kept in the
+    result cache (checks/result_cache.py) under what decides it."""
     if MEMO_KEY not in state.memo:
-        with one_thread():
-            state.memo[MEMO_KEY] = _run(state)
+        from checks import result_cache
+
+        def run() -> StepOutcome:
+            with one_thread():
+                return _run(state)
+
+        parts = real_step_parts(state)
+        state.memo[MEMO_KEY] = run() if parts is None else result_cache.cached(
+            MEMO_KEY, parts, run, encode=outcome_to_dict, decode=outcome_from_dict,
+            store=result_cache.store_for(state.options.cache_dir))
     return state.memo[MEMO_KEY]
+
+
+def real_step_parts(state) -> dict | None:
+    """What decides a recipe's real step on its tiny model besides the engine and the libraries: the recipe as
+    validated (after format translation and its distributed files), the model's config, the CPU's kernel
+    features. No GPU profile: the step runs on this CPU. None when there is no model to key it by."""
+    from checks import result_cache
+
+    resolved = state.resolved_model()
+    if state.recipe is None or isinstance(resolved, Exception):
+        return None
+    try:
+        recipe = state.recipe.model_dump(mode="json")
+    except Exception:  # noqa: BLE001  a value with no JSON form: the step runs uncached
+        return None
+    return {"recipe": recipe, "model": {"name": resolved.name, "config": resolved.config},
+            "trust_remote_code": state.options.trust_remote_code, "cpu": result_cache.cpu_features()}
+
+
+def outcome_to_dict(outcome: StepOutcome) -> dict | None:
+    """What the result cache stores of an outcome. None (not stored) for a step that could not run, whose
+    message names the recipe's path, and for a refused one: the rules read the library's exception itself
+    (its class, its attributes), which JSON does not hold, and a refusal may be this machine's doing."""
+    from checks.result_cache import to_json
+
+    if outcome.cannot_run is not None or outcome.refused is not None:
+        return None
+    return {"report": to_json(outcome.report) if outcome.report is not None else None,
+            "fixture": to_json(outcome.fixture), "broken_by": outcome.broken_by,
+            "missing_extra": outcome.missing_extra,
+            "preference": to_json(outcome.preference) if outcome.preference is not None else None,
+            "seconds": to_json(outcome.seconds)}
+
+
+def outcome_from_dict(data: dict) -> StepOutcome:
+    """The outcome `outcome_to_dict` stored; NotAnEntry for anything else."""
+    from checks.fixtures.cache import Fixture
+    from checks.result_cache import from_json
+    from checks.run.dpo import DpoStart
+
+    stored = from_json(_StoredStep, data)
+    return StepOutcome(
+        report=from_json(StepReport, stored.report) if stored.report is not None else None,
+        fixture=from_json(Fixture, stored.fixture) if stored.fixture is not None else None,
+        broken_by=stored.broken_by, missing_extra=stored.missing_extra,
+        preference=from_json(DpoStart, stored.preference) if stored.preference is not None else None,
+        seconds=stored.seconds)
+
+
+@dataclass
+class _StoredStep:
+    """outcome_to_dict's fields, with the types a stored entry must have (the nested ones checked by their class)."""
+
+    report: dict | None
+    fixture: dict | None
+    broken_by: str | None
+    missing_extra: str | None
+    preference: dict | None
+    seconds: dict[str, float]
 
 
 @dataclass

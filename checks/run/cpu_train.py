@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from checks.run.cpu_step import tiny_model
+from checks.run.cpu_step import real_step_parts, tiny_model
 from checks.run.setup import Scale, SetupRefused, build_training, one_thread
 from checks.run.train import DEFAULT_STEPS, TrainReport, run_training
 
@@ -23,11 +23,41 @@ class TrainOutcome:
 
 
 def cpu_train(state, steps: int | None = None) -> TrainOutcome:
-    """The recipe's short run on its tiny-random model, once per recipe."""
+    """The recipe's short run on its tiny-random model, once per recipe; kept in the result cache
+    (checks/result_cache.py) under what decides it, the number of steps included."""
     if MEMO_KEY not in state.memo:
-        with one_thread():
-            state.memo[MEMO_KEY] = _run(state, steps or state.options.train_steps or DEFAULT_STEPS)
+        from checks import result_cache
+
+        steps = steps or state.options.train_steps or DEFAULT_STEPS
+
+        def run() -> TrainOutcome:
+            with one_thread():
+                return _run(state, steps)
+
+        parts = real_step_parts(state)
+        state.memo[MEMO_KEY] = run() if parts is None else result_cache.cached(
+            MEMO_KEY, {**parts, "steps": steps}, run, encode=outcome_to_dict, decode=outcome_from_dict,
+            store=result_cache.store_for(state.options.cache_dir))
     return state.memo[MEMO_KEY]
+
+
+def outcome_to_dict(outcome: TrainOutcome) -> dict | None:
+    """What the result cache stores of a run: its report, whose tokens/s are those of the run that filled the
+    entry; None (not stored) for a run that could not run or was refused, as cpu-step's."""
+    from checks.result_cache import to_json
+
+    if outcome.cannot_run is not None or outcome.refused is not None:
+        return None
+    return {"report": to_json(outcome.report)}
+
+
+def outcome_from_dict(data: dict) -> TrainOutcome:
+    """The outcome `outcome_to_dict` stored; NotAnEntry for anything else."""
+    from checks.result_cache import NotAnEntry, from_json
+
+    if not isinstance(data, dict) or set(data) != {"report"}:
+        raise NotAnEntry("not a stored training run")
+    return TrainOutcome(report=from_json(TrainReport, data["report"]))
 
 
 def _run(state, steps: int) -> TrainOutcome:
