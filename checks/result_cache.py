@@ -285,7 +285,8 @@ class ResultCache:
     def _make_folder(self) -> None:
         if self.folder.is_dir():
             return
-        self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)  # private to its user, where it is created
+        self.folder.mkdir(exist_ok=True, mode=0o700)
         # CACHEDIR.TAG keeps backup tools out (bford.info/cachedir); the .gitignore keeps a cache inside a
         # repository out of commits
         tag = "Signature: 8a477f597d28d172789f06886806bc55\n# a cache directory of recipe-checks (docs/cache.md)\n"

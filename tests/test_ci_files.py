@@ -72,7 +72,8 @@ def test_the_workflow_runs_on_pull_requests_that_touch_recipes_or_the_settings()
 
 def test_every_action_is_pinned_by_a_full_commit_sha_with_its_tag_in_a_comment():
     uses = steps(load(WORKFLOW), "uses")
-    assert {u.split("@")[0] for u in uses} == {"actions/checkout", "actions/setup-python", "actions/upload-artifact"}
+    assert {u.split("@")[0] for u in uses} == {"actions/checkout", "actions/setup-python", "actions/upload-artifact",
+                                               "actions/cache"}
     assert all(PINNED.match(u) for u in uses), uses
     for line in WORKFLOW.read_text().splitlines():
         if "uses:" in line:
@@ -117,6 +118,16 @@ def test_the_cpu_job_checks_changed_recipes_without_the_slow_and_gpu_checks_and_
     install = next(run for run in steps({"jobs": {"cpu": workflow["jobs"]["cpu"]}}, "run") if "pip install" in run)
     lines = install.splitlines()
     assert "torch==" in lines[0] and "--index-url" in lines[0] and "recipe-checks" in lines[1]  # CPU torch first
+
+
+def test_the_cpu_job_keeps_the_result_cache_keyed_on_the_installed_versions_and_the_recipes():
+    job = load(WORKFLOW)["jobs"]["cpu"]
+    names = [step.get("uses", step.get("run", "")).split("@")[0].lstrip() for step in job["steps"]]
+    cache = job["steps"][names.index("actions/cache")]["with"]
+    assert names.index("actions/cache") < next(i for i, name in enumerate(names) if name.startswith("pytest"))
+    assert cache["path"] == "~/.cache/recipe-checks"  # where the run writes on ubuntu (no XDG_CACHE_HOME set)
+    assert "steps.installed.outputs.hash" in cache["key"] and "hashFiles('recipes/**')" in cache["key"]
+    assert all(cache["key"].startswith(prefix) for prefix in cache["restore-keys"].splitlines())
 
 
 def test_the_gpu_job_runs_the_gpu_checks_on_self_hosted_runners_for_known_gpus():
