@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from checks import result_cache
+from checks import check_cache, result_cache
 from checks.context import RecipeContext, RecipeState
 from checks.compat import CompatError
 from checks.findings import Finding, Location, Severity
@@ -112,6 +112,10 @@ def run_check(state: RecipeState, check: str, gpu: str | None = None) -> CheckRe
     key = (check, gpu if check in GPU_CHECKS else None)
     if key in state.results:
         return state.results[key]
+    stored = check_cache.load(state, check, key[1]) if check not in CUDA_CHECKS else None
+    if stored is not None:  # an unchanged recipe: neither the libraries nor a rule are needed
+        state.results[key] = stored
+        return stored
     result = CheckResult(check=check, gpu=key[1])
     state.results[key] = result  # a check that asks for the others' results never recurses into itself
     result.skipped = _skip_reason(state, check, key[1])
@@ -165,6 +169,8 @@ def run_check(state: RecipeState, check: str, gpu: str | None = None) -> CheckRe
                 f"{why} (see {state.path}::schema)" for why in waiting
             )
     result.findings.sort(key=lambda f: (f.location.line, f.location.column, f.rule_id))
+    if check not in CUDA_CHECKS:
+        check_cache.save(state, check, key[1], result)
     return result
 
 
@@ -176,14 +182,19 @@ def unused_ignores(state: RecipeState) -> CheckResult:
     """
     from checks.rules.rc109_unused_ignore import UnusedIgnore, unused_ignore_findings
 
-    result = CheckResult(check=IGNORES_CHECK, gpu=None)
     judged = {rule_id for r in state.results.values() if r.error is None for rule_id in r.judged}
     used = {f.rule_id for r in state.results.values() for f in r.suppressed}
+    decided_by = {"judged": sorted(judged), "used": sorted(used)}
+    stored = check_cache.load(state, IGNORES_CHECK, None, decided_by)
+    if stored is not None:
+        return stored
+    result = CheckResult(check=IGNORES_CHECK, gpu=None)
     if _rule_blocked(state, UnusedIgnore) is None:
         try:
             result.findings.extend(unused_ignore_findings(RecipeContext(state), judged, used))
         except Exception as exc:
             result.error = exc
+    check_cache.save(state, IGNORES_CHECK, None, result, decided_by)
     return result
 
 

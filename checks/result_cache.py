@@ -395,13 +395,13 @@ def cached(kind: str, parts: dict, compute: Callable[[], Any], *, encode: Callab
     if found is not MISS:
         return found
     value = compute()
-    encoded = _faithful(value, encode, decode)
+    encoded = faithful(value, encode, decode)
     if encoded is not None:
         store.put(kind, key, encoded)
     return value
 
 
-def _faithful(value: Any, encode: Callable[[Any], Any], decode: Callable[[Any], Any]) -> Any:
+def faithful(value: Any, encode: Callable[[Any], Any], decode: Callable[[Any], Any]) -> Any:
     """The stored form of `value` when decoding it gives back the same form; None when not (or not storable)."""
     try:
         encoded = encode(value)
