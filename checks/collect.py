@@ -145,13 +145,17 @@ class RecipeItem(pytest.Item):
 
 def skip_unless_cuda(min_memory_gib: float | None = None) -> None:
     """Skip, saying what is needed, unless a CUDA GPU (with enough memory) is present."""
+    from checks.compat import installed_version
+
+    version = installed_version("torch") or "(not installed)"
+    needs = (f"needs a CUDA GPU: torch.cuda.is_available() is False here (torch {version}); run it on a machine "
+             "with an NVIDIA GPU and a CUDA build of torch")
+    if version.endswith("+cpu"):  # a CPU build has no CUDA: known without importing torch (seconds)
+        skip_at_item(needs)
     import torch
 
     if not torch.cuda.is_available():
-        skip_at_item(
-            "needs a CUDA GPU: torch.cuda.is_available() is False here "
-            f"(torch {torch.__version__}); run it on a machine with an NVIDIA GPU and a CUDA build of torch"
-        )
+        skip_at_item(needs)
     if min_memory_gib is not None:
         total = torch.cuda.get_device_properties(0).total_memory / GIB
         if total < float(min_memory_gib):
