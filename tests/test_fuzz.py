@@ -8,6 +8,7 @@ with the engine. An internal error (CheckResult.error) or an exception fails the
 from __future__ import annotations
 
 import copy
+import functools
 import tempfile
 from pathlib import Path
 
@@ -39,10 +40,16 @@ def _containers(node, path=()):
             yield from _containers(value, (*path, key))
 
 
+@functools.cache
+def _parsed(source: Path):
+    """A shipped recipe as YAML data, read once: each example mutates a deep copy."""
+    return yaml.safe_load(source.read_text(encoding="utf-8"))
+
+
 @st.composite
 def mutated_recipes(draw) -> str:
     source = draw(st.sampled_from(RECIPES))
-    data = copy.deepcopy(yaml.safe_load(source.read_text(encoding="utf-8")))
+    data = copy.deepcopy(_parsed(source))
     for _ in range(draw(st.integers(1, 4))):
         _, container = draw(st.sampled_from(list(_containers(data))))
         keys = list(container.keys()) if isinstance(container, dict) else list(range(len(container)))
