@@ -91,6 +91,22 @@ SLOW_TESTS = {
     "tests/test_estimate.py::test_a_recipe_that_does_not_fit_exits_1_with_traced_fixes_ranked": "traces six fixes",
 }
 
+# The tests that check the shipped recipes, each asserting its own things of the same traces and real steps
+# (the end-to-end run, the main job, `check --with-vram`, the pinned peaks, the quoted adapter sizes, and two
+# recipes against other GPUs, with their fixes). They share one result cache for the session (each trace and
+# real step of a shipped recipe runs once, not once a test), and under xdist they run first, one after the
+# other on one worker (`pytest_xdist_make_scheduler`): tests running at once on two workers would each
+# compute what the other is computing.
+SHIPPED_RECIPE_TESTS = {
+    "tests/test_cli.py::test_check_passes_the_shipped_recipes",
+    "tests/test_distributed.py::test_the_multi_gpu_recipes_per_rank_verdicts",
+    "tests/test_estimate.py::test_shipped_recipes_trace_the_peaks_pinned_for_these_library_versions",
+    "tests/test_estimate.py::test_the_adapter_parameters_a_recipe_comment_quotes_are_the_traced_ones",
+    "tests/test_flux.py::test_the_published_bf16_lora_does_not_fit_an_rtx4090_and_its_traced_fix_is_qlora",
+    "tests/test_plugin.py::test_shipped_recipes_all_pass_against_their_own_gpus",
+    "tests/test_plugin.py::test_main_job_with_gpu_rtx4090_is_green_and_deselects_the_others",
+}
+
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
@@ -105,6 +121,26 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         module = item.path.relative_to(REPO).as_posix()
         if module in SLOW_TESTS or f"{module}::{getattr(item, 'originalname', item.name)}" in SLOW_TESTS:
             item.add_marker(pytest.mark.slow)
+    if hasattr(config, "workerinput"):  # an xdist worker: the order it reports is the order tests are handed out
+        # the slow tier first, so that the last tests of the run, the one a worker may wait for alone, are short
+        items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+@pytest.hookimpl(tryfirst=True, optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """Under `-n N` (xdist's default `--dist load`): SHIPPED_RECIPE_TESTS are one unit of work, handed out
+    first (xdist's scope scheduling hands the largest units out first), and every other test is a unit of its
+    own, handed out in the workers' order (the slow tier first) as a worker runs out of work. An explicit
+    `--dist` other than load is left to xdist."""
+    if config.getvalue("dist") != "load":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ShippedRecipeTestsTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "shipped-recipe-tests" if nodeid in SHIPPED_RECIPE_TESTS else nodeid
+
+    return ShippedRecipeTestsTogether(config, log)
 
 
 GOOD_RECIPE = """\
@@ -145,6 +181,24 @@ def result_cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.delenv("RECIPE_CHECKS_NO_CACHE", raising=False)
     monkeypatch.setenv("RECIPE_CHECKS_CACHE_DIR", str(directory))
     return directory
+
+
+@pytest.fixture(scope="session")
+def session_result_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A result cache for the whole session: under xdist, in the controller's temporary folder, which holds
+    every worker's, so that all of them share it; a new one each session, so that the suite starts cold."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent
+    return base / "shared-result-cache"
+
+
+@pytest.fixture(autouse=True)
+def shipped_recipe_tests_share_a_result_cache(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):
+    """SHIPPED_RECIPE_TESTS opt in to the session's result cache (as `result_cache_dir` does to a test's own)."""
+    if request.node.nodeid in SHIPPED_RECIPE_TESTS:
+        monkeypatch.delenv("RECIPE_CHECKS_NO_CACHE", raising=False)
+        monkeypatch.setenv("RECIPE_CHECKS_CACHE_DIR", str(request.getfixturevalue("session_result_cache_dir")))
 
 
 @pytest.fixture
