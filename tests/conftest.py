@@ -30,22 +30,6 @@ from pathlib import Path
 
 import pytest
 
-# pytester runs pytest in this process and afterwards drops the modules the inner run imported.
-# Extension modules (numpy, torch) cannot be imported twice in one process, so the heavy stack is
-# imported here, once, before any inner run; the engine's caches then also carry across runs.
-import bitsandbytes  # noqa: E402,F401
-import numpy  # noqa: E402,F401
-import peft  # noqa: E402,F401
-import torch  # noqa: E402,F401
-import transformers  # noqa: E402,F401
-import transformers.pytorch_utils  # noqa: E402,F401
-
-try:  # the trl extra (DPO recipes): its trainer imports datasets and pyarrow, extension modules too
-    import datasets  # noqa: E402,F401
-    import trl.trainer.dpo_trainer  # noqa: E402,F401
-except ImportError:
-    pass
-
 import checks.cli  # noqa: E402,F401
 import checks.collect  # noqa: E402,F401
 import checks.engine  # noqa: E402,F401
@@ -108,10 +92,30 @@ SHIPPED_RECIPE_TESTS = {
 }
 
 
+@pytest.hookimpl(trylast=True)  # after xdist's, which registers its controller (dsession) under -n
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "slow: traces training steps or runs every shipped recipe; deselect with -m 'not slow'"
     )
+    if not config.pluginmanager.has_plugin("dsession"):  # an xdist controller runs no test: its workers import
+        _import_the_heavy_stack()
+
+
+def _import_the_heavy_stack() -> None:
+    """pytester runs pytest in this process and afterwards drops the modules the inner run imported.
+    Extension modules (numpy, torch) cannot be imported twice in one process, so the heavy stack is
+    imported here, once, before any inner run; the engine's caches then also carry across runs."""
+    import bitsandbytes  # noqa: F401
+    import numpy  # noqa: F401
+    import peft  # noqa: F401
+    import torch  # noqa: F401
+    import transformers.pytorch_utils  # noqa: F401
+
+    try:  # the trl extra (DPO recipes): its trainer imports datasets and pyarrow, extension modules too
+        import datasets  # noqa: F401
+        import trl.trainer.dpo_trainer  # noqa: F401
+    except ImportError:
+        pass
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -186,7 +190,11 @@ def result_cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture(scope="session")
 def session_result_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A result cache for the whole session: under xdist, in the controller's temporary folder, which holds
-    every worker's, so that all of them share it; a new one each session, so that the suite starts cold."""
+    every worker's, so that all of them share it; a new one each session, so that the suite starts cold.
+    RECIPE_CHECKS_TEST_SHARED_CACHE names another (`.ci/run` passes the main job's, made afresh, which then
+    answers from what these tests computed)."""
+    if os.environ.get("RECIPE_CHECKS_TEST_SHARED_CACHE"):
+        return Path(os.environ["RECIPE_CHECKS_TEST_SHARED_CACHE"])
     base = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):
         base = base.parent
