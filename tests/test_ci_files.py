@@ -142,6 +142,20 @@ def test_the_gpu_job_runs_the_gpu_checks_on_self_hosted_runners_for_known_gpus()
     assert argv[argv.index("-m") + 1] == "gpu" and '--gpu=$GPU' in argv
 
 
+def test_the_gpu_job_never_runs_code_from_a_fork_on_a_self_hosted_runner():
+    """A fork's pull request brings its own conftest.py, which pytest runs: the gpu job runs for the repository's
+    own branches only (or after a reviewer approves the run, in a protected environment)."""
+    workflow = load(WORKFLOW)
+    triggers = workflow.get("on", workflow.get(True))  # PyYAML reads the bare key `on` as the boolean True
+    assert "pull_request_target" not in triggers  # it would run with the base repository's secrets
+    for name, job in workflow["jobs"].items():
+        if "self-hosted" not in job["runs-on"]:
+            continue
+        same_repository = "github.event.pull_request.head.repo.full_name == github.repository"
+        guarded = same_repository in " ".join(job.get("if", "").split()) or "environment" in job
+        assert guarded, f"job {name!r} runs a pull request's code on a self-hosted runner without a guard"
+
+
 @pytest.mark.parametrize("path", [HOOKS, PRE_COMMIT_CONFIG], ids=["pre-commit-hooks", "pre-commit-config"])
 def test_the_pre_commit_hooks_have_the_keys_pre_commit_requires_and_run_a_real_command(path):
     from checks.cli import build_parser
