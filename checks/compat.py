@@ -302,6 +302,16 @@ def skip_at_item(reason: str):
         pytest.skip(reason)
 
 
+def pytest_option_names(parser) -> set[str]:
+    """Every option string registered with pytest's Parser so far (`--gpu`, `-x`, ...): its groups' options
+    and the anonymous group's (Parser._groups, Parser._anonymous: pytest 8.3-9.2). No public accessor: pytest
+    itself reads them to build its argparse parser."""
+    groups = [getattr(parser, "_anonymous", None), *getattr(parser, "_groups", [])]
+    if groups[0] is None:
+        raise _missing("_pytest.config.argparsing.Parser._anonymous")
+    return {name for group in groups for option in group.options for name in option.names()}
+
+
 # -- bitsandbytes' import-time hub kernel (written against bitsandbytes 0.50) ------------------------------
 _BNB_CPU_OPS = "bitsandbytes.backends.cpu.ops"
 

@@ -38,15 +38,14 @@ def split_names(values: list[str] | None) -> tuple[str, ...]:
     return tuple(names)
 
 
-def add_options(add: Callable[..., Any], *, prefix_gpu: str = "--gpu") -> None:
-    add(
-        prefix_gpu,
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="check recipes against this target GPU (repeat or comma-separate for several); "
-        "recipes that declare other GPUs are deselected. `recipe-checks gpus` lists the names.",
-    )
+GPU_HELP = ("check recipes against this target GPU (repeat or comma-separate for several); "
+            "recipes that declare other GPUs are deselected. `recipe-checks gpus` lists the names.")
+
+
+def add_options(add: Callable[..., Any], *, gpu_flag: str = "--gpu") -> None:
+    """The options the command line and the pytest plugin share. The plugin's GPU flag is --recipes-gpu, and
+    --gpu only where the host project has no --gpu of its own (checks/plugin.py)."""
+    add(gpu_flag, action="append", default=[], metavar="NAME", help=GPU_HELP)
     add(
         "--recipes-all-gpus",
         action="store_true",

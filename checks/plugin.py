@@ -15,14 +15,22 @@ import pytest
 from checks import annotate
 from checks.collect import SESSION_KEY, RecipeFile, RecipeItem, RecipeSession, RecipeVersionWarning
 from checks.gpus import GpuCatalog, GpuProfileError, UnknownGpuError
-from checks.options import Options, add_cache_options, add_ci_options, add_options, parse_ignore_lines, split_names
+from checks.options import (GPU_HELP, Options, add_cache_options, add_ci_options, add_options, parse_ignore_lines,
+                            split_names)
 from checks.discover import is_recipe_file
 from checks.result_cache import RunTally, cache_directory
 
 
+_GROUP = "recipe-checks"
+# --gpu is recipe-checks' main option, and a name other projects use too (a conftest.py of their own with
+# `parser.addoption("--gpu")`). The plugin registers --recipes-gpu at once and --gpu only once the initial
+# conftest.py files have registered theirs (pytest_load_initial_conftests): a host's --gpu is the host's.
+_GPU_CLASH = pytest.StashKey[bool]()
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("recipe-checks", "recipe-checks: verify fine-tuning recipes")
-    add_options(group.addoption)
+    group = parser.getgroup(_GROUP, "recipe-checks: verify fine-tuning recipes")
+    add_options(group.addoption, gpu_flag="--recipes-gpu")
     add_ci_options(group.addoption)
     add_cache_options(group.addoption)
     group.addoption(
@@ -46,10 +54,39 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         type="linelist",
         default=[],
     )
+    parser.addini("recipe_checks_gpu", "the target GPU(s) when the command line names none (as --recipes-gpu)",
+                  type="args", default=[])
     parser.addini("recipe_checks_gpu_profiles", "extra GPU profile files", type="paths", default=[])
     parser.addini("recipe_checks_strict", "fail on warning-level findings too", type="bool", default=False)
     parser.addini("recipe_checks_cache_dir", "the result cache's directory, relative to the ini file (the "
                   "command line and RECIPE_CHECKS_CACHE_DIR come first)", type="paths", default=[])
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Parser):
+    """After the host's initial conftest.py files and plugins have added their options: --gpu as another name of
+    --recipes-gpu, unless one of them has a --gpu (argparse refuses an option string twice)."""
+    result = yield
+    from checks.compat import CompatError, pytest_option_names
+
+    try:
+        taken = pytest_option_names(parser)
+    except CompatError:  # a pytest whose parser is not read this way: --recipes-gpu only, said in the header
+        taken = {"--gpu"}
+    early_config.stash[_GPU_CLASH] = "--gpu" in taken
+    if "--gpu" not in taken:
+        parser.getgroup(_GROUP).addoption("--gpu", dest="recipes_gpu", action="append", default=[], metavar="NAME",
+                                          help=f"{GPU_HELP} Same as --recipes-gpu.")
+    return result
+
+
+def _gpu_flag(config: pytest.Config) -> str:
+    """The flag that names the target GPU in this project: --gpu, or --recipes-gpu where the host has a --gpu."""
+    return "--recipes-gpu" if config.stash.get(_GPU_CLASH, False) else "--gpu"
+
+
+def _gpu_names(config: pytest.Config) -> tuple[str, ...]:
+    return split_names(config.getoption("recipes_gpu")) or split_names(config.getini("recipe_checks_gpu"))
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -68,14 +105,15 @@ def pytest_configure(config: pytest.Config) -> None:
         catalog = GpuCatalog.load(profiles)
     except GpuProfileError as exc:
         raise pytest.UsageError(f"recipe-checks: {exc}") from None
-    gpus = split_names(config.getoption("gpu"))
+    gpus = _gpu_names(config)
     for name in gpus:
         try:
             catalog.resolve(name)  # an ambiguous name ('a100') runs the checks its profiles agree on
         except UnknownGpuError as exc:
-            raise pytest.UsageError(f"--gpu: {exc}") from None
+            raise pytest.UsageError(f"{_gpu_flag(config)}: {exc}") from None
     if config.getoption("recipes_all_gpus") and not gpus:
-        raise pytest.UsageError("--recipes-all-gpus needs --gpu=NAME: the GPU to check every recipe against")
+        raise pytest.UsageError(f"--recipes-all-gpus needs {_gpu_flag(config)}=NAME: the GPU to check every recipe "
+                                "against")
     options = Options(
         gpus=gpus,
         all_gpus=config.getoption("recipes_all_gpus"),
@@ -157,7 +195,7 @@ def _fixture_cache(config: pytest.Config) -> str | None:
 
 
 # The options that say "check recipes": passing any of them searches every collected path for recipes.
-_RECIPE_OPTIONS = ("gpu", "recipes_all_gpus", "recipes_allow_network", "recipes_trust_remote_code",
+_RECIPE_OPTIONS = ("recipes_gpu", "recipes_all_gpus", "recipes_allow_network", "recipes_trust_remote_code",
                    "recipes_strict", "gpu_profiles", "recipes_changed_since", "recipes_baseline")
 _WORKER_KEY = pytest.StashKey[bool]()
 
@@ -210,7 +248,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         scope = " (every recipe)" if session.options.all_gpus else ""
         target_line = f"target GPU: {targets}{scope}"
     else:
-        target_line = "target GPU: each recipe's hardware.gpu (pass --gpu=NAME to choose one)"
+        target_line = f"target GPU: each recipe's hardware.gpu (pass {_gpu_flag(config)}=NAME to choose one)"
     versions = ", ".join(
         f"{d} {_version(d)}" for d in ("torch", "transformers", "peft", "bitsandbytes")
     )
@@ -222,8 +260,13 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         f"recipe-checks: local device: {_local_device()} (checks use the target profile, not this machine)",
         f"recipe-checks: {versions}",
         f"recipe-checks: result cache: {cache_dir if cache_dir else 'off'}",
+        *([_GPU_CLASH_LINE] if config.stash.get(_GPU_CLASH, False) else []),
         *(f"recipe-checks: WARNING: {warning}" for warning in version_warnings()),
     ]
+
+
+_GPU_CLASH_LINE = ("recipe-checks: --gpu is this project's own option (a conftest.py or plugin defines it): "
+                   "name the target GPU with --recipes-gpu=NAME, or recipe_checks_gpu in the ini file")
 
 
 def _searched(config: pytest.Config, file_path: Path) -> bool | None:

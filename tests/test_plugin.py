@@ -427,3 +427,51 @@ def test_an_ignore_of_a_rule_that_waits_for_a_broken_section_is_not_judged(pytes
     result = pytester.runpytest("waiting.yaml", "-k", "not vram", "-p", "no:cacheprovider")
     result.stdout.fnmatch_lines(["RC103 lora.r: *"])
     assert "RC109" not in result.stdout.str()
+
+
+HOST_WITH_ITS_OWN_GPU_OPTION = """
+import pytest
+
+def pytest_addoption(parser):
+    parser.addoption("--gpu", default="none", help="the host's own: which GPU its tests run on")
+
+@pytest.fixture
+def gpu(request):
+    return request.config.getoption("gpu")
+"""
+
+
+def test_a_host_project_with_its_own_gpu_option_and_fixture_keeps_them(pytester):
+    """pytest refuses an option string twice: a host conftest.py with its own --gpu keeps it, and recipe-checks
+    takes the target GPU from --recipes-gpu, saying so in one line."""
+    pytester.makeconftest(HOST_WITH_ITS_OWN_GPU_OPTION)
+    pytester.makepyfile(test_host="def test_host_gpu(gpu):\n    assert gpu == 'cuda:1'\n")
+    pytester.makefile(".yaml", good=GOOD_RECIPE.replace("gpu: rtx4090", "gpu: [rtx4090, a100-80gb]"))
+    host = pytester.runpytest("--gpu=cuda:1", "-p", "no:cacheprovider")
+    host.assert_outcomes(passed=1)  # the host's test, and no recipe: a plain run checks none
+    host.stdout.no_fnmatch_line("recipe-checks*")  # no header line of ours (the plugins line names us)
+    result = pytester.runpytest("--gpu=cuda:1", "--recipes-gpu=rtx4090", ".", "-k", "schema or host_gpu",
+                                "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2, deselected=result.parseoutcomes()["deselected"])
+    result.stdout.fnmatch_lines([
+        "recipe-checks *: target GPU: *RTX 4090*",
+        "recipe-checks: --gpu is this project's own option (a conftest.py or plugin defines it): name the target "
+        "GPU with --recipes-gpu=NAME, or recipe_checks_gpu in the ini file",
+    ])
+    unknown = pytester.runpytest("--recipes-gpu=rtx4099", ".", "-p", "no:cacheprovider")
+    unknown.stderr.fnmatch_lines(["*--recipes-gpu: *rtx4099*"])  # the flag that works here, not --gpu
+    assert unknown.ret == pytest.ExitCode.USAGE_ERROR
+
+
+def test_recipes_gpu_and_the_ini_key_name_the_target_gpu_as_gpu_does(pytester):
+    pytester.makefile(".yaml", good=GOOD_RECIPE.replace("gpu: rtx4090", "gpu: [rtx4090, a100-80gb]"))
+    headers = []
+    for args in (["--gpu=a100-80gb"], ["--recipes-gpu=a100-80gb"]):
+        result = pytester.runpytest(*args, "good.yaml", "-k", "schema", "-p", "no:cacheprovider")
+        result.assert_outcomes(passed=1)
+        headers.append([line for line in result.outlines if "target GPU" in line])
+    pytester.makeini("[pytest]\nrecipe_checks_gpu = a100-80gb\n")
+    result = pytester.runpytest("good.yaml", "-k", "schema", "-p", "no:cacheprovider")
+    headers.append([line for line in result.outlines if "target GPU" in line])
+    assert headers[0] == headers[1] == headers[2] and "A100" in headers[0][0], headers
+    assert "own option" not in result.stdout.str()
