@@ -26,10 +26,22 @@ class Changes:
     root: Path  # the repository's top level
     changed: frozenset[Path]  # resolved paths of the files that differ from REF and still exist
     everything: str | None  # why every recipe is checked (a deciding file changed); None: changed ones only
+    removed: frozenset[Path] = frozenset()  # resolved paths of the files that differ from REF and are gone
 
-    def selects(self, path: Path) -> bool:
-        """Whether the recipe at `path` is checked in this run."""
-        return self.everything is not None or path.resolve() in self.changed
+    def selects(self, path: Path, inputs: Iterable[Path] = ()) -> bool:
+        """Whether the recipe at `path` is checked in this run: it changed, or a file it reads did (`inputs`:
+        checks.recipe.inputs, the files and folders it reads), or every recipe is checked."""
+        return self.everything is not None or self.changed_input(path, inputs) is not None
+
+    def changed_input(self, path: Path, inputs: Iterable[Path] = ()) -> Path | None:
+        """The first of the recipe and the files it reads that changed, was added or was removed (a file under
+        a folder it reads counts as the folder); None where none did."""
+        touched = self.changed | self.removed
+        for candidate in (path, *inputs):
+            resolved = candidate.resolve()
+            if resolved in touched or any(resolved in p.parents for p in touched):
+                return candidate
+        return None
 
 
 def git(root: Path, *args: str) -> str:
@@ -68,7 +80,9 @@ def changes_since(ref: str, anchor: Path | str, deciding: Iterable[Path | str] =
     everything = next((f"{p.relative_to(root).as_posix()} changed since {ref}" for p in touched
                        if p.name in DECIDING_NAMES or p.resolve() in deciding_paths), None)
     changed = frozenset(p.resolve() for p in touched if p.exists())
-    return Changes(ref=ref, root=root, changed=changed, everything=everything)
+    # a removed file: its folder resolved (links followed as for the others), the name as git lists it
+    removed = frozenset(p.parent.resolve() / p.name for p in touched if not p.exists())
+    return Changes(ref=ref, root=root, changed=changed, everything=everything, removed=removed)
 
 
 def repository_of(anchor: Path) -> Path:

@@ -319,7 +319,17 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
             recipe_session.deselected = [item.nodeid for item in off_target]
     changes = recipe_session.changes if recipe_session is not None else None
     if changes is not None:
-        unchanged = [item for item in items if isinstance(item, RecipeItem) and not changes.selects(item.path)]
+        from checks.recipe.inputs import recipe_inputs
+
+        reads: dict[int, tuple[Path, ...]] = {}  # a recipe file's inputs, once for all its items
+
+        def selected(item: RecipeItem) -> bool:
+            state = item.state
+            if id(state) not in reads:
+                reads[id(state)] = recipe_inputs(state.fs_path, state.loaded)
+            return changes.selects(item.path, reads[id(state)])
+
+        unchanged = [item for item in items if isinstance(item, RecipeItem) and not selected(item)]
         if unchanged:
             config.hook.pytest_deselected(items=unchanged)
             dropped = {id(item) for item in unchanged}

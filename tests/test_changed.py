@@ -178,3 +178,108 @@ def test_the_cli_checks_only_the_changed_recipe_and_says_how_many_it_left_out(re
     assert "every recipe checked: pyproject.toml changed since HEAD" in out and "3 recipe(s) checked" in out
     assert main(["check", str(repo / "recipes"), "--changed-since", "nope"]) == EXIT_USAGE
     assert "'nope' is not a commit" in capsys.readouterr().err
+
+
+# --- a recipe is checked when a file it reads changed ------------------------------------------------------
+
+SHARDED = """\
+model: HuggingFaceTB/SmolLM2-135M
+lora: {{r: 16, lora_alpha: 32, target_modules: [q_proj, v_proj]}}
+training:
+  per_device_train_batch_size: 2
+  learning_rate: 2.0e-4
+  bf16: true
+  max_seq_length: 1024
+distributed:
+  {key}: {file}
+hardware: {{gpu: h100-sxm}}
+"""
+ZERO2 = json.dumps({"zero_optimization": {"stage": 2}, "bf16": {"enabled": True},
+                    "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto"})
+ZERO0_FP16 = json.dumps({"zero_optimization": {"stage": 0}, "fp16": {"enabled": True},
+                         "train_micro_batch_size_per_gpu": 7, "gradient_accumulation_steps": "auto"})
+ACCELERATE = "distributed_type: DEEPSPEED\nnum_processes: 2\ndeepspeed_config:\n  deepspeed_config_file: ds/z.json\n"
+SMOL = json.dumps({"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                   "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 256})
+AXOLOTL = """\
+base_model: meta-llama/Meta-Llama-3-8B
+adapter: lora
+lora_r: 8
+lora_alpha: 16
+lora_target_linear: true
+sequence_len: 1024
+micro_batch_size: 1
+gradient_accumulation_steps: 1
+learning_rate: 0.0002
+optimizer: adamw_torch
+bf16: true
+deepspeed: deepspeed_configs/zero2.json
+"""
+
+# name -> (files of the first commit, the file the change touches, its new text; None: removed)
+READS = {
+    "deepspeed": ({"recipes/r.yaml": SHARDED.format(key="deepspeed", file="ds.json"), "recipes/ds.json": ZERO2},
+                  "recipes/ds.json", ZERO0_FP16),
+    "deepspeed-removed": ({"recipes/r.yaml": SHARDED.format(key="deepspeed", file="ds.json"),
+                           "recipes/ds.json": ZERO2}, "recipes/ds.json", None),
+    "accelerate": ({"recipes/r.yaml": SHARDED.format(key="accelerate_config", file="acc.yaml"),
+                    "recipes/acc.yaml": ACCELERATE, "recipes/ds/z.json": ZERO2}, "recipes/acc.yaml",
+                   ACCELERATE.replace("num_processes: 2", "num_processes: 4")),
+    "accelerate-deepspeed-file": ({"recipes/r.yaml": SHARDED.format(key="accelerate_config", file="acc.yaml"),
+                                   "recipes/acc.yaml": ACCELERATE, "recipes/ds/z.json": ZERO2},
+                                  "recipes/ds/z.json", ZERO0_FP16),
+    "model-config": ({"recipes/r.yaml": GOOD_RECIPE.replace("model: meta-llama/Llama-3.1-8B",
+                                                            "model: {id: tiny, config: configs/tiny.json}"),
+                      "recipes/configs/tiny.json": SMOL}, "recipes/configs/tiny.json", SMOL.replace("64", "96")),
+    "local-model-folder": ({"recipes/r.yaml": GOOD_RECIPE.replace("model: meta-llama/Llama-3.1-8B", "model: ./tiny"),
+                            "recipes/tiny/config.json": SMOL}, "recipes/tiny/config.json", SMOL.replace("64", "96")),
+    "axolotl-deepspeed": ({"recipes/r.yml": AXOLOTL, "recipes/deepspeed_configs/zero2.json": ZERO2},
+                          "recipes/deepspeed_configs/zero2.json", ZERO0_FP16),
+}
+
+
+def _commit_files(repo: Path, files: dict[str, str]) -> None:
+    for name, text in files.items():
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_text(text, encoding="utf-8")
+    git(repo, "add", ".")
+    git(repo, "commit", "-q", "-m", "a recipe and what it reads")
+
+
+def _touch(repo: Path, name: str, text: str | None) -> None:
+    if text is None:
+        (repo / name).unlink()
+    else:
+        (repo / name).write_text(text, encoding="utf-8")
+
+
+@pytest.mark.parametrize("case", READS)
+def test_the_cli_checks_a_recipe_when_only_a_file_it_reads_changed(repo, capsys, case):
+    from checks.cli import main
+
+    files, touched, text = READS[case]
+    _commit_files(repo, files)
+    _touch(repo, touched, text)
+    recipe = next(name for name in files if name.endswith((".yaml", ".yml")) and name.split("/")[-1].startswith("r."))
+    main(["check", str(repo / "recipes"), "--changed-since", "HEAD", "--format", "json"])
+    report = json.loads(capsys.readouterr().out)
+    assert [Path(p).name for p in report["recipes"]] == [Path(recipe).name], report["unchanged"]
+    assert sorted(Path(p).name for p in report["unchanged"]) == ["a.yaml", "b.yaml", "c.yaml"]
+    inputs = next(iter(report["inputs"].values()))  # the result names what the recipe read
+    assert any(Path(p).resolve() == (repo / touched).resolve() or (repo / touched).resolve().is_relative_to(
+        Path(p).resolve()) for p in inputs), inputs
+
+
+def test_the_full_deepspeed_story_of_the_issue_is_caught_by_the_changed_only_gate(pytester, pytester_repo):
+    """A pull request changes only the DeepSpeed config a recipe names (ZeRO-0, fp16, micro-batch 7): the
+    changed-only run checks that recipe and finds what a full run finds."""
+    _commit_files(pytester_repo, {"recipes/r.yaml": SHARDED.format(key="deepspeed", file="ds.json"),
+                                  "recipes/ds.json": ZERO2})
+    _touch(pytester_repo, "recipes/ds.json", ZERO0_FP16)
+    changed = pytester.runpytest("recipes/", "--recipes-changed-since=HEAD", "-p", "no:cacheprovider",
+                                 "-k", "schema or distributed or precision")
+    full = pytester.runpytest("recipes/r.yaml", "-p", "no:cacheprovider", "-k", "schema or distributed or precision")
+    assert changed.ret == full.ret == pytest.ExitCode.TESTS_FAILED
+    failed = [line for line in changed.outlines if line.startswith("FAILED")]
+    assert failed and failed == [line for line in full.outlines if line.startswith("FAILED")]
+    changed.stdout.fnmatch_lines(["2 recipe(s) unchanged since HEAD, not checked"])

@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         options = options_from_args(args, catalog)
         selection = RuleSelection.parse(args.select, args.ignore, all_rules())
         recipes = recipes_to_check(args.paths)
-        recipes, unchanged, why_all = changed_only(recipes, args)
+        recipes, unchanged, why_all = changed_only(recipes, args, options, catalog)
         if options.baseline:
             check_baseline(options.baseline, Path(args.paths[0]))
     except (GpuProfileError, UnknownGpuError, UsageError, SelectionError, ChangedSinceError, BaselineError) as exc:
@@ -119,15 +119,23 @@ def recipes_to_check(paths: list[str]) -> list[Path]:
     return list(recipes)
 
 
-def changed_only(recipes: list[Path], args: argparse.Namespace) -> tuple[list[Path], list[str], str | None]:
-    """With --changed-since REF: the recipes that differ from REF (every one when a file that decides the
-    checks changed), those left out, and why every recipe is checked (None: the changed ones only)."""
+def changed_only(recipes: list[Path], args: argparse.Namespace, options, catalog) -> tuple[list[Path], list[str], str | None]:
+    """With --changed-since REF: the recipes that differ from REF or read a file that does (a DeepSpeed or
+    accelerate config, a model config or folder: checks.recipe.inputs), every one when a file that decides the
+    checks changed; those left out; and why every recipe is checked (None: the changed ones only)."""
     if not args.recipes_changed_since:
         return recipes, [], None
     from checks.changed import changes_since
+    from checks.context import RecipeState
+    from checks.recipe.inputs import recipe_inputs
 
     changes = changes_since(args.recipes_changed_since, Path(args.paths[0]), args.gpu_profiles)
-    kept = [p for p in recipes if changes.selects(p)]
+
+    def reads(path: Path) -> tuple[Path, ...]:
+        state = RecipeState.from_file(path, str(path), options, catalog)  # read, not checked: no model is built
+        return recipe_inputs(path, state.loaded)
+
+    kept = [p for p in recipes if changes.selects(p) or changes.selects(p, reads(p))]
     return kept, [str(p) for p in recipes if p not in kept], changes.everything
 
 
@@ -141,7 +149,9 @@ def check_one(path: Path, options, catalog, selection, *, traced: bool, verbose:
         state, results = check_recipe(path, options, catalog, traced=traced)
     except Exception as exc:  # a bug must not cost the other recipes their report
         return RecipeReport(str(path), error=f"{type(exc).__name__}: {exc}")
-    recipe = RecipeReport(state.path)
+    from checks.recipe.inputs import recipe_inputs
+
+    recipe = RecipeReport(state.path, inputs=[str(p) for p in recipe_inputs(state.fs_path, state.loaded)[1:]])
     if not results:  # off target: pytest deselects it, so this is no failure either
         recipe.other_gpus = state.declared_gpus()
         return recipe

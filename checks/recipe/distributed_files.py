@@ -155,6 +155,7 @@ class DistributedFiles:
     DeepSpeed batch sizes and precision (compared with `training` by RC802 and RC803), and the problems."""
 
     files: dict[str, str] = field(default_factory=dict)  # recipe key (deepspeed, accelerate_config) -> display path
+    read: list[str] = field(default_factory=list)  # the path of each file read or looked for (checks.recipe.inputs)
     fields: dict[KeyPath, Setting] = field(default_factory=dict)  # native key under distributed -> the file's value
     batch: dict[str, Setting] = field(default_factory=dict)  # train_batch_size, train_micro_batch_size_per_gpu, ...
     precision: dict[str, Setting] = field(default_factory=dict)  # bf16, fp16 (bools), mixed_precision (accelerate)
@@ -262,12 +263,16 @@ def _read_all(section: dict[str, Any], loaded: LoadedRecipe, base_dir: Path, fil
     ds_from_accelerate = None
     if isinstance(accelerate_path, str):
         at = ("distributed", "accelerate_config")
+        files.read.append(str(base_dir / accelerate_path))
         path, shown = _resolve(accelerate_path, base_dir, at, "accelerate config", translated=loaded.translation is not None)
         files.files["accelerate_config"] = shown
         data, spans = _read_yaml(path, shown, at)
         ds_from_accelerate = _accelerate(data, spans, shown, at, files, path.parent)
+        if ds_from_accelerate is not None:  # its deepspeed_config_file
+            files.read.append(ds_from_accelerate)
     if isinstance(deepspeed_path, str):
         at = ("distributed", "deepspeed")
+        files.read.append(str(base_dir / deepspeed_path))
         path, shown = _resolve(deepspeed_path, base_dir, at, "DeepSpeed config", translated=loaded.translation is not None)
         files.files["deepspeed"] = shown
         if ds_from_accelerate is not None and os.path.realpath(ds_from_accelerate) != os.path.realpath(path):

@@ -14,6 +14,7 @@ def render(report: RunReport) -> str:
     return json.dumps({
         "version": report.version,
         "recipes": [r.path for r in report.checked],
+        "inputs": {r.path: r.inputs for r in report.checked},  # the files each reads besides itself
         "not_checked": [{"path": r.path, "gpus": r.other_gpus} for r in report.not_checked],
         "findings": [{**f.to_dict(), "gpu": check.gpu} for _, check, f in report.findings()],
         "internal_errors": [{"path": r.path, "check": c.check if c else None, "error": e}
