@@ -18,8 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from checks.memory.step import NotPeriodic, StepSettings, build_step_model, run_step
-from checks.models.resolve import bundled_ids, resolve_model_config
+from recipe_checks.memory.step import NotPeriodic, StepSettings, build_step_model, run_step
+from recipe_checks.models.resolve import bundled_ids, resolve_model_config
 
 LORA = (("lora_alpha", 16), ("r", 16), ("target_modules", "all-linear"), ("task_type", "CAUSAL_LM"))
 DORA = tuple(sorted(dict(LORA, use_dora=True).items()))

@@ -3,7 +3,7 @@
 Run:  python bench/compare_distributed.py [--dry-run] [--only TEXT]
 Each entry of bench/distributed_measurements.yaml (source, quote and kind of figure for each) is turned
 into a native recipe with a `distributed` section (strategy, world_size, fsdp / zero options) and
-estimated with checks.memory.estimate.estimate. The figure compared is rank 0's traced tensor peak,
+estimated with recipe_checks.memory.estimate.estimate. The figure compared is rank 0's traced tensor peak,
 `est.trace.timeline.peak_bytes` (what torch.cuda.max_memory_allocated counts); 'reserved' figures also
 hold the caching allocator's cache and 'nvidia-smi' ones the CUDA context, so they are expected to read
 higher, and 'unknown' ones may be either. The trace shards with FSDP2 (fully_shard); fsdp_version 1
@@ -11,7 +11,7 @@ entries (accelerate's FullyShardedDataParallel, flat parameters) are compared wi
 the `fsdp` column says which they were. Entries whose model has no config here, whose batch or length is
 unstated, or whose settings a recipe cannot say are listed as skipped with the reason.
 
---dry-run builds and validates every recipe (checks.recipe.schema.Recipe) without tracing anything.
+--dry-run builds and validates every recipe (recipe_checks.recipe.schema.Recipe) without tracing anything.
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from checks.gpus import GIB, GpuCatalog  # noqa: E402
-from checks.models.resolve import ModelResolutionError, resolve_model_config  # noqa: E402
-from checks.recipe.schema import STRATEGIES, Recipe  # noqa: E402
+from recipe_checks.gpus import GIB, GpuCatalog  # noqa: E402
+from recipe_checks.models.resolve import ModelResolutionError, resolve_model_config  # noqa: E402
+from recipe_checks.recipe.schema import STRATEGIES, Recipe  # noqa: E402
 
 MEASUREMENTS = Path(__file__).with_name("distributed_measurements.yaml")
 # torchtune's projection names -> transformers' (torchtune/modules/peft: LORA_ATTN_MODULES)
@@ -157,7 +157,7 @@ def dry_run(entries: list[dict]) -> int:
 
 
 def compare(entries: list[dict]) -> int:
-    from checks.memory.estimate import Estimate, TraceError, estimate
+    from recipe_checks.memory.estimate import Estimate, TraceError, estimate
 
     # the per-rank engine's Estimate says the world size it traced; without it a distributed recipe would be
     # traced as one GPU, so those entries are skipped before their trace

@@ -19,9 +19,9 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from checks.gpus import GIB  # noqa: E402
-from checks.memory.step import StepSettings, trace_training_step  # noqa: E402
-from checks.models.resolve import ModelResolutionError, resolve_model_config  # noqa: E402
+from recipe_checks.gpus import GIB  # noqa: E402
+from recipe_checks.memory.step import StepSettings, trace_training_step  # noqa: E402
+from recipe_checks.models.resolve import ModelResolutionError, resolve_model_config  # noqa: E402
 
 # torchtune's projection names -> transformers' (torchtune/modules/peft: LORA_ATTN_MODULES)
 TORCHTUNE_NAMES = {"output_proj": "o_proj", "w1": "gate_proj", "w2": "down_proj", "w3": "up_proj"}

@@ -15,9 +15,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from checks.memory.sharding import ShardPlan
-from checks.memory.step import StepSettings, _trace_cached, trace_training_step
-from checks.models.resolve import resolve_model_config
+from recipe_checks.memory.sharding import ShardPlan
+from recipe_checks.memory.step import StepSettings, _trace_cached, trace_training_step
+from recipe_checks.models.resolve import resolve_model_config
 
 LORA = (("lora_alpha", 32), ("lora_dropout", 0.0), ("r", 16),
         ("target_modules", ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")),

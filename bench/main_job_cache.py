@@ -28,7 +28,7 @@ JOB = ["-m", "pytest", "--gpu=rtx4090", "recipes/", "-q", "-p", "no:cacheprovide
 def engine_hash(tree: Path) -> str:
     """The engine hash the cache keys by, read in a child: a file changed between the runs would make the warm
     run a cold one, and the figures wrong."""
-    code = "from checks.result_cache import engine_hash; print(engine_hash())"
+    code = "from recipe_checks.result_cache import engine_hash; print(engine_hash())"
     return subprocess.run([sys.executable, "-c", code], cwd=tree, env=environment(tree), check=True,
                           capture_output=True, text=True).stdout.strip()
 
@@ -77,7 +77,7 @@ def main() -> None:
     if cache_dir.exists():
         sys.exit(f"{cache_dir} exists: the cold run needs an empty cache")
     try:
-        subprocess.run([sys.executable, "-m", "checks.cli", "fixtures", "build", "recipes/"], cwd=tree,
+        subprocess.run([sys.executable, "-m", "recipe_checks.cli", "fixtures", "build", "recipes/"], cwd=tree,
                        env=environment(tree), check=True, capture_output=True)
         before = engine_hash(tree)
         print(f"recipe-checks from {tree} (engine hash {before[:12]})")

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from checks.context import RecipeState
-from checks.gpus import GpuCatalog
-from checks.memory import step
-from checks.memory.estimate import estimate
-from checks.options import Options
+from recipe_checks.context import RecipeState
+from recipe_checks.gpus import GpuCatalog
+from recipe_checks.memory import step
+from recipe_checks.memory.estimate import estimate
+from recipe_checks.options import Options
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "docs" / "examples"
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
@@ -42,7 +42,7 @@ def test_estimate_time(benchmark, case):
 @pytest.mark.parametrize("case", CASES)
 def test_estimate_max_rss(benchmark, fresh_process, report_figure, case):
     run = benchmark.pedantic(
-        lambda: fresh_process(["-m", "checks.cli", "estimate", str(CASES[case]), "--no-fixes", "--json"]),
+        lambda: fresh_process(["-m", "recipe_checks.cli", "estimate", str(CASES[case]), "--no-fixes", "--json"]),
         rounds=1, iterations=1,
     )
     assert run.returncode in (0, 1), run.stdout  # 0 fits, 1 does not; 2 would be bad input

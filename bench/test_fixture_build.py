@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import itertools
 
-from checks.fixtures import cache
-from checks.models import skeleton
+from recipe_checks.fixtures import cache
+from recipe_checks.models import skeleton
 
 _ROUND = itertools.count()
 
@@ -35,7 +35,7 @@ def test_build_every_bundled_fixture_into_an_empty_cache(benchmark, tmp_path, re
 
 FRESH_PROCESS = """\
 import sys
-from checks.fixtures.cache import build_all
+from recipe_checks.fixtures.cache import build_all
 print(sum(f.built for f in build_all(sys.argv[1])))
 """
 

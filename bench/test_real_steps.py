@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from checks.context import RecipeState
-from checks.engine import run_check
-from checks.gpus import GpuCatalog
-from checks.options import Options
+from recipe_checks.context import RecipeState
+from recipe_checks.engine import run_check
+from recipe_checks.gpus import GpuCatalog
+from recipe_checks.options import Options
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPES = sorted((REPO / "recipes").glob("*.yaml"))

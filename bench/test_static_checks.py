@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from checks.engine import check_recipe
-from checks.gpus import GpuCatalog
-from checks.models import skeleton
-from checks.options import Options
+from recipe_checks.engine import check_recipe
+from recipe_checks.gpus import GpuCatalog
+from recipe_checks.models import skeleton
+from recipe_checks.options import Options
 
 MODELS = [
     ("meta-llama/Llama-3.1-8B", "[q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj]"),

@@ -11,9 +11,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from checks.findings import Finding, Location, Severity
-from checks.render import github_annotation
-from checks.rules import CHECKS, IGNORES_CHECK
+from recipe_checks.findings import Finding, Location, Severity
+from recipe_checks.render import github_annotation
+from recipe_checks.rules import CHECKS, IGNORES_CHECK
 
 # GitHub shows at most 10 warning, 10 error and 10 notice annotations per step, and 50 per job (all
 # steps together); the others are dropped without a word (actions/toolkit, docs/problem-matchers.md,

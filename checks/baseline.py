@@ -15,7 +15,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from checks.changed import ChangedSinceError, git, repository_of, verify_commit
+from recipe_checks.changed import ChangedSinceError, git, repository_of, verify_commit
 
 
 class BaselineError(Exception):
@@ -128,11 +128,11 @@ def _at_ref(state, gpu, ref: str) -> Figures | str:
 
 
 def _trace_at_ref(state, gpu, ref: str) -> Figures | str:
-    from checks.context import RecipeState
-    from checks.memory.errors import TraceError
-    from checks.memory.estimate import estimate
-    from checks.recipe.load import RecipeLoadError, load_text
-    from checks.throughput import recipe_ceiling
+    from recipe_checks.context import RecipeState
+    from recipe_checks.memory.errors import TraceError
+    from recipe_checks.memory.estimate import estimate
+    from recipe_checks.recipe.load import RecipeLoadError, load_text
+    from recipe_checks.throughput import recipe_ceiling
 
     path = state.fs_path.resolve()
     try:

@@ -30,7 +30,7 @@ class Changes:
 
     def selects(self, path: Path, inputs: Iterable[Path] = ()) -> bool:
         """Whether the recipe at `path` is checked in this run: it changed, or a file it reads did (`inputs`:
-        checks.recipe.inputs, the files and folders it reads), or every recipe is checked."""
+        recipe_checks.recipe.inputs, the files and folders it reads), or every recipe is checked."""
         return self.everything is not None or self.changed_input(path, inputs) is not None
 
     def changed_input(self, path: Path, inputs: Iterable[Path] = ()) -> Path | None:

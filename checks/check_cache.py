@@ -14,8 +14,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from checks import result_cache
-from checks.findings import Finding, Location, Severity
+from recipe_checks import result_cache
+from recipe_checks.findings import Finding, Location, Severity
 
 KIND = "check"
 _PARTS_MEMO = "check-cache-parts"
@@ -36,7 +36,7 @@ def _model_reference(data: dict) -> dict | None:
 
 
 def _model_part(state) -> Any:
-    from checks.models.resolve import ModelResolutionError, resolve_model_config
+    from recipe_checks.models.resolve import ModelResolutionError, resolve_model_config
 
     reference = _model_reference(state.loaded.data)
     if reference is None:
@@ -104,7 +104,7 @@ def encode(result) -> dict | None:
 
 
 def decoder(check: str, gpu: str | None):
-    from checks.engine import CheckResult
+    from recipe_checks.engine import CheckResult
 
     def decode(data: Any):
         try:

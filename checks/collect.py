@@ -12,14 +12,14 @@ from typing import Any
 
 import pytest
 
-from checks.compat import skip_at_item
-from checks.context import RecipeState
-from checks.engine import gpus_for, has_ignores, run_check, unused_ignores
-from checks.findings import Finding
-from checks.gpus import GIB, GpuCatalog
-from checks.options import Options
-from checks.render import render_finding
-from checks.rules import CHECKS, CUDA_CHECKS, GPU_CHECKS, IGNORES_CHECK, SLOW_CHECKS
+from recipe_checks.compat import skip_at_item
+from recipe_checks.context import RecipeState
+from recipe_checks.engine import gpus_for, has_ignores, run_check, unused_ignores
+from recipe_checks.findings import Finding
+from recipe_checks.gpus import GIB, GpuCatalog
+from recipe_checks.options import Options
+from recipe_checks.render import render_finding
+from recipe_checks.rules import CHECKS, CUDA_CHECKS, GPU_CHECKS, IGNORES_CHECK, SLOW_CHECKS
 
 
 class RecipeWarning(UserWarning):
@@ -39,7 +39,7 @@ class RecipeSession:
     # node ids deselected as off target (kept for pytest-xdist's controller, which collects nothing)
     deselected: list[str] = field(default_factory=list)
     from_worker: bool = False  # the xdist controller took a worker's list already
-    changes: Any = None  # checks.changed.Changes under --recipes-changed-since
+    changes: Any = None  # recipe_checks.changed.Changes under --recipes-changed-since
     unchanged: list[str] = field(default_factory=list)  # recipes deselected as unchanged since the REF
 
 
@@ -145,7 +145,7 @@ class RecipeItem(pytest.Item):
 
 def skip_unless_cuda(min_memory_gib: float | None = None) -> None:
     """Skip, saying what is needed, unless a CUDA GPU (with enough memory) is present."""
-    from checks.compat import installed_version
+    from recipe_checks.compat import installed_version
 
     version = installed_version("torch") or "(not installed)"
     needs = (f"needs a CUDA GPU: torch.cuda.is_available() is False here (torch {version}); run it on a machine "

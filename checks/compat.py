@@ -16,7 +16,7 @@ import importlib.metadata
 import re
 from typing import Any
 
-from checks.memory.errors import TraceError
+from recipe_checks.memory.errors import TraceError
 
 # distribution -> (oldest, newest) tested release; the newest is a release series (5.24 is any 5.24.x).
 # pyproject.toml declares the same range and ci/constraints.txt pins the newest.

@@ -10,17 +10,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from checks.findings import Finding, Location
-from checks.formats import read_as_native
-from checks.gpus import GpuCatalog, GpuFamily, GpuProfile, UnknownGpuError
-from checks.limits import MAX_ERROR_CHARS, shorten
-from checks.models.resolve import ModelResolutionError, ResolvedModel, resolve_model_config
-from checks.models.skeleton import ModelBuildError, build_meta_model
-from checks.options import Options
-from checks.recipe.distributed_files import attach as attach_distributed_files
-from checks.recipe.load import LoadedRecipe, RecipeLoadError, load_recipe_file, read_recipe_text
-from checks.recipe.schema import Recipe
-from checks.recipe.validate import InvalidValue, Validation, validate
+from recipe_checks.findings import Finding, Location
+from recipe_checks.formats import read_as_native
+from recipe_checks.gpus import GpuCatalog, GpuFamily, GpuProfile, UnknownGpuError
+from recipe_checks.limits import MAX_ERROR_CHARS, shorten
+from recipe_checks.models.resolve import ModelResolutionError, ResolvedModel, resolve_model_config
+from recipe_checks.models.skeleton import ModelBuildError, build_meta_model
+from recipe_checks.options import Options
+from recipe_checks.recipe.distributed_files import attach as attach_distributed_files
+from recipe_checks.recipe.load import LoadedRecipe, RecipeLoadError, load_recipe_file, read_recipe_text
+from recipe_checks.recipe.schema import Recipe
+from recipe_checks.recipe.validate import InvalidValue, Validation, validate
 
 _UNSET: Any = object()
 
@@ -46,7 +46,7 @@ class RecipeState:
         state = cls(path=display_path, fs_path=fs_path, options=options, catalog=catalog)
         try:
             state.loaded = load_recipe_file(fs_path, display_path)
-            # another tool's config becomes the native recipe it means (checks.formats), or RC112 says why not
+            # another tool's config becomes the native recipe it means (recipe_checks.formats), or RC112 says why not
             state.loaded, state.load_error = read_as_native(state.loaded, options.format)
             if state.loaded is not None:  # the DeepSpeed / accelerate files a distributed section names
                 state.loaded = attach_distributed_files(state.loaded, fs_path.parent)

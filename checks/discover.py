@@ -6,8 +6,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from checks.limits import MAX_RECIPE_BYTES
-from checks.recipe.load import RecipeLoadError, looks_like_recipe, read_recipe_text
+from recipe_checks.limits import MAX_RECIPE_BYTES
+from recipe_checks.recipe.load import RecipeLoadError, looks_like_recipe, read_recipe_text
 
 SUFFIXES = (".yaml", ".yml")
 

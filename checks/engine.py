@@ -9,14 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from checks import check_cache, result_cache
-from checks.context import RecipeContext, RecipeState
-from checks.compat import CompatError
-from checks.findings import Finding, Location, Severity
-from checks.gpus import GpuCatalog, GpuFamily, NeedsExactCard, UnknownGpuError
-from checks.options import Options
-from checks.rules import CHECKS, CUDA_CHECKS, GPU_CHECKS, IGNORES_CHECK, PREREQUISITES, RUN_CHECKS, TRACED_CHECKS, rules_for
-from checks.rules.base import CannotJudge, NotRun, Rule
+from recipe_checks import check_cache, result_cache
+from recipe_checks.context import RecipeContext, RecipeState
+from recipe_checks.compat import CompatError
+from recipe_checks.findings import Finding, Location, Severity
+from recipe_checks.gpus import GpuCatalog, GpuFamily, NeedsExactCard, UnknownGpuError
+from recipe_checks.options import Options
+from recipe_checks.rules import CHECKS, CUDA_CHECKS, GPU_CHECKS, IGNORES_CHECK, PREREQUISITES, RUN_CHECKS, TRACED_CHECKS, rules_for
+from recipe_checks.rules.base import CannotJudge, NotRun, Rule
 
 
 @dataclass
@@ -180,7 +180,7 @@ def unused_ignores(state: RecipeState) -> CheckResult:
     Never runs a check itself: an ignore of a rule whose check did not run (deselected, skipped, or
     run in another process) is not judged.
     """
-    from checks.rules.rc109_unused_ignore import UnusedIgnore, unused_ignore_findings
+    from recipe_checks.rules.rc109_unused_ignore import UnusedIgnore, unused_ignore_findings
 
     judged = {rule_id for r in state.results.values() if r.error is None for rule_id in r.judged}
     used = {f.rule_id for r in state.results.values() for f in r.suppressed}

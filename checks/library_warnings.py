@@ -51,7 +51,7 @@ class SilentlyIncorrect(Exception):
         super().__init__("; ".join(messages))
 
     def finding_message(self, what: str) -> str:
-        from checks.limits import shorten
+        from recipe_checks.limits import shorten
 
         return f"{what} cannot be judged: a library warned that its result may be silently incorrect: {shorten(str(self), 300)}"
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from checks.result_cache import cache_directory
+from recipe_checks.result_cache import cache_directory
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,7 @@ class Options:
     gpu_profiles: tuple[str, ...] = ()  # extra profile files
     fixture_cache: str | None = None  # huggingface_hub cache of the tiny-random models (None: its default)
     train_steps: int = 30  # optimizer steps of cpu-train and gpu-train
-    format: str = "auto"  # --recipes-format: how files are read (auto: recognised by their keys; checks.formats)
+    format: str = "auto"  # --recipes-format: how files are read (auto: recognised by their keys; recipe_checks.formats)
     baseline: str | None = None  # --recipes-baseline: a git REF or an `estimate --json` file
     baseline_threshold: float = 0.05  # a traced peak rising by more than this fraction fails
     # the result cache's directory (checks/result_cache.py); None: no cache. Default: the environment's

@@ -10,7 +10,7 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
-from checks.gpus import GIB
+from recipe_checks.gpus import GIB
 
 EXTRA_HINT = "pip install 'recipe-checks[plot]'"
 
@@ -48,11 +48,11 @@ def _fix_label(fix) -> str:
 
 
 def plot_estimate(path: str | Path, result, *, recipe, recipe_name: str, gpu, catalog) -> None:
-    """Write the figure of one Estimate (checks.memory.estimate) of `recipe` to `path` as a PNG."""
+    """Write the figure of one Estimate (recipe_checks.memory.estimate) of `recipe` to `path` as a PNG."""
     require_matplotlib()
     from matplotlib.figure import Figure
 
-    from checks.memory.estimate import budget_for
+    from recipe_checks.memory.estimate import budget_for
 
     peak = result.peak_bytes / GIB
     budget = result.budget_bytes / GIB

@@ -1,6 +1,6 @@
 """The pytest plugin (entry point `pytest11: recipe_checks`): hooks only.
 
-Collection nodes live in checks.collect, the checks in checks.rules, options in checks.options.
+Collection nodes live in recipe_checks.collect, the checks in recipe_checks.rules, options in recipe_checks.options.
 """
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from checks import annotate
-from checks.collect import SESSION_KEY, RecipeFile, RecipeItem, RecipeSession, RecipeVersionWarning
-from checks.gpus import GpuCatalog, GpuProfileError, UnknownGpuError
-from checks.options import (GPU_HELP, Options, add_cache_options, add_ci_options, add_options, parse_ignore_lines,
+from recipe_checks import annotate
+from recipe_checks.collect import SESSION_KEY, RecipeFile, RecipeItem, RecipeSession, RecipeVersionWarning
+from recipe_checks.gpus import GpuCatalog, GpuProfileError, UnknownGpuError
+from recipe_checks.options import (GPU_HELP, Options, add_cache_options, add_ci_options, add_options, parse_ignore_lines,
                             split_names)
-from checks.discover import is_recipe_file
-from checks.result_cache import RunTally, cache_directory
+from recipe_checks.discover import is_recipe_file
+from recipe_checks.result_cache import RunTally, cache_directory
 
 
 _GROUP = "recipe-checks"
@@ -67,7 +67,7 @@ def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Pa
     """After the host's initial conftest.py files and plugins have added their options: --gpu as another name of
     --recipes-gpu, unless one of them has a --gpu (argparse refuses an option string twice)."""
     result = yield
-    from checks.compat import CompatError, pytest_option_names
+    from recipe_checks.compat import CompatError, pytest_option_names
 
     try:
         taken = pytest_option_names(parser)
@@ -137,7 +137,7 @@ def pytest_configure(config: pytest.Config) -> None:
         config.stash[_RUN_KEY] = annotate.RunRecord()  # fed by its pytest_runtest_logreport, as junitxml's LogXML is
         config.pluginmanager.register(config.stash[_RUN_KEY], "recipe_checks_annotate")
     if _asks_for_recipes(config):
-        from checks.compat import bitsandbytes_without_hub_kernel
+        from recipe_checks.compat import bitsandbytes_without_hub_kernel
 
         bitsandbytes_without_hub_kernel()
     if hasattr(config, "workerinput"):  # a pytest-xdist worker: its controller prints the summary
@@ -149,7 +149,7 @@ def _changes(config: pytest.Config, profiles: tuple[str, ...]):
     ref = config.getoption("recipes_changed_since")
     if not ref:
         return None
-    from checks.changed import ChangedSinceError, changes_since
+    from recipe_checks.changed import ChangedSinceError, changes_since
 
     here = config.invocation_params.dir
     deciding = [here / p for p in profiles] + ([config.inipath] if config.inipath else [])
@@ -169,7 +169,7 @@ def _anchor(config: pytest.Config) -> Path:
 def _check_baseline(config: pytest.Config) -> None:
     spec = config.getoption("recipes_baseline")
     if spec:
-        from checks.baseline import BaselineError, check_baseline
+        from recipe_checks.baseline import BaselineError, check_baseline
 
         try:
             check_baseline(spec, _anchor(config))
@@ -252,7 +252,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     versions = ", ".join(
         f"{d} {_version(d)}" for d in ("torch", "transformers", "peft", "bitsandbytes")
     )
-    from checks.compat import version_warnings
+    from recipe_checks.compat import version_warnings
 
     cache_dir = session.options.cache_dir
     return [
@@ -306,7 +306,7 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector):
 
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
     if any(isinstance(item, RecipeItem) for item in items):
-        from checks.compat import version_warnings
+        from recipe_checks.compat import version_warnings
 
         for warning in version_warnings():  # in the warnings summary too, where CI logs are read
             warnings.warn(RecipeVersionWarning(warning), stacklevel=1)
@@ -319,7 +319,7 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
             recipe_session.deselected = [item.nodeid for item in off_target]
     changes = recipe_session.changes if recipe_session is not None else None
     if changes is not None:
-        from checks.recipe.inputs import recipe_inputs
+        from recipe_checks.recipe.inputs import recipe_inputs
 
         reads: dict[int, tuple[Path, ...]] = {}  # a recipe file's inputs, once for all its items
 
@@ -415,14 +415,14 @@ def _report_cache(terminalreporter, cache: RunTally) -> None:
 
 def _report_changes(terminalreporter, session: RecipeSession) -> None:
     changes = session.changes
-    from checks.render import changed_line
+    from recipe_checks.render import changed_line
 
     terminalreporter.write_sep("-", "recipe-checks: changed-only run")
     terminalreporter.write_line(changed_line(changes.ref, changes.everything, len(session.unchanged)))
 
 
 def _report_other_gpus(terminalreporter, session: RecipeSession) -> None:
-    from checks.render import other_gpus_lines
+    from recipe_checks.render import other_gpus_lines
 
     terminalreporter.write_sep("-", "recipe-checks: recipes for other GPUs")
     for line in other_gpus_lines(sorted(session.not_for_this_gpu.items()), session.options.gpus):

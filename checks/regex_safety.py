@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from checks.limits import MAX_NESTED_REPEAT_PRODUCT, MAX_PATTERN_CHARS, MAX_UNBOUNDED_REPEATS, shorten
+from recipe_checks.limits import MAX_NESTED_REPEAT_PRODUCT, MAX_PATTERN_CHARS, MAX_UNBOUNDED_REPEATS, shorten
 
 # The one touch of a private stdlib API: the regex parser's tree (re._parser since Python 3.11,
 # sre_parse before, which 3.11+ deprecates). Ops are compared by name, which both versions share.

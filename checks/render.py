@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import textwrap
 
-from checks.findings import Finding, Severity
+from recipe_checks.findings import Finding, Severity
 
 
 def _snippet(source_line: str, finding: Finding) -> list[str]:

@@ -242,7 +242,7 @@ class ResultCache:
 
     def get(self, kind: str, key: str, decode: Callable[[Any], Any]) -> Any:
         """The decoded value of the entry, or MISS: absent, unreadable, or not exactly what `kind` writes."""
-        from checks.limits import read_bounded
+        from recipe_checks.limits import read_bounded
 
         path = self.path(kind, key)
         try:

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import yaml
 
-from checks.models.blocks import decoder_blocks
+from recipe_checks.models.blocks import decoder_blocks
 
 _BLOCK_INDEX = re.compile(r"^(?P<prefix>.*?)\.(?P<idx>\d+)(?:\.|$)")
 
@@ -76,7 +76,7 @@ def block_index(name: str, block_list: str | None) -> int | None:
 
 
 def find_block_list(model: Any) -> tuple[str | None, int]:
-    """The name and length of the ModuleList holding the repeated blocks (checks.models.blocks)."""
+    """The name and length of the ModuleList holding the repeated blocks (recipe_checks.models.blocks)."""
     found = decoder_blocks(model, strict=False)
     return (found[0], len(found[1])) if found is not None else (None, 0)
 
@@ -90,7 +90,7 @@ def _ask_peft(lora_config, module, name: str, rank: int, alpha: float) -> tuple[
     many adapter parameters it adds, and the message of any other error peft raises for this config."""
     import torch
 
-    from checks.compat import CompatError, lora_create_new_module
+    from recipe_checks.compat import CompatError, lora_create_new_module
 
     # the arguments peft's LoraModel._create_and_replace passes; the rest is read from the config
     kwargs = dict(r=rank, lora_alpha=alpha, target_name=name, loaded_in_8bit=False, loaded_in_4bit=False,
@@ -120,7 +120,7 @@ def _matches(lora_config, key: str) -> bool:
 
 def analyse_targets(lora_config, model: Any, fresh_model: Callable[[], Any] | None = None) -> TargetAnalysis:
     """`fresh_model` builds an unshared meta copy that peft may inject into (for target_parameters)."""
-    from checks.compat import include_all_linear_layers
+    from recipe_checks.compat import include_all_linear_layers
     from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 
     model_type = getattr(model.config, "model_type", "")
@@ -292,9 +292,9 @@ def analysis_for(ctx) -> TargetAnalysis | Exception | None:
     """The recipe's analysis, computed once per recipe; None when the recipe has no lora section."""
     import warnings
 
-    from checks.recipe.library import lora_config
-    from checks.recipe.validate import library_kwargs
-    from checks.regex_safety import unsafe_pattern_error
+    from recipe_checks.recipe.library import lora_config
+    from recipe_checks.recipe.validate import library_kwargs
+    from recipe_checks.regex_safety import unsafe_pattern_error
 
     memo = ctx.state.memo
     if "targets" not in memo:
@@ -327,6 +327,6 @@ def rank_and_alpha_for(config, name: str) -> tuple[int, float]:
 
 def peft_pattern_key(patterns, name: str) -> str:
     """The rank_pattern/alpha_pattern key peft picks for `name` (a key must match a whole dotted suffix)."""
-    from checks.compat import pattern_key
+    from recipe_checks.compat import pattern_key
 
     return pattern_key(list(patterns), name)

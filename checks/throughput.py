@@ -56,12 +56,12 @@ def attention_flops_per_token(config, seq_len: int) -> float:
 
 def recipe_ceiling(recipe, model, gpu) -> Throughput:
     """The ceiling for a recipe's own settings: its sequence length, method, checkpointing, precision."""
-    from checks.recipe.schema import Method
+    from recipe_checks.recipe.schema import Method
 
     if getattr(recipe, "diffusion", None) is not None:  # a diffusion transformer: no tokens/s ceiling is modelled
         return Throughput(0.0, matmul_params(model), None, None)
     if getattr(recipe, "dpo", None) is not None:  # a DPO step: its sequence length, and the reference's forward
-        from checks.memory.preference import dpo_ceiling
+        from recipe_checks.memory.preference import dpo_ceiling
 
         return dpo_ceiling(recipe, model, gpu)
     return ceiling(model, recipe.training.max_seq_length, trains_weights=recipe.method is Method.FULL,

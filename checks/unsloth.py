@@ -212,9 +212,9 @@ def memory_notes(recipe, config: dict, weights_dtype: str) -> list[str]:
 
 
 def ceiling_for(recipe, model, gpu, *, checkpointing: bool):
-    """The FLOPs ceiling (checks.throughput) for the recipe's own settings, with this checkpointing."""
-    from checks.recipe.schema import Method
-    from checks.throughput import ceiling
+    """The FLOPs ceiling (recipe_checks.throughput) for the recipe's own settings, with this checkpointing."""
+    from recipe_checks.recipe.schema import Method
+    from recipe_checks.throughput import ceiling
 
     return ceiling(model, recipe.training.max_seq_length, trains_weights=recipe.method is Method.FULL,
                    checkpointing=checkpointing, gpu=gpu, precision=recipe.training_dtype)

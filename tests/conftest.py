@@ -30,11 +30,11 @@ from pathlib import Path
 
 import pytest
 
-import checks.cli  # noqa: E402,F401
-import checks.collect  # noqa: E402,F401
-import checks.engine  # noqa: E402,F401
-import checks.plugin  # noqa: E402,F401
-from checks.rules import all_rules  # noqa: E402
+import recipe_checks.cli  # noqa: E402,F401
+import recipe_checks.collect  # noqa: E402,F401
+import recipe_checks.engine  # noqa: E402,F401
+import recipe_checks.plugin  # noqa: E402,F401
+from recipe_checks.rules import all_rules  # noqa: E402
 
 all_rules()
 

@@ -16,7 +16,7 @@ def main(cases: str, rank: int, world_size: int, store_path: str, out: str) -> N
     import torch
     import torch.distributed as dist
 
-    from checks.memory.step import build_traced_model, run_step
+    from recipe_checks.memory.step import build_traced_model, run_step
     from tests.test_distributed import CASES, resolved
 
     results = {}

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from checks.annotate import RunRecord, annotation_lines, item_payload
-from checks.engine import CheckResult
-from checks.findings import Finding, Location, Severity
+from recipe_checks.annotate import RunRecord, annotation_lines, item_payload
+from recipe_checks.engine import CheckResult
+from recipe_checks.findings import Finding, Location, Severity
 
 SMALL = """\
 model: HuggingFaceTB/SmolLM2-135M
@@ -80,10 +80,10 @@ def test_the_summary_escapes_table_cells_and_lists_the_findings():
 
 def _expected_vram_cell(path: Path) -> str:
     """The peak and budget as RC601 states them for this recipe, traced here (the trace is cached)."""
-    from checks.context import RecipeState
-    from checks.engine import run_check
-    from checks.gpus import GpuCatalog
-    from checks.options import Options
+    from recipe_checks.context import RecipeState
+    from recipe_checks.engine import run_check
+    from recipe_checks.gpus import GpuCatalog
+    from recipe_checks.options import Options
 
     catalog = GpuCatalog.load(())
     state = RecipeState.from_file(path, path.name, Options(), catalog)

@@ -14,7 +14,7 @@ import pytest
 from tests.conftest import TINY_LLAMA
 from tests.conftest import TINY_LLAMA_RECIPE as RECIPE
 
-from checks.baseline import BaselineError, load_file
+from recipe_checks.baseline import BaselineError, load_file
 
 VRAM_ONLY = ("-k", "vram", "-p", "no:cacheprovider")
 
@@ -105,7 +105,7 @@ def test_a_ref_that_does_not_exist_is_a_usage_error(pytester, repo):
 
 
 def _estimate_json(path: str, capsys) -> str:
-    from checks.cli import main
+    from recipe_checks.cli import main
 
     assert main(["estimate", path, "--json", "--no-fixes"]) == 0
     return capsys.readouterr().out
@@ -149,7 +149,7 @@ def test_a_baseline_file_may_be_a_list_or_a_mapping_by_path_and_a_broken_one_is_
 
 
 def test_the_cli_gates_on_a_baseline_ref_and_refuses_a_missing_one(repo, capsys):
-    from checks.cli import EXIT_FINDINGS, EXIT_OK, EXIT_USAGE, main
+    from recipe_checks.cli import EXIT_FINDINGS, EXIT_OK, EXIT_USAGE, main
 
     recipe = str(repo / "r.yaml")
     assert main(["check", recipe, "--recipes-baseline", "HEAD", "--format", "json"]) == EXIT_OK

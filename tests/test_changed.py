@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from checks.changed import ChangedSinceError, changes_since
-from checks.options import add_ci_options
+from recipe_checks.changed import ChangedSinceError, changes_since
+from recipe_checks.options import add_ci_options
 from tests.conftest import GOOD_RECIPE
 
 OTHER_RECIPE = GOOD_RECIPE.replace("r: 16", "r: 8")
@@ -163,7 +163,7 @@ def test_an_unknown_ref_is_a_usage_error_of_pytest(pytester, pytester_repo):
 
 
 def test_the_cli_checks_only_the_changed_recipe_and_says_how_many_it_left_out(repo, capsys):
-    from checks.cli import EXIT_OK, EXIT_USAGE, main
+    from recipe_checks.cli import EXIT_OK, EXIT_USAGE, main
 
     (repo / "recipes" / "b.yaml").write_text(OTHER_RECIPE)
     assert main(["check", str(repo / "recipes"), "--changed-since", "HEAD", "--format", "json"]) == EXIT_OK
@@ -255,7 +255,7 @@ def _touch(repo: Path, name: str, text: str | None) -> None:
 
 @pytest.mark.parametrize("case", READS)
 def test_the_cli_checks_a_recipe_when_only_a_file_it_reads_changed(repo, capsys, case):
-    from checks.cli import main
+    from recipe_checks.cli import main
 
     files, touched, text = READS[case]
     _commit_files(repo, files)

@@ -12,11 +12,11 @@ from pathlib import Path
 
 from tests.conftest import REPO, TINY_LLAMA, TINY_LLAMA_RECIPE
 
-from checks import result_cache
-from checks.context import RecipeState
-from checks.engine import run_check
-from checks.gpus import GpuCatalog
-from checks.options import Options
+from recipe_checks import result_cache
+from recipe_checks.context import RecipeState
+from recipe_checks.engine import run_check
+from recipe_checks.gpus import GpuCatalog
+from recipe_checks.options import Options
 
 # two errors the static checks find: a target that matches nothing, and a bf16 recipe on a T4
 BROKEN = TINY_LLAMA_RECIPE.replace("[q_proj, v_proj]", "[q_proj, query_key_value]").replace("rtx4090", "t4")
@@ -43,9 +43,9 @@ def test_a_stored_check_gives_the_same_findings_and_skips_the_rules(tmp_path, mo
     path, cache = _recipe(tmp_path), tmp_path / "cache"
     cold = {check: _run(path, cache, check) for check in ("target-modules", "precision")}
     assert {f.rule_id for r in cold.values() for f in r.errors} == {"RC201", "RC401"}
-    import checks.engine
+    import recipe_checks.engine
 
-    monkeypatch.setattr(checks.engine, "rules_for", lambda check: 1 / 0)  # a rule that runs is a test failure
+    monkeypatch.setattr(recipe_checks.engine, "rules_for", lambda check: 1 / 0)  # a rule that runs is a test failure
     hits = _stats(cache)[0]
     for check, result in cold.items():
         warm = _run(path, cache, check)
@@ -56,7 +56,7 @@ def test_a_stored_check_gives_the_same_findings_and_skips_the_rules(tmp_path, mo
 
 def test_an_unchanged_recipe_is_checked_without_importing_the_libraries(tmp_path):
     path, cache = _recipe(tmp_path), tmp_path / "cache"
-    script = ("import sys; from checks.cli import main; code = main(['check', sys.argv[1]]); "
+    script = ("import sys; from recipe_checks.cli import main; code = main(['check', sys.argv[1]]); "
               "print(code, 'transformers' in sys.modules, 'torch' in sys.modules)")
     env = {**os.environ, "RECIPE_CHECKS_CACHE_DIR": str(cache), "PYTHONPATH": str(REPO)}
     env.pop("RECIPE_CHECKS_NO_CACHE")
@@ -89,7 +89,7 @@ def test_a_change_to_the_recipe_or_its_model_config_recomputes_the_check(tmp_pat
 
 
 def test_a_recipe_reading_a_distributed_file_or_a_refused_step_is_not_stored(tmp_path, monkeypatch):
-    import checks.run.cpu_step
+    import recipe_checks.run.cpu_step
 
     cache = tmp_path / "cache"
     (tmp_path / "ds.json").write_text(json.dumps({"zero_optimization": {"stage": 2}}), encoding="utf-8")
@@ -97,8 +97,8 @@ def test_a_recipe_reading_a_distributed_file_or_a_refused_step_is_not_stored(tmp
     _run(distributed, cache, "target-modules")
     assert _stats(cache) == (0, 0)
     steps = []
-    real_run = checks.run.cpu_step._run
-    monkeypatch.setattr(checks.run.cpu_step, "_run", lambda state: steps.append(1) or real_run(state))
+    real_run = recipe_checks.run.cpu_step._run
+    monkeypatch.setattr(recipe_checks.run.cpu_step, "_run", lambda state: steps.append(1) or real_run(state))
     refused = _recipe(tmp_path, TINY_LLAMA_RECIPE.replace("learning_rate: 2.0e-4",
                                                           "learning_rate: 2.0e-4\n  adam_beta1: 1.5"))
     for _ in range(2):

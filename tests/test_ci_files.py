@@ -9,7 +9,7 @@ import shlex
 import pytest
 import yaml
 
-from checks.options import add_ci_options, add_options
+from recipe_checks.options import add_ci_options, add_options
 from tests.conftest import REPO
 
 WORKFLOW = REPO / "ci" / "github-actions.yml"
@@ -131,7 +131,7 @@ def test_the_cpu_job_keeps_the_result_cache_keyed_on_the_installed_versions_and_
 
 
 def test_the_gpu_job_runs_the_gpu_checks_on_self_hosted_runners_for_known_gpus():
-    from checks.gpus import GpuCatalog
+    from recipe_checks.gpus import GpuCatalog
 
     job = load(WORKFLOW)["jobs"]["gpu"]
     assert job["runs-on"][:2] == ["self-hosted", "gpu"]
@@ -158,7 +158,7 @@ def test_the_gpu_job_never_runs_code_from_a_fork_on_a_self_hosted_runner():
 
 @pytest.mark.parametrize("path", [HOOKS, PRE_COMMIT_CONFIG], ids=["pre-commit-hooks", "pre-commit-config"])
 def test_the_pre_commit_hooks_have_the_keys_pre_commit_requires_and_run_a_real_command(path):
-    from checks.cli import build_parser
+    from recipe_checks.cli import build_parser
 
     data = load(path)
     hooks = data if path == HOOKS else [h for repo in data["repos"] for h in repo["hooks"]]

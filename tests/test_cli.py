@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from checks.cli import EXIT_FINDINGS, EXIT_OK, EXIT_USAGE, main
-from checks.recipe.jsonschema import recipe_json_schema
+from recipe_checks.cli import EXIT_FINDINGS, EXIT_OK, EXIT_USAGE, main
+from recipe_checks.recipe.jsonschema import recipe_json_schema
 from tests.conftest import GOOD_RECIPE, RECIPES, REPO
 
 
@@ -88,7 +88,7 @@ def test_listing_commands_run(command, capsys):
 
 
 def test_console_script_is_installed():
-    done = subprocess.run([sys.executable, "-m", "checks.cli", "explain", "RC201"], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "recipe_checks.cli", "explain", "RC201"], capture_output=True, text=True)
     assert done.returncode == 0 and "RC201 target-matches-nothing" in done.stdout
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from checks import compat
-from checks.memory.errors import TraceError
+from recipe_checks import compat
+from recipe_checks.memory.errors import TraceError
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -71,7 +71,7 @@ def test_every_symbol_the_engine_uses_exists_in_the_installed_libraries():
     compat.require("transformers.integrations.bitsandbytes.replace_with_bnb_linear")
     compat.require("peft.tuners.lora.model.LoraModel._create_new_module")
     compat.require("peft.tuners.tuners_utils._maybe_include_all_linear_layers")
-    from checks.memory.kernels import check_ops
+    from recipe_checks.memory.kernels import check_ops
 
     check_ops()
     assert compat.tensor_slots(torch.nn.Linear(2, 2))[0].keys() == {"weight", "bias"}

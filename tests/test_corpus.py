@@ -29,7 +29,7 @@ def test_the_corpus_has_at_least_30_broken_recipes():
 
 def _checks(rule_ids: set[str]) -> set[str]:
     """The checks the rules report under (RC712 is a cpu-step rule, RC711 a cpu-train one)."""
-    from checks.rules import rule_by_id
+    from recipe_checks.rules import rule_by_id
 
     return {rule.check for rule in map(rule_by_id, rule_ids) if rule is not None}
 

@@ -19,9 +19,9 @@ import torch
 
 from tests.conftest import RECIPES
 
-from checks.engine import run_check
-from checks.gpus import GpuCatalog
-from checks.options import Options
+from recipe_checks.engine import run_check
+from recipe_checks.gpus import GpuCatalog
+from recipe_checks.options import Options
 
 BRANCHES = ["avx512bf16", "no-avx512bf16"]
 
@@ -96,7 +96,7 @@ def test_the_forced_avx512bf16_branch_is_bitsandbytes_repack_and_cuts_the_gradie
 
 
 def test_keep_4bit_training_layout_keeps_the_gpu_layout_and_the_gradient_on_each_branch(cpu_branch):
-    from checks import compat
+    from recipe_checks import compat
 
     layer = _linear4bit()
     assert compat.keep_4bit_training_layout(torch.nn.Sequential(layer)) == 1
@@ -106,7 +106,7 @@ def test_keep_4bit_training_layout_keeps_the_gpu_layout_and_the_gradient_on_each
 
 
 def test_a_bitsandbytes_without_the_switch_is_a_compat_error(monkeypatch):
-    from checks import compat
+    from recipe_checks import compat
 
     layer = _linear4bit()
     del layer.support_avx512bf16_for_cpu
@@ -116,7 +116,7 @@ def test_a_bitsandbytes_without_the_switch_is_a_compat_error(monkeypatch):
 
 # -- the real steps of a QLoRA recipe on each branch -----------------------------------------------------
 def _state(path: Path):
-    from checks.context import RecipeState
+    from recipe_checks.context import RecipeState
 
     return RecipeState.from_file(path, path.name, Options(), GpuCatalog.load(()))
 
@@ -158,7 +158,7 @@ def test_a_step_torch_warns_may_be_silently_incorrect_fails_rc701_with_that_mess
     warns during the backward, and the step is refused with torch's message instead of judged (RC704)."""
     import bitsandbytes.nn.modules
 
-    from checks import compat
+    from recipe_checks import compat
 
     monkeypatch.setattr(bitsandbytes.nn.modules, "has_avx512bf16", lambda: True)
     monkeypatch.setattr(compat, "keep_4bit_training_layout", lambda model: 0)
@@ -199,7 +199,7 @@ def test_the_main_job_and_check_with_vram_leave_nothing_in_the_temp_dir(tmp_path
     env.pop("RECIPE_CHECKS_NO_CACHE", None)
     recipes = [str(RECIPES / name) for name in LEAVES_NOTHING]
     main_job = [sys.executable, "-m", "pytest", "--gpu=rtx4090", *recipes, "-v", "-p", "no:cacheprovider"]
-    check = [sys.executable, "-m", "checks.cli", "check", "--with-vram", *recipes]
+    check = [sys.executable, "-m", "recipe_checks.cli", "check", "--with-vram", *recipes]
     for command in (check, main_job):
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -213,7 +213,7 @@ _IMPORT_BITSANDBYTES = """\
 import importlib.machinery, sys
 
 if sys.argv[1] == "guarded":
-    from checks.compat import bitsandbytes_without_hub_kernel
+    from recipe_checks.compat import bitsandbytes_without_hub_kernel
 
     bitsandbytes_without_hub_kernel()
 
@@ -285,10 +285,10 @@ from pathlib import Path
 
 import torch
 
-from checks.context import RecipeState
-from checks.engine import run_check
-from checks.gpus import GpuCatalog
-from checks.options import Options
+from recipe_checks.context import RecipeState
+from recipe_checks.engine import run_check
+from recipe_checks.gpus import GpuCatalog
+from recipe_checks.options import Options
 
 with torch.backends.mkldnn.flags(enabled=sys.argv[1] != "no-onednn"):
     for name in sys.argv[2:]:

@@ -10,9 +10,9 @@ import gc
 import pytest
 import torch
 
-from checks.gpus import GIB, MIB, GpuCatalog
-from checks.memory.tracker import allocation_bytes
-from checks.run.device import (
+from recipe_checks.gpus import GIB, MIB, GpuCatalog
+from recipe_checks.memory.tracker import allocation_bytes
+from recipe_checks.run.device import (
     KIB,
     CpuDevice,
     CudaDevice,
@@ -23,7 +23,7 @@ from checks.run.device import (
     memory_fraction,
     native_bf16,
 )
-from checks.run.measure import (
+from recipe_checks.run.measure import (
     MemoryPlan,
     OutOfMemory,
     Skip,

@@ -16,9 +16,9 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from checks.memory.sharding import ShardPlan, fake_process_group
-from checks.memory.step import StepSettings, build_traced_model, run_step, trace_training_step
-from checks.models.resolve import ResolvedModel
+from recipe_checks.memory.sharding import ShardPlan, fake_process_group
+from recipe_checks.memory.step import StepSettings, build_traced_model, run_step, trace_training_step
+from recipe_checks.models.resolve import ResolvedModel
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -178,7 +178,7 @@ def test_ddp_is_the_one_gpu_step_plus_a_second_copy_of_the_gradients_in_its_buck
 
 
 def _adapter_bytes(config) -> int:
-    from checks.memory.tracker import allocation_bytes
+    from recipe_checks.memory.tracker import allocation_bytes
 
     built = build_traced_model(config, step_settings(None, lora=LORA))
     return allocation_bytes(sum(p.numel() * p.element_size() for p in built.model.parameters() if p.requires_grad))
@@ -204,7 +204,7 @@ def test_offload_moves_the_sharded_states_to_host_memory():
 def test_the_trace_leaves_no_process_group_behind_and_refuses_to_replace_one():
     import torch.distributed as dist
 
-    from checks.memory.errors import TraceError
+    from recipe_checks.memory.errors import TraceError
 
     trace_training_step(resolved(TINY_LLAMA), step_settings(ShardPlan("fsdp", 2), lora=LORA, seq_len=32))
     assert not dist.is_initialized()
@@ -233,7 +233,7 @@ def _recipe_file(tmp_path: Path, budget: str) -> Path:
 
 
 def test_estimate_json_gives_the_world_size_and_rank_zeros_peak_and_what_of_it_is_sharded(tmp_path, capsys):
-    from checks.cli import main
+    from recipe_checks.cli import main
 
     assert main(["estimate", str(_recipe_file(tmp_path, "1")), "--json", "--no-fixes"]) == 0
     out = json.loads(capsys.readouterr().out)
@@ -246,7 +246,7 @@ def test_estimate_json_gives_the_world_size_and_rank_zeros_peak_and_what_of_it_i
 
 
 def test_more_gpus_is_a_traced_fix_narrowed_to_the_smallest_world_size_that_fits(tmp_path, capsys):
-    from checks.cli import main
+    from recipe_checks.cli import main
 
     def peak(world_size: int, budget: str = "1") -> int:
         path.write_text((DISTRIBUTED_RECIPE % budget).replace("world_size: 4", f"world_size: {world_size}"))
@@ -294,8 +294,8 @@ def test_the_tracker_agrees_with_torchs_fsdp2_memory_tracker_on_a_sharded_step(m
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
-    from checks.memory import tracker as tracker_module
-    from checks.memory.sharding import collectives_untracked
+    from recipe_checks.memory import tracker as tracker_module
+    from recipe_checks.memory.sharding import collectives_untracked
 
     monkeypatch.setattr(tracker_module, "allocation_bytes", lambda nbytes: nbytes)
 
@@ -367,7 +367,7 @@ def test_the_tracker_agrees_with_torchs_fsdp2_memory_tracker_on_a_sharded_step(m
      {"offload the optimizer states to host memory"}),
 ])
 def test_the_fixes_of_a_distributed_recipe_are_a_stage_offload_and_more_gpus(plan, expected, absent):
-    from checks.memory.estimate import candidate_fixes
+    from recipe_checks.memory.estimate import candidate_fixes
 
     names = {name for name, _, _ in candidate_fixes(step_settings(plan), "llama")}
     assert expected <= names
@@ -375,8 +375,8 @@ def test_the_fixes_of_a_distributed_recipe_are_a_stage_offload_and_more_gpus(pla
 
 
 def test_gpu_step_of_a_sharded_recipe_skips_saying_it_needs_all_its_gpus():
-    from checks.recipe.schema import Recipe
-    from checks.run.gpu import _start
+    from recipe_checks.recipe.schema import Recipe
+    from recipe_checks.run.gpu import _start
 
     recipe = Recipe.model_validate({"model": "meta-llama/Llama-3.1-70B", "training": {"bf16": True},
                                     "distributed": {"strategy": "fsdp", "world_size": 8}})

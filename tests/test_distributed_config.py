@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from checks.engine import check_recipe
-from checks.formats import GPUS_NOT_STATED
-from checks.gpus import GpuCatalog
-from checks.limits import MAX_CONFIG_BYTES
-from checks.options import Options
+from recipe_checks.engine import check_recipe
+from recipe_checks.formats import GPUS_NOT_STATED
+from recipe_checks.gpus import GpuCatalog
+from recipe_checks.limits import MAX_CONFIG_BYTES
+from recipe_checks.options import Options
 
 CATALOG = GpuCatalog.load(())
 SMALL = "HuggingFaceTB/SmolLM2-135M"  # bundled: the model rules build it on the meta device in well under a second

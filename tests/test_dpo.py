@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from checks.engine import run_check
-from checks.gpus import GpuCatalog
-from checks.memory.step import StepSettings, build_step_model, run_step
-from checks.models.resolve import ResolvedModel
-from checks.options import Options
+from recipe_checks.engine import run_check
+from recipe_checks.gpus import GpuCatalog
+from recipe_checks.memory.step import StepSettings, build_step_model, run_step
+from recipe_checks.models.resolve import ResolvedModel
+from recipe_checks.options import Options
 
 TINY_LLAMA = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 128,
               "intermediate_size": 256, "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 2,
@@ -109,7 +109,7 @@ def test_the_full_dpo_trace_of_four_blocks_replays_as_all_blocks():
 
 # -- the dpo section and its static rules ---------------------------------------------------------------
 def _state(path: Path):
-    from checks.context import RecipeState
+    from recipe_checks.context import RecipeState
 
     return RecipeState.from_file(path, path.name, Options(), GpuCatalog.load(()))
 
@@ -136,7 +136,7 @@ def test_a_dpo_key_of_older_trl_is_unknown_with_a_did_you_mean(tmp_path):
 
 
 def test_dpo_takes_dpoconfigs_own_keys_and_training_the_trainingarguments_ones(tmp_path):
-    from checks.recipe.library import section_keys
+    from recipe_checks.recipe.library import section_keys
 
     keys = section_keys("dpo")
     assert {"beta", "loss_type", "max_length", "precompute_ref_log_probs"} <= keys
@@ -159,9 +159,9 @@ def test_training_max_seq_length_in_a_dpo_recipe_is_rc118(tmp_path):
 
 
 def test_the_dpo_settings_follow_dpoconfigs_defaults():
-    from checks.memory.settings import settings_from_recipe
-    from checks.recipe.load import load_text
-    from checks.recipe.validate import validate
+    from recipe_checks.memory.settings import settings_from_recipe
+    from recipe_checks.recipe.load import load_text
+    from recipe_checks.recipe.validate import validate
 
     text = textwrap.dedent("""\
         model: {id: Qwen/Qwen2.5-0.5B, torch_dtype: bfloat16}
@@ -222,7 +222,7 @@ def test_without_trl_the_dpo_checks_skip_naming_the_extra(pytester, monkeypatch)
 
 # -- cpu-step: a real step through DPOTrainer -------------------------------------------------------------
 def test_the_tiny_tokenizer_maps_words_to_ids_and_keeps_eos_a_special_token():
-    from checks.fixtures.tiny import tiny_tokenizer
+    from recipe_checks.fixtures.tiny import tiny_tokenizer
 
     tokenizer = tiny_tokenizer(64, eos_token_id=2, bos_token_id=1)
     assert tokenizer("w5 w7 w9" + tokenizer.eos_token)["input_ids"] == [5, 7, 9, 2]
@@ -231,7 +231,7 @@ def test_the_tiny_tokenizer_maps_words_to_ids_and_keeps_eos_a_special_token():
 
 @pytest.mark.slow
 def test_a_lora_dpo_recipe_passes_cpu_step_through_dpotrainer(tmp_path):
-    from checks.run.cpu_step import cpu_step
+    from recipe_checks.run.cpu_step import cpu_step
 
     state = _state(_recipe(tmp_path, LORA_DPO))
     result = run_check(state, "cpu-step")
@@ -268,7 +268,7 @@ def test_a_setting_dpotrainer_refuses_is_rc701_blaming_the_dpo_key(tmp_path):
 
 @pytest.mark.slow
 def test_a_lora_dpo_recipe_passes_cpu_train_through_dpotrainer_train(tmp_path):
-    from checks.run.cpu_train import cpu_train
+    from recipe_checks.run.cpu_train import cpu_train
 
     state = _state(_recipe(tmp_path, LORA_DPO.replace("learning_rate: 5.0e-6", "learning_rate: 5.0e-5")))
     result = run_check(state, "cpu-train")
@@ -300,11 +300,11 @@ def test_a_loss_type_trl_does_not_know_is_rc701_at_the_step_blaming_dpo_loss_typ
 
 @pytest.mark.slow
 def test_the_estimate_of_the_shipped_dpo_recipe_names_the_reference_pass():
-    from checks.gpus import GIB
-    from checks.memory.estimate import estimate
-    from checks.models.resolve import resolve_model_config
-    from checks.recipe.load import load_text
-    from checks.recipe.validate import validate
+    from recipe_checks.gpus import GIB
+    from recipe_checks.memory.estimate import estimate
+    from recipe_checks.models.resolve import resolve_model_config
+    from recipe_checks.recipe.load import load_text
+    from recipe_checks.recipe.validate import validate
     from tests.conftest import RECIPES
 
     path = RECIPES / "llama3-8b-lora-dpo-rtx4090.yaml"
@@ -322,7 +322,7 @@ def test_the_estimate_of_the_shipped_dpo_recipe_names_the_reference_pass():
 def test_the_throughput_ceiling_of_a_dpo_step_adds_the_reference_forward(tmp_path):
     """Per token (chosen and rejected alike): the policy's forward, backward and recompute, as an SFT step's
     at the same length; plus one forward of the reference. Precomputed log-probs: the SFT step's alone."""
-    from checks.throughput import attention_flops_per_token, recipe_ceiling
+    from recipe_checks.throughput import attention_flops_per_token, recipe_ceiling
 
     gpu = GpuCatalog.load().get("rtx4090")
     sft = _state(_recipe(tmp_path, LORA_DPO.replace("dpo: {beta: 0.1, max_length: 256}", "")
@@ -342,7 +342,7 @@ def test_the_throughput_ceiling_of_a_dpo_step_adds_the_reference_forward(tmp_pat
 def test_estimate_json_gives_the_reference_pass_peak(capsys):
     import json
 
-    from checks.cli import main
+    from recipe_checks.cli import main
     from tests.conftest import RECIPES
 
     assert main(["estimate", str(RECIPES / "llama3-8b-lora-dpo-rtx4090.yaml"), "--gpu", "rtx4090", "--json"]) == 0
@@ -352,9 +352,9 @@ def test_estimate_json_gives_the_reference_pass_peak(capsys):
 
 
 def test_liger_kernel_leaves_the_dpo_step_on_trls_fused_head():
-    from checks.memory.settings import settings_from_recipe
-    from checks.recipe.load import load_text
-    from checks.recipe.validate import validate
+    from recipe_checks.memory.settings import settings_from_recipe
+    from recipe_checks.recipe.load import load_text
+    from recipe_checks.recipe.validate import validate
 
     text = textwrap.dedent("""\
         model: {id: Qwen/Qwen2.5-0.5B, torch_dtype: bfloat16}

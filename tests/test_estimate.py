@@ -11,11 +11,11 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from checks import compat
-from checks.cli import EXIT_FINDINGS, EXIT_OK, EXIT_USAGE, main
-from checks.memory.step import settings_from_recipe
-from checks.recipe.load import load_text
-from checks.recipe.validate import validate
+from recipe_checks import compat
+from recipe_checks.cli import EXIT_FINDINGS, EXIT_OK, EXIT_USAGE, main
+from recipe_checks.memory.step import settings_from_recipe
+from recipe_checks.recipe.load import load_text
+from recipe_checks.recipe.validate import validate
 from tests.conftest import GOOD_RECIPE, RECIPES, REPO
 
 CLAIM_8B = REPO / "docs" / "examples" / "claim-llama3-8b-lora-24gb.yaml"
@@ -82,9 +82,9 @@ PINNED_LIBRARIES = ("torch", "transformers", "peft", "bitsandbytes", "diffusers"
 @pytest.fixture(scope="module")
 def shipped_estimates() -> dict:
     """Each shipped recipe estimated once against each GPU it declares (the trace is shared between GPUs)."""
-    from checks.gpus import GpuCatalog
-    from checks.memory.estimate import estimate
-    from checks.models.resolve import resolve_model_config
+    from recipe_checks.gpus import GpuCatalog
+    from recipe_checks.memory.estimate import estimate
+    from recipe_checks.models.resolve import resolve_model_config
 
     catalog = GpuCatalog.load()
     out = {}
@@ -138,7 +138,7 @@ def _fake_trace(calls: list):
     """A stand-in for trace_training_step whose peak is a made-up function of the settings (GiB): weights
     10 (3 in 4-bit), activations 2 per sequence (a third with checkpointing) and 1.5 of logits per
     sequence (none with a chunked loss). It records every settings it is asked to trace."""
-    from checks.memory.tracker import MemoryTimeline
+    from recipe_checks.memory.tracker import MemoryTimeline
 
     def trace(resolved, settings, task="CAUSAL_LM"):
         calls.append(settings)
@@ -156,7 +156,7 @@ GIB = 1024**3
 
 
 def _base(settings, trace, budget_gib: float):
-    from checks.memory.estimate import Estimate, _total
+    from recipe_checks.memory.estimate import Estimate, _total
 
     traced = trace(None, settings)
     return Estimate(peak_bytes=_total(traced), budget_bytes=int(budget_gib * GIB), budget_source="test",
@@ -164,10 +164,10 @@ def _base(settings, trace, budget_gib: float):
 
 
 def test_when_no_single_fix_fits_the_first_traced_combination_that_fits_is_offered(monkeypatch):
-    from checks.memory import estimate as est
+    from recipe_checks.memory import estimate as est
 
     calls: list = []
-    monkeypatch.setattr("checks.memory.step.trace_training_step", _fake_trace(calls))
+    monkeypatch.setattr("recipe_checks.memory.step.trace_training_step", _fake_trace(calls))
     settings = dataclasses.replace(_settings(GOOD_RECIPE.replace("  load_in_4bit: true\n", "")),
                                    micro_batch=4, gradient_checkpointing=True, quant_4bit=(), optim="adamw_torch")
     resolved = SimpleNamespace(config={"model_type": "llama"})
@@ -189,10 +189,10 @@ def test_when_no_single_fix_fits_the_first_traced_combination_that_fits_is_offer
 
 
 def test_a_combination_applies_a_fix_again_and_gives_up_after_the_rounds(monkeypatch):
-    from checks.memory import estimate as est
+    from recipe_checks.memory import estimate as est
 
     calls: list = []
-    monkeypatch.setattr("checks.memory.step.trace_training_step", _fake_trace(calls))
+    monkeypatch.setattr("recipe_checks.memory.step.trace_training_step", _fake_trace(calls))
     settings = dataclasses.replace(_settings(GOOD_RECIPE), micro_batch=8, gradient_checkpointing=True,
                                    chunked_loss=True, seq_len=128, quant_4bit=(("quant_type", "nf4"),),
                                    optim="paged_adamw_8bit")
@@ -206,10 +206,10 @@ def test_a_combination_applies_a_fix_again_and_gives_up_after_the_rounds(monkeyp
 
 
 def test_weights_alone_over_the_budget_name_the_smallest_gpu_that_fits_the_recipe_as_it_is(monkeypatch):
-    from checks.gpus import GpuCatalog
-    from checks.memory import estimate as est
+    from recipe_checks.gpus import GpuCatalog
+    from recipe_checks.memory import estimate as est
 
-    monkeypatch.setattr("checks.memory.step.trace_training_step", _fake_trace([]))
+    monkeypatch.setattr("recipe_checks.memory.step.trace_training_step", _fake_trace([]))
     recipe = validate(load_text(GOOD_RECIPE.replace("  load_in_4bit: true\n", "").replace(
         "  per_device_train_batch_size: 1", "  per_device_train_batch_size: 2"), "r.yaml")).recipe
     resolved = SimpleNamespace(config={"model_type": "llama"}, name="m")
@@ -252,8 +252,8 @@ ADAPTER_CLAIM = re.compile(r"#.*?(\d+(?:\.\d+)?)M adapter parameters")
 
 @pytest.mark.slow
 def test_the_adapter_parameters_a_recipe_comment_quotes_are_the_traced_ones():
-    from checks.memory.step import trace_training_step
-    from checks.models.resolve import resolve_model_config
+    from recipe_checks.memory.step import trace_training_step
+    from recipe_checks.models.resolve import resolve_model_config
 
     claims = {p: ADAPTER_CLAIM.search(p.read_text(encoding="utf-8")) for p in sorted(RECIPES.glob("*.yaml"))}
     claims = {p: float(m.group(1)) for p, m in claims.items() if m}
@@ -266,12 +266,12 @@ def test_the_adapter_parameters_a_recipe_comment_quotes_are_the_traced_ones():
 
 
 def test_the_vram_check_shows_the_weights_message_and_the_combination(write, monkeypatch):
-    from checks.engine import run_check
-    from checks.context import RecipeState
-    from checks.gpus import GpuCatalog
-    from checks.options import Options
+    from recipe_checks.engine import run_check
+    from recipe_checks.context import RecipeState
+    from recipe_checks.gpus import GpuCatalog
+    from recipe_checks.options import Options
 
-    monkeypatch.setattr("checks.memory.step.trace_training_step", _fake_trace([]))
+    monkeypatch.setattr("recipe_checks.memory.step.trace_training_step", _fake_trace([]))
     path = write("r.yaml", GOOD_RECIPE.replace("  load_in_4bit: true\n", "").replace(
         "  per_device_train_batch_size: 1", "  per_device_train_batch_size: 4").replace("rtx4090", "rtx4060"))
     state = RecipeState.from_file(path, str(path), Options(), GpuCatalog.load())

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from checks.cli import EXIT_OK, EXIT_USAGE, main
-from checks.fixtures import cache as fixture_cache
-from checks.fixtures.cache import (
+from recipe_checks.cli import EXIT_OK, EXIT_USAGE, main
+from recipe_checks.fixtures import cache as fixture_cache
+from recipe_checks.fixtures.cache import (
     FIXTURE_NAMESPACE,
     bundled_models,
     cached_fixtures,
@@ -28,10 +28,10 @@ from checks.fixtures.cache import (
     fixture_repo_id,
     module_layout,
 )
-from checks.fixtures.pytest_fixtures import tiny_random_model  # noqa: F401  (until the plugin registers it)
-from checks.fixtures.tiny import TINY_VOCAB, FixtureError, full_config_object, tiny_config
-from checks.models.resolve import ResolvedModel, bundled_ids
-from checks.models.skeleton import build_meta_model
+from recipe_checks.fixtures.pytest_fixtures import tiny_random_model  # noqa: F401  (until the plugin registers it)
+from recipe_checks.fixtures.tiny import TINY_VOCAB, FixtureError, full_config_object, tiny_config
+from recipe_checks.models.resolve import ResolvedModel, bundled_ids
+from recipe_checks.models.skeleton import build_meta_model
 from tests.conftest import RECIPES, REPO
 
 SMALL = "HuggingFaceTB/SmolLM2-135M"  # the cheapest full model to build on the meta device
@@ -313,7 +313,7 @@ def test_the_fixture_loads_through_from_pretrained_from_the_cache_only(tmp_path,
 _OFFLINE_CHILD = """
 import json, sys
 from transformers import AutoModelForCausalLM
-from checks.fixtures.cache import bundled_models, ensure_fixture
+from recipe_checks.fixtures.cache import bundled_models, ensure_fixture
 model = [m for m in bundled_models() if m.name == sys.argv[1]][0]
 fixture = ensure_fixture(model)  # no cache_dir: huggingface_hub's own, from HF_HUB_CACHE
 loaded = AutoModelForCausalLM.from_pretrained(fixture.repo_id)  # offline: found in the cache or fails
@@ -402,7 +402,7 @@ def test_concurrent_builds_of_one_fixture_build_it_once(tmp_path):
 
 @pytest.mark.slow
 def test_two_processes_building_one_fixture_at_once_leave_it_intact(tmp_path):
-    command = [sys.executable, "-m", "checks.cli", "fixtures", "build", "--cache-dir", str(tmp_path), SMALL]
+    command = [sys.executable, "-m", "recipe_checks.cli", "fixtures", "build", "--cache-dir", str(tmp_path), SMALL]
     children = [subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                 for _ in range(2)]
     outputs = [child.communicate(timeout=300) for child in children]
@@ -443,8 +443,8 @@ def test_build_all_builds_every_bundled_model_once_and_then_finds_them(tmp_path)
 # -- the pytest fixture ----------------------------------------------------------------------------------
 # Loaded through its pytest11 entry point once installed; named with -p until then (naming it both ways
 # would register one module twice).
-_FIXTURES_PLUGIN = () if any(ep.value == "checks.fixtures.pytest_fixtures" for ep in
-                             importlib.metadata.entry_points(group="pytest11")) else ("-p", "checks.fixtures.pytest_fixtures")
+_FIXTURES_PLUGIN = () if any(ep.value == "recipe_checks.fixtures.pytest_fixtures" for ep in
+                             importlib.metadata.entry_points(group="pytest11")) else ("-p", "recipe_checks.fixtures.pytest_fixtures")
 
 
 def test_the_tiny_random_model_fixture_builds_into_the_configured_cache(pytester, tiny_fixture_cache, monkeypatch):
@@ -520,11 +520,11 @@ def test_cli_fixtures_list_of_an_empty_cache_says_so(tmp_path, capsys):
 
 
 def test_the_cli_and_the_fixture_plugin_import_no_heavy_library():
-    code = ("import sys, checks.cli, checks.fixtures.pytest_fixtures; "
+    code = ("import sys, recipe_checks.cli, recipe_checks.fixtures.pytest_fixtures; "
             "print(sorted(m for m in ('torch', 'transformers', 'safetensors') if m in sys.modules))")
     child = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert child.stdout.strip() == "[]", child.stderr
-    help_text = subprocess.run([sys.executable, "-m", "checks.cli", "fixtures", "build", "--help"], cwd=REPO,
+    help_text = subprocess.run([sys.executable, "-m", "recipe_checks.cli", "fixtures", "build", "--help"], cwd=REPO,
                                capture_output=True, text=True, timeout=120)
     assert help_text.returncode == 0 and "--cache-dir" in help_text.stdout
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from checks.memory.step import StepSettings, build_step_model, run_step
-from checks.models.resolve import ResolvedModel, resolve_model_config
+from recipe_checks.memory.step import StepSettings, build_step_model, run_step
+from recipe_checks.models.resolve import ResolvedModel, resolve_model_config
 from tests.conftest import RECIPES
 
 # imported before any pytester run, so that the inner runs share these modules (see tests/conftest.py)
@@ -70,8 +70,8 @@ def test_the_first_flux_trace_of_a_process_counts_what_a_later_one_counts():
     import sys
 
     script = (  # not importing this module, which imports diffusers.training_utils
-        "from checks.memory.step import StepSettings, build_step_model, run_step\n"
-        "from checks.models.resolve import ResolvedModel\n"
+        "from recipe_checks.memory.step import StepSettings, build_step_model, run_step\n"
+        "from recipe_checks.models.resolve import ResolvedModel\n"
         f"resolved = ResolvedModel(name='tiny-flux', config={TINY_FLUX!r}, source='test')\n"
         f"settings = {flux_settings(gradient_accumulation=1)!r}\n"
         "first, second = (run_step(build_step_model(resolved, settings), settings, keep_curve=True) for _ in '12')\n"
@@ -98,7 +98,7 @@ def test_the_bundled_flux_transformer_has_the_published_parameter_counts():
     add_adapter with the published LoraConfig: the bundled config gives those numbers."""
     from peft import LoraConfig
 
-    from checks.models.skeleton import build_meta_model
+    from recipe_checks.models.skeleton import build_meta_model
 
     resolved = resolve_model_config("black-forest-labs/FLUX.1-dev", component="transformer")
     assert resolved.source.startswith("bundled config of black-forest-labs/FLUX.1-dev")
@@ -158,7 +158,7 @@ def test_a_flux_recipe_without_its_diffusion_section_fails_with_rc115(pytester):
 
 
 def test_without_diffusers_a_flux_recipe_names_the_extra_and_its_model_checks_wait_for_it(pytester, monkeypatch):
-    from checks.models import skeleton
+    from recipe_checks.models import skeleton
 
     skeleton._build_cached.cache_clear()  # a FLUX model built by an earlier test would hide the import
     monkeypatch.setitem(__import__("sys").modules, "diffusers", None)  # `import diffusers` raises ImportError
@@ -176,8 +176,8 @@ def test_without_diffusers_a_flux_recipe_names_the_extra_and_its_model_checks_wa
 
 
 def test_the_tiny_flux_fixture_has_the_full_models_modules_and_loads_from_the_hub_cache(tmp_path):
-    from checks.fixtures.cache import ensure_fixture, module_layout
-    from checks.models.skeleton import build_meta_model
+    from recipe_checks.fixtures.cache import ensure_fixture, module_layout
+    from recipe_checks.models.skeleton import build_meta_model
 
     full = resolve_model_config("black-forest-labs/FLUX.1-dev", component="transformer")
     fixture = ensure_fixture(full, cache_dir=tmp_path, task_type="DIFFUSION")
@@ -191,7 +191,7 @@ def test_the_tiny_flux_fixture_has_the_full_models_modules_and_loads_from_the_hu
 def test_the_fixes_offered_for_a_flux_step_are_those_that_act_on_it():
     """Checkpointing, a smaller micro-batch, QLoRA and an 8-bit optimizer change a FLUX step; a shorter
     max_seq_length (the diffusion step does not read it) and Liger's chunked loss (no LM head) do not."""
-    from checks.memory.estimate import candidate_fixes
+    from recipe_checks.memory.estimate import candidate_fixes
 
     settings = flux_settings(micro_batch=8, seq_len=2048, optim="adamw_torch")
     names = [name for name, _, _ in candidate_fixes(settings, None)]
@@ -202,10 +202,10 @@ def test_the_fixes_offered_for_a_flux_step_are_those_that_act_on_it():
 @pytest.mark.slow  # 5-20 s: the tiny fixture is built, then stepped for real
 @pytest.mark.parametrize("checkpointing", [True, False])
 def test_the_flux_cpu_step_trains_the_adapters_of_the_tiny_transformer_and_nothing_else(tmp_path, checkpointing):
-    from checks.fixtures.cache import ensure_fixture
-    from checks.recipe.load import load_text
-    from checks.recipe.validate import validate
-    from checks.run.flux_step import run_flux_step
+    from recipe_checks.fixtures.cache import ensure_fixture
+    from recipe_checks.recipe.load import load_text
+    from recipe_checks.recipe.validate import validate
+    from recipe_checks.run.flux_step import run_flux_step
 
     text = _recipe(**{"gradient_checkpointing: true": f"gradient_checkpointing: {str(checkpointing).lower()}"})
     recipe = validate(load_text(text, "flux.yaml")).recipe
@@ -224,12 +224,12 @@ def test_a_flux_recipe_gets_no_tokens_per_second_ceiling_and_no_training_run():
     so instead of reading an LM config's num_hidden_layers or vocab_size from FLUX's."""
     from types import SimpleNamespace
 
-    from checks.gpus import GpuCatalog
-    from checks.models.skeleton import build_meta_model
-    from checks.recipe.load import load_text
-    from checks.recipe.validate import validate
-    from checks.run.cpu_step import tiny_model
-    from checks.throughput import recipe_ceiling
+    from recipe_checks.gpus import GpuCatalog
+    from recipe_checks.models.skeleton import build_meta_model
+    from recipe_checks.recipe.load import load_text
+    from recipe_checks.recipe.validate import validate
+    from recipe_checks.run.cpu_step import tiny_model
+    from recipe_checks.throughput import recipe_ceiling
 
     recipe = validate(load_text(_recipe(), "flux.yaml")).recipe
     resolved = resolve_model_config(recipe.model.id, component="transformer")

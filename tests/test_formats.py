@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from checks.cli import main
-from checks.engine import check_recipe
-from checks.formats import GPUS_NOT_STATED, detect, read_as_native, translate
-from checks.gpus import GpuCatalog
-from checks.options import Options
-from checks.recipe.load import load_recipe_file, looks_like_recipe, read_recipe_text
+from recipe_checks.cli import main
+from recipe_checks.engine import check_recipe
+from recipe_checks.formats import GPUS_NOT_STATED, detect, read_as_native, translate
+from recipe_checks.gpus import GpuCatalog
+from recipe_checks.options import Options
+from recipe_checks.recipe.load import load_recipe_file, looks_like_recipe, read_recipe_text
 from tests.conftest import CORPUS, RECIPES
 
 FORMATS_DIR = Path(__file__).resolve().parent / "formats"
@@ -165,7 +165,7 @@ ODD_VALUES = ([1, "x"], {"a": 1}, "auto", "x", -1, 0, True, 2.5, "2e-4")
 @pytest.mark.parametrize("fmt", ["axolotl", "llamafactory", "trl"])
 @pytest.mark.parametrize("odd", ODD_VALUES, ids=[repr(v) for v in ODD_VALUES])
 def test_odd_values_in_every_translated_key_are_findings_never_crashes(tmp_path, fmt, odd):
-    from checks.formats import axolotl, llamafactory, trl
+    from recipe_checks.formats import axolotl, llamafactory, trl
 
     module = {"axolotl": axolotl, "llamafactory": llamafactory, "trl": trl}[fmt]
     keys = sorted(module.SIGNATURE | module.REQUIRED | set(module.NOT_CHECKED) | {"bf16", "fp16", "learning_rate"})

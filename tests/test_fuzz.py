@@ -73,9 +73,9 @@ def mutated_recipes(draw) -> str:
 
 
 def check_text(text: str, traced: bool = False, run: bool = False):
-    from checks.engine import check_recipe
-    from checks.gpus import GpuCatalog
-    from checks.options import Options
+    from recipe_checks.engine import check_recipe
+    from recipe_checks.gpus import GpuCatalog
+    from recipe_checks.options import Options
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "fuzzed.yaml"

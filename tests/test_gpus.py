@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from checks.engine import check_recipe
-from checks.gpus import AmbiguousGpuError, GpuCatalog, GpuFamily, GpuProfileError, NeedsExactCard, UnknownGpuError
-from checks.gpus.names import parse_card_name
-from checks.options import Options
+from recipe_checks.engine import check_recipe
+from recipe_checks.gpus import AmbiguousGpuError, GpuCatalog, GpuFamily, GpuProfileError, NeedsExactCard, UnknownGpuError
+from recipe_checks.gpus.names import parse_card_name
+from recipe_checks.options import Options
 
 REQUIRED = ["rtx4060", "rtx4070", "rtx4080", "rtx4090", "rtx5090", "rtx3090", "t4", "v100-16gb", "a10g", "l4",
             "l40s", "a6000", "a100-40gb", "a100-80gb", "h100", "h200"]

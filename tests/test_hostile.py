@@ -246,9 +246,9 @@ BY_NAME = {c.name: c for c in CASES}
 
 def run_case(case: Case, tmp: Path) -> dict:
     """The case through the engine's static checks: the rule ids found, internal errors, seconds."""
-    from checks.engine import check_recipe
-    from checks.gpus import GpuCatalog
-    from checks.options import Options
+    from recipe_checks.engine import check_recipe
+    from recipe_checks.gpus import GpuCatalog
+    from recipe_checks.options import Options
 
     path = case.path(tmp)
     start = time.perf_counter()
@@ -313,7 +313,7 @@ def test_the_corpus_has_a_manifest_entry_for_every_file_and_forty_cases():
 
 
 def test_a_recipe_with_a_bom_or_in_utf16_is_discovered_in_a_directory(tmp_path):
-    from checks.discover import discover_recipes
+    from recipe_checks.discover import discover_recipes
 
     for name in ("valid-utf8-bom", "valid-utf16-bom", "valid-utf32-bom"):
         (tmp_path / f"{name}.yaml").write_bytes((HOSTILE / f"{name}.yaml").read_bytes())
@@ -323,7 +323,7 @@ def test_a_recipe_with_a_bom_or_in_utf16_is_discovered_in_a_directory(tmp_path):
 
 
 def test_a_too_large_recipe_in_a_directory_is_still_discovered_so_its_finding_shows(tmp_path):
-    from checks.discover import discover_recipes
+    from recipe_checks.discover import discover_recipes
 
     _big_recipe(tmp_path)
     _fifo(tmp_path, "fifo.yaml")  # not a regular file: never opened by discovery
@@ -331,7 +331,7 @@ def test_a_too_large_recipe_in_a_directory_is_still_discovered_so_its_finding_sh
 
 
 def test_a_batch_of_hostile_recipes_still_reports_the_valid_one_in_json(tmp_path, capsys, no_network):
-    from checks.cli import main
+    from recipe_checks.cli import main
 
     batch = tmp_path / "batch"
     batch.mkdir()
@@ -359,7 +359,7 @@ def test_the_text_report_of_unreadable_recipes_ends_and_shows_each_finding(tmp_p
     paths = [str(_fifo(tmp_path, "fifo.yaml")), str(_sparse(tmp_path, "sparse.yaml")), "/dev/zero"]
     valid = tmp_path / "valid.yaml"
     valid.write_text(VALID)
-    code = "import sys; from checks.cli import main; sys.exit(main(sys.argv[1:]))"
+    code = "import sys; from recipe_checks.cli import main; sys.exit(main(sys.argv[1:]))"
     try:
         done = subprocess.run([sys.executable, "-c", code, "check", *paths, str(valid)], capture_output=True,
                               text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=CASE_SECONDS * 2)
@@ -382,7 +382,7 @@ def test_network_and_remote_code_stay_off_for_hostile_model_ids(tmp_path, no_net
     r"(a+)+b", r"(a|ab)*c", r"(x{1,40}){1,40}", r".*.*.*.*x", r"(q_|q)*x", "[", "(?P<n", "a" * 600,
 ])
 def test_an_unsafe_or_invalid_regex_is_refused_with_a_reason(pattern):
-    from checks.regex_safety import unsafe_regex_reason
+    from recipe_checks.regex_safety import unsafe_regex_reason
 
     assert unsafe_regex_reason(pattern)
 
@@ -392,7 +392,7 @@ def test_an_unsafe_or_invalid_regex_is_refused_with_a_reason(pattern):
     r"model\.layers\.\d+\.self_attn\.(q|k|v|o)_proj", r"(\.\d+){2}", r"[\w_]+_proj", r"layers",
 ])
 def test_the_regexes_peft_documents_are_accepted(pattern):
-    from checks.regex_safety import unsafe_regex_reason
+    from recipe_checks.regex_safety import unsafe_regex_reason
 
     assert unsafe_regex_reason(pattern) is None
 
@@ -402,7 +402,7 @@ def test_the_regexes_peft_documents_are_accepted(pattern):
 # The libraries a case needs, imported once by the fork server: each case then runs in a process of its
 # own (its own crash, its own peak RSS) without paying the 10-13 s import of torch, transformers and peft
 # again. The time asserted is the case's, not the import's.
-_PRELOAD = ["torch", "transformers", "peft", "checks.engine", "checks.gpus", "checks.options", "checks.rules"]
+_PRELOAD = ["torch", "transformers", "peft", "recipe_checks.engine", "recipe_checks.gpus", "recipe_checks.options", "recipe_checks.rules"]
 
 
 def _fork_server():

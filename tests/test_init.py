@@ -8,12 +8,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from checks.cli import main
-from checks.engine import check_recipe, run_check
-from checks.gpus import GIB, GpuCatalog
-from checks.init import search
-from checks.init.recipe_text import Plan
-from checks.options import Options
+from recipe_checks.cli import main
+from recipe_checks.engine import check_recipe, run_check
+from recipe_checks.gpus import GIB, GpuCatalog
+from recipe_checks.init import search
+from recipe_checks.init.recipe_text import Plan
+from recipe_checks.options import Options
 
 CATALOG = GpuCatalog.load()
 
@@ -73,7 +73,7 @@ def test_bad_requests_exit_2_saying_why(tmp_path, capsys, args, message):
 
 
 def test_default_output_is_named_after_model_method_and_gpu():
-    from checks.cli.init import default_output
+    from recipe_checks.cli.init import default_output
 
     assert default_output("meta-llama/Llama-3.1-8B", "qlora", "rtx4090") == "llama-3.1-8b-qlora-rtx4090.yaml"
     assert default_output("meta-llama/Llama-3.1-70B", "lora", "a100-80gb", 8) == "llama-3.1-70b-lora-8xa100-80gb.yaml"
@@ -87,8 +87,8 @@ def test_precision_is_bf16_where_the_gpu_has_it_else_fp16_unless_the_family_over
 
 
 def test_targets_are_every_linear_projection_and_conv1d_says_fan_in_fan_out():
-    from checks.models.resolve import resolve_model_config
-    from checks.models.skeleton import build_meta_model
+    from recipe_checks.models.resolve import resolve_model_config
+    from recipe_checks.models.skeleton import build_meta_model
 
     phi3 = build_meta_model(resolve_model_config("microsoft/Phi-3-mini-4k-instruct"), "CAUSAL_LM")
     names, conv1d = search.linear_targets(phi3)
@@ -107,7 +107,7 @@ def _synthetic_memory(recipe) -> float:
 
 @pytest.mark.parametrize("budget_gib", [1.5, 2.5, 4.0, 5.5, 6.1, 7.0, 9.0, 12.0, 20.0, 45.0])
 def test_the_search_finds_the_best_ranked_candidate_that_fits_as_brute_force_does(monkeypatch, budget_gib):
-    import checks.memory.estimate as memory_estimate
+    import recipe_checks.memory.estimate as memory_estimate
 
     def fake_estimate(recipe, resolved, gpu, *, with_fixes=True):
         peak = int(_synthetic_memory(recipe) * GIB)
@@ -176,8 +176,8 @@ def test_when_nothing_fits_init_says_what_it_tried_and_writes_nothing(tmp_path, 
 
 
 def test_output_dash_prints_the_recipe_on_stdout_and_the_report_on_stderr(capsys):
-    from checks.recipe.load import load_text
-    from checks.recipe.validate import validate
+    from recipe_checks.recipe.load import load_text
+    from recipe_checks.recipe.validate import validate
 
     assert main(["init", "HuggingFaceTB/SmolLM2-135M", "--gpu", "t4", "--seq", "128", "--batch", "1",
                  "--output", "-"]) == 0
@@ -224,7 +224,7 @@ def _synthetic_sharded_memory(recipe) -> float:
                          + [("full", b) for b in (1.2, 1.9, 3.0, 5.0, 7.0)])
 def test_on_several_gpus_the_search_finds_the_best_ranked_sharding_that_fits_as_brute_force_does(
         monkeypatch, method, budget_gib):
-    import checks.memory.estimate as memory_estimate
+    import recipe_checks.memory.estimate as memory_estimate
 
     def fake_estimate(recipe, resolved, gpu, *, with_fixes=True):
         peak = int(_synthetic_sharded_memory(recipe) * GIB)
@@ -290,8 +290,8 @@ def test_the_default_batch_is_16_rounded_up_to_a_multiple_of_the_gpus():
 
 def test_llama_70b_lora_on_8_a100s_is_sharded_with_fsdp2_and_the_written_recipe_fits(tmp_path, capsys):
     """Two sharded traces of the 70B model (~20 s each): LoRA without checkpointing fits at 512 tokens."""
-    from checks.memory.estimate import estimate
-    from checks.models.resolve import resolve_model_config
+    from recipe_checks.memory.estimate import estimate
+    from recipe_checks.models.resolve import resolve_model_config
 
     code, out = _init(tmp_path, "meta-llama/Llama-3.1-70B", "--gpu", "a100-80gb", "--gpus", "8", "--seq", "512",
                       "--batch", "8", "--max-traces", "2")

@@ -8,8 +8,8 @@ import warnings
 
 import pytest
 
-from checks.library_warnings import NOISE, SilentlyIncorrect, failing_on_silently_incorrect, quiet
-from checks.run.setup import SetupRefused, trusted
+from recipe_checks.library_warnings import NOISE, SilentlyIncorrect, failing_on_silently_incorrect, quiet
+from recipe_checks.run.setup import SetupRefused, trusted
 
 TORCH_UNREGISTERED = ("bitsandbytes::gemv_4bit: an autograd kernel was not registered to the Autograd key(s) but we "
                       "are trying to backprop through it. This may lead to silently incorrect behavior.")

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from checks.cli import EXIT_FINDINGS, EXIT_OK, EXIT_USAGE, main
-from checks.report import RuleSelection, SelectionError
-from checks.rules import all_rules
+from recipe_checks.cli import EXIT_FINDINGS, EXIT_OK, EXIT_USAGE, main
+from recipe_checks.report import RuleSelection, SelectionError
+from recipe_checks.rules import all_rules
 from tests.conftest import GOOD_RECIPE, RECIPES, REPO
 
 SARIF_SCHEMA = Path(__file__).parent / "data" / "sarif-schema-2.1.0.json"
@@ -75,7 +75,7 @@ def test_exit_codes_of_the_console_command(pytester, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(TWO_ERRORS)
     (tmp_path / "empty").mkdir()
-    command = [sys.executable, "-m", "checks.cli"]
+    command = [sys.executable, "-m", "recipe_checks.cli"]
     missing = pytester.run(*command, "check", str(tmp_path / "nope.yaml"))
     assert missing.ret == EXIT_USAGE
     missing.stderr.fnmatch_lines(["recipe-checks: no such file or directory: *nope.yaml"])
@@ -90,13 +90,24 @@ def test_exit_codes_of_the_console_command(pytester, tmp_path):
 def test_a_reader_that_stops_reading_ends_the_run_quietly_with_its_verdict(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(TWO_ERRORS)
-    command = [sys.executable, "-m", "checks.cli", "check", str(bad), "--format", "sarif"]
+    command = [sys.executable, "-m", "recipe_checks.cli", "check", str(bad), "--format", "sarif"]
     child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV, cwd=REPO)
     child.stdout.read(10)  # `| head -c 10`: the rest of the report meets a closed pipe
     child.stdout.close()
     stderr = child.stderr.read().decode()
     assert child.wait(timeout=300) == EXIT_FINDINGS
     assert "Broken pipe" not in stderr and "Traceback" not in stderr and "cannot write" not in stderr
+
+
+@pytest.mark.parametrize("command", [["gpus"], ["explain", "RC301"], ["models"]])
+def test_every_command_ends_quietly_when_its_reader_has_gone(command):
+    """`recipe-checks gpus | head -1`: the reader closed the pipe before the command wrote; no traceback."""
+    child = subprocess.Popen([sys.executable, "-m", "recipe_checks.cli", *command], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, env=ENV, cwd=REPO)
+    child.stdout.close()  # before the interpreter has started: every write meets a closed pipe
+    stderr = child.stderr.read().decode()
+    assert child.wait(timeout=120) == 0, stderr
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr
 
 
 # --- --with-vram --------------------------------------------------------------------------------------
@@ -350,7 +361,7 @@ def _run_with_a_terminal_on_stderr(*argv: str) -> tuple[int, str, str]:
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     try:
-        done = subprocess.run([sys.executable, "-m", "checks.cli", *argv], stdout=subprocess.PIPE, stderr=replica,
+        done = subprocess.run([sys.executable, "-m", "recipe_checks.cli", *argv], stdout=subprocess.PIPE, stderr=replica,
                               env=ENV, cwd=REPO, timeout=600)
     finally:
         os.close(replica)
@@ -380,7 +391,7 @@ def test_lint_is_an_alias_of_check(write, capsys):
 @pytest.mark.parametrize("argv", [["--version"], ["--help"], ["check", "--help"], ["lint", "--help"]])
 def test_version_and_help_do_not_import_torch(argv):
     code = (
-        "import sys\nfrom checks.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as exc:\n"
+        "import sys\nfrom recipe_checks.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as exc:\n"
         "    code = exc.code\nheavy = [m for m in ('torch', 'transformers', 'peft') if m in sys.modules]\n"
         "print('HEAVY', heavy)\nsys.exit(code)\n"
     )
@@ -400,7 +411,7 @@ def test_version_is_the_installed_distributions(capsys):
 # --- internal errors, the report file -------------------------------------------------------------------
 
 def test_a_crashing_rule_fails_the_run_in_every_format_and_says_so(write, capsys, monkeypatch, tmp_path):
-    from checks.rules.rc301_qlora_paged_optimizer import QloraPagedOptimizer
+    from recipe_checks.rules.rc301_qlora_paged_optimizer import QloraPagedOptimizer
 
     def crash(self, ctx):
         raise RuntimeError("a bug in a rule")

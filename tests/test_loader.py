@@ -6,8 +6,8 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from checks.recipe.load import RecipeLoadError, load_text, looks_like_recipe
-from checks.recipe.validate import validate
+from recipe_checks.recipe.load import RecipeLoadError, load_text, looks_like_recipe
+from recipe_checks.recipe.validate import validate
 
 keys = st.from_regex(r"[a-z][a-z0-9_]{0,11}", fullmatch=True).filter(
     lambda k: k not in ("y", "n", "yes", "no", "on", "off", "true", "false", "null")

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-from checks.memory.step import StepSettings, build_step_model, run_step
-from checks.models.resolve import resolve_model_config
+from recipe_checks.memory.step import StepSettings, build_step_model, run_step
+from recipe_checks.models.resolve import resolve_model_config
 from tests.conftest import write_hub_cache
 
 TINY = {
@@ -106,7 +106,7 @@ def test_the_tracker_agrees_with_torch_mem_tracker_on_a_real_cpu_step(monkeypatc
     import torch
     from torch.distributed._tools.mem_tracker import MemTracker
 
-    from checks.memory import tracker as tracker_module
+    from recipe_checks.memory import tracker as tracker_module
 
     monkeypatch.setattr(tracker_module, "allocation_bytes", lambda nbytes: nbytes)
 

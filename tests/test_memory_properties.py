@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from checks.memory.step import StepSettings, trace_training_step
-from checks.models.resolve import ResolvedModel
+from recipe_checks.memory.step import StepSettings, trace_training_step
+from recipe_checks.models.resolve import ResolvedModel
 
 SMALL = ResolvedModel("small-llama", {
     "model_type": "llama", "hidden_size": 1024, "intermediate_size": 2816, "num_hidden_layers": 2,
@@ -147,7 +147,7 @@ def test_a_chunked_loss_lowers_the_peak_where_the_logits_make_it(method, batch, 
 def test_full_size_8bit_lora_lies_between_qlora_and_lora():
     # not on toy models: LLM.int8()'s backward dequantizes a whole fp16 weight, which only the
     # savings of many int8 layers outweigh
-    from checks.models.resolve import resolve_model_config
+    from recipe_checks.models.resolve import resolve_model_config
 
     llama = resolve_model_config("meta-llama/Meta-Llama-3-8B")
     base = step("lora", 1, 1024, True)

@@ -11,9 +11,9 @@ import dataclasses
 
 import pytest
 
-from checks.memory import step as step_module
-from checks.memory.step import StepSettings, build_step_model, run_step, trace_training_step
-from checks.models.resolve import ResolvedModel, resolve_model_config
+from recipe_checks.memory import step as step_module
+from recipe_checks.memory.step import StepSettings, build_step_model, run_step, trace_training_step
+from recipe_checks.models.resolve import ResolvedModel, resolve_model_config
 
 DEEP = ResolvedModel("deep-llama", {
     "model_type": "llama", "hidden_size": 256, "intermediate_size": 704, "num_hidden_layers": 9,

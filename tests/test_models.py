@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from checks.models.resolve import BUNDLED_DIR, ModelResolutionError, bundled_ids, bundled_index, resolve_model_config
-from checks.models.skeleton import ModelBuildError, build_meta_model
+from recipe_checks.models.resolve import BUNDLED_DIR, ModelResolutionError, bundled_ids, bundled_index, resolve_model_config
+from recipe_checks.models.skeleton import ModelBuildError, build_meta_model
 from tests.conftest import write_hub_cache
 
 REQUIRED = [

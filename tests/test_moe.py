@@ -10,8 +10,8 @@ import dataclasses
 
 import pytest
 
-from checks.memory.step import StepSettings, build_step_model, run_step
-from checks.models.resolve import ResolvedModel, resolve_model_config
+from recipe_checks.memory.step import StepSettings, build_step_model, run_step
+from recipe_checks.models.resolve import ResolvedModel, resolve_model_config
 
 SIZES = {"hidden_size": 128, "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 2,
          "vocab_size": 1024, "max_position_embeddings": 512}
@@ -136,7 +136,7 @@ def test_replicated_moe_blocks_give_the_full_trace_exactly(settings):
 
 def test_mixtral_8x7b_qlora_trace_says_its_45b_experts_are_upcast():
     """The full-size model on fake tensors: the note counts the experts of all 32 blocks, not the 4 traced."""
-    from checks.memory.step import trace_training_step
+    from recipe_checks.memory.step import trace_training_step
 
     settings = dataclasses.replace(BASE, seq_len=512, micro_batch=1, lora=ATTENTION, quant_4bit=NF4,
                                    optim="paged_adamw_8bit", gradient_checkpointing=True)
@@ -161,8 +161,8 @@ def test_target_parameters_on_mixtral_8x7b_say_what_each_forward_copies():
 def test_bundled_qwen3_30b_a3b_has_the_model_cards_sizes():
     """The model card: 30.5B parameters, 29.9B without the (untied) embedding and output head, 48 blocks of
     128 experts; the experts are fused 3-D parameters, which the trace's notes count."""
-    from checks.memory.experts import fused_expert_parameters
-    from checks.models.skeleton import build_meta_model
+    from recipe_checks.memory.experts import fused_expert_parameters
+    from recipe_checks.models.skeleton import build_meta_model
 
     model = build_meta_model(resolve_model_config("Qwen/Qwen3-30B-A3B"))
     total = sum(p.numel() for p in model.parameters())
@@ -175,8 +175,8 @@ def test_bundled_qwen3_30b_a3b_has_the_model_cards_sizes():
 def test_experts_that_loop_over_the_routed_tokens_are_a_trace_error_that_says_why():
     """transformers' eager experts (a loop over the experts that got tokens) have shapes that only real routing
     decides: the trace refuses them by name instead of failing on a data-dependent op; a real run traces."""
-    from checks.memory.errors import TraceError
-    from checks.memory.step import trace_training_step
+    from recipe_checks.memory.errors import TraceError
+    from recipe_checks.memory.step import trace_training_step
 
     eager = ResolvedModel("tiny-mixtral-eager", {**MIXTRAL.config, "experts_implementation": "eager"}, "test")
     settings = dataclasses.replace(BASE, lora=ATTENTION)
@@ -190,8 +190,8 @@ def test_experts_that_loop_over_the_routed_tokens_are_a_trace_error_that_says_wh
 def test_a_qlora_moe_recipe_is_offered_lora_without_quantization_as_a_traced_fix():
     """On fused experts, dropping the 4-bit base halves the experts' bytes (bf16, not upcast float32): the fix
     lowers the traced peak, so the fixes list keeps it; dense models are not offered it."""
-    from checks.memory.estimate import candidate_fixes
-    from checks.memory.experts import config_has_experts
+    from recipe_checks.memory.estimate import candidate_fixes
+    from recipe_checks.memory.experts import config_has_experts
 
     assert config_has_experts(MIXTRAL.config) and config_has_experts(QWEN3_MOE.config)
     assert not config_has_experts(resolve_model_config("meta-llama/Llama-3.1-8B").config)
@@ -209,10 +209,10 @@ def test_a_qlora_moe_recipe_is_offered_lora_without_quantization_as_a_traced_fix
 def test_mixtral_qlora_that_does_not_fit_an_h200_is_told_to_drop_the_quantization():
     """The corpus recipe of RC216 on its H200: the 4-bit Mixtral's float32 experts alone exceed the budget;
     the traced fix that fits is LoRA without quantization, and the weights note names it as the way to shrink."""
-    from checks.gpus import GpuCatalog
-    from checks.memory.estimate import estimate
-    from checks.recipe.load import load_text
-    from checks.recipe.validate import validate
+    from recipe_checks.gpus import GpuCatalog
+    from recipe_checks.memory.estimate import estimate
+    from recipe_checks.recipe.load import load_text
+    from recipe_checks.recipe.validate import validate
     from tests.conftest import CORPUS
 
     path = CORPUS / "rc216-mixtral-qlora-experts-unquantized.yaml"

@@ -8,9 +8,9 @@ import textwrap
 
 import pytest
 
-from checks.cli import main
-from checks.gpus import GpuCatalog
-from checks.plot import neighbours
+from recipe_checks.cli import main
+from recipe_checks.gpus import GpuCatalog
+from recipe_checks.plot import neighbours
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

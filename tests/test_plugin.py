@@ -9,7 +9,7 @@ import yaml
 
 from tests.conftest import GOOD_RECIPE, RECIPES
 
-from checks.rules import CHECKS, CUDA_CHECKS, GPU_CHECKS  # every check of a recipe, in item order
+from recipe_checks.rules import CHECKS, CUDA_CHECKS, GPU_CHECKS  # every check of a recipe, in item order
 
 # gpu-step and gpu-train: collected everywhere, skipped on a machine without CUDA (this one)
 CUDA = len(CUDA_CHECKS)
@@ -405,10 +405,10 @@ def test_xdist_keeps_the_deselection_count_and_the_other_gpus_summary(pytester, 
 
 
 def test_an_out_of_range_library_version_is_warned_about_at_session_start(pytester, monkeypatch):
-    import checks.compat
+    import recipe_checks.compat
 
-    real = checks.compat.installed_version
-    monkeypatch.setattr(checks.compat, "installed_version",
+    real = recipe_checks.compat.installed_version
+    monkeypatch.setattr(recipe_checks.compat, "installed_version",
                         lambda dist: "4.55.0" if dist == "transformers" else real(dist))
     pytester.makefile(".yaml", good=GOOD_RECIPE)
     result = pytester.runpytest("good.yaml", "-k", "schema", "-p", "no:cacheprovider")
@@ -475,3 +475,18 @@ def test_recipes_gpu_and_the_ini_key_name_the_target_gpu_as_gpu_does(pytester):
     headers.append([line for line in result.outlines if "target GPU" in line])
     assert headers[0] == headers[1] == headers[2] and "A100" in headers[0][0], headers
     assert "own option" not in result.stdout.str()
+
+
+@pytest.mark.parametrize("layout", ["package", "module"])
+def test_a_host_project_with_its_own_checks_package_imports_its_own(pytester, layout):
+    """recipe-checks' import name is recipe_checks: a host's `checks` package or checks.py stays the host's,
+    with the plugin loaded and checking recipes in the same run."""
+    source = "NAME = 'the host project'\n"
+    if layout == "package":
+        pytester.mkpydir("checks").joinpath("__init__.py").write_text(source)
+    else:
+        pytester.makepyfile(checks=source)
+    pytester.makepyfile(test_host="from checks import NAME\n\ndef test_host():\n    assert NAME == 'the host project'\n")
+    pytester.makefile(".yaml", good=GOOD_RECIPE)
+    result = pytester.runpytest("--gpu=rtx4090", ".", "-k", "schema or host", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2, deselected=result.parseoutcomes()["deselected"])

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from checks import progress
-from checks.cli import EXIT_FINDINGS
+from recipe_checks import progress
+from recipe_checks.cli import EXIT_FINDINGS
 from tests.test_baseline import RECIPE, TINY_LLAMA
 from tests.test_lint import _run_with_a_terminal_on_stderr
 
@@ -21,10 +21,10 @@ def _recipe(tmp_path):
 
 
 def test_each_traced_fix_ticks_once_with_its_name(tmp_path):
-    from checks.context import RecipeState
-    from checks.gpus import GpuCatalog
-    from checks.memory.estimate import estimate
-    from checks.options import Options
+    from recipe_checks.context import RecipeState
+    from recipe_checks.gpus import GpuCatalog
+    from recipe_checks.memory.estimate import estimate
+    from recipe_checks.options import Options
 
     catalog = GpuCatalog.load(())
     state = RecipeState.from_file(_recipe(tmp_path), "r.yaml", Options(), catalog)

@@ -12,9 +12,9 @@ import pytest
 
 from tests.conftest import RECIPES
 
-from checks.engine import run_check
-from checks.gpus import GIB, MIB, GpuCatalog
-from checks.options import Options
+from recipe_checks.engine import run_check
+from recipe_checks.gpus import GIB, MIB, GpuCatalog
+from recipe_checks.options import Options
 
 QWEN_LORA = """\
 model: Qwen/Qwen2.5-0.5B
@@ -32,7 +32,7 @@ hardware:
 
 
 def _state(path: Path):
-    from checks.context import RecipeState
+    from recipe_checks.context import RecipeState
 
     return RecipeState.from_file(path, path.name, Options(), GpuCatalog.load(()))
 
@@ -100,7 +100,7 @@ def test_the_kinds_of_recipe_people_train_pass_cpu_step(tmp_path, kind):
 
 
 def test_the_step_is_the_recipes_and_reports_what_it_saw(tmp_path):
-    from checks.run.cpu_step import cpu_step
+    from recipe_checks.run.cpu_step import cpu_step
 
     state = _state(_write(tmp_path, KINDS["reentrant-checkpointing-accumulation-warmup"]))
     report = cpu_step(state).report
@@ -114,7 +114,7 @@ def test_the_step_is_the_recipes_and_reports_what_it_saw(tmp_path):
 
 def test_lora_a_gets_its_gradient_only_after_b_moved(tmp_path, monkeypatch):
     """With the probe backward switched off, every A matrix looks gradient-less: the pair is judged."""
-    from checks.run import step
+    from recipe_checks.run import step
 
     state = _state(_write(tmp_path, QWEN_LORA))
     real = step._note_gradients
@@ -131,7 +131,7 @@ def test_lora_a_gets_its_gradient_only_after_b_moved(tmp_path, monkeypatch):
 
 
 def test_checkpointing_that_does_nothing_is_rc707(tmp_path, monkeypatch):
-    from checks import compat
+    from recipe_checks import compat
 
     monkeypatch.setattr(compat, "enable_activation_checkpointing", lambda model, kwargs: None)
     recipe = QWEN_LORA.replace("  learning_rate: 1.0e-4\n", "  learning_rate: 1.0e-4\n  gradient_checkpointing: true\n")
@@ -141,7 +141,7 @@ def test_checkpointing_that_does_nothing_is_rc707(tmp_path, monkeypatch):
 
 
 def test_a_base_weight_that_trains_is_rc705(tmp_path, monkeypatch):
-    from checks.run import cpu_step as module
+    from recipe_checks.run import cpu_step as module
 
     real_build = module.build_training
 
@@ -168,7 +168,7 @@ class StandInGpu:
     """A CPU device that answers as a CUDA GPU: the code path of gpu-step runs, counted by CpuDevice."""
 
     def __new__(cls, total: int, name: str = "NVIDIA H200"):
-        from checks.run.device import CpuDevice
+        from recipe_checks.run.device import CpuDevice
 
         device = CpuDevice(total_memory=total)
         device.kind = "cuda"
@@ -180,8 +180,8 @@ class StandInGpu:
 @pytest.fixture
 def tiny_llama_recipe(tmp_path):
     """A recipe whose 'full-size' model is a tiny Llama config, so a CPU can run gpu-step's code."""
-    from checks.fixtures.tiny import tiny_config
-    from checks.models.resolve import resolve_model_config
+    from recipe_checks.fixtures.tiny import tiny_config
+    from recipe_checks.models.resolve import resolve_model_config
 
     full = resolve_model_config("meta-llama/Llama-3.1-8B", None)
     (tmp_path / "tiny").mkdir()
@@ -200,7 +200,7 @@ def _recipe_and_model(path):
 
 
 def test_gpu_step_on_a_larger_gpu_is_limited_to_the_target_and_compared_with_the_trace(tiny_llama_recipe):
-    from checks.run.gpu import gpu_step
+    from recipe_checks.run.gpu import gpu_step
 
     recipe, resolved = _recipe_and_model(tiny_llama_recipe)
     target = GpuCatalog.load(()).get("rtx4090")
@@ -216,11 +216,11 @@ def test_gpu_step_on_a_larger_gpu_is_limited_to_the_target_and_compared_with_the
 
 
 def test_an_out_of_memory_gpu_step_is_reported_with_its_numbers_and_the_next_recipe_runs(tiny_llama_recipe):
-    from checks.run.gpu import gpu_step
+    from recipe_checks.run.gpu import gpu_step
 
     recipe, resolved = _recipe_and_model(tiny_llama_recipe)
     big = GpuCatalog.load(()).get("rtx4090")
-    from checks.run.measure import cuda_context_bytes
+    from recipe_checks.run.measure import cuda_context_bytes
 
     # a card whose memory leaves 2 MiB beside the CUDA context: less than the tiny model's step needs
     mib = (cuda_context_bytes() + 2 * MIB) // MIB
@@ -239,13 +239,13 @@ def test_an_out_of_memory_gpu_step_is_reported_with_its_numbers_and_the_next_rec
 
 
 def _estimate(recipe, resolved, profile):
-    from checks.memory.estimate import estimate
+    from recipe_checks.memory.estimate import estimate
 
     return estimate(recipe, resolved, profile)
 
 
 def test_gpu_step_skips_a_smaller_gpu_and_one_without_bf16(tiny_llama_recipe):
-    from checks.run.gpu import gpu_step
+    from recipe_checks.run.gpu import gpu_step
 
     recipe, resolved = _recipe_and_model(tiny_llama_recipe)
     target = GpuCatalog.load(()).get("rtx4090")
@@ -259,7 +259,7 @@ def test_gpu_step_skips_a_smaller_gpu_and_one_without_bf16(tiny_llama_recipe):
 
 
 def test_gpu_train_learns_within_the_budget_and_measures_tokens_per_second(tiny_llama_recipe):
-    from checks.run.gpu import gpu_train
+    from recipe_checks.run.gpu import gpu_train
 
     recipe, resolved = _recipe_and_model(tiny_llama_recipe)
     outcome = gpu_train(recipe, resolved, GpuCatalog.load(()).get("rtx4090"), StandInGpu(141 * GIB), steps=10)
@@ -281,7 +281,7 @@ def test_gpu_items_are_collected_with_the_gpu_marker_and_skip_naming_the_require
 
 
 def test_the_gpu_rules_report_through_the_engine_with_a_device_standing_in(tiny_llama_recipe, monkeypatch):
-    from checks.run import gpu
+    from recipe_checks.run import gpu
 
     state = _state(tiny_llama_recipe)
     without = run_check(state, "gpu-step", "rtx4090")
@@ -297,12 +297,12 @@ def test_the_gpu_rules_report_through_the_engine_with_a_device_standing_in(tiny_
 
 
 def test_activation_checkpointing_the_new_name_is_traced_and_run_as_checkpointing(tmp_path):
-    from checks.memory.settings import settings_from_recipe
+    from recipe_checks.memory.settings import settings_from_recipe
 
     recipe_text = QWEN_LORA.replace("  learning_rate: 1.0e-4\n", "  learning_rate: 1.0e-4\n  activation_checkpointing: true\n")
     state = _state(_write(tmp_path, recipe_text))
     assert settings_from_recipe(state.recipe, state.resolved_model().config).gradient_checkpointing
-    from checks.run.cpu_step import cpu_step
+    from recipe_checks.run.cpu_step import cpu_step
 
     report = cpu_step(state).report
     assert report.checkpointing_asked and report.block_recomputes > 0

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from checks.findings import Finding, Location, Severity
-from checks.render import github_annotation
+from recipe_checks.findings import Finding, Location, Severity
+from recipe_checks.render import github_annotation
 
 
 def _finding(path: str, message: str, help: str = "") -> Finding:

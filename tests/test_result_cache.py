@@ -18,11 +18,11 @@ import pytest
 
 from tests.conftest import TINY_LLAMA, TINY_LLAMA_RECIPE
 
-from checks import result_cache
-from checks.engine import run_check
-from checks.gpus import GpuCatalog
-from checks.options import Options
-from checks.render import render_finding
+from recipe_checks import result_cache
+from recipe_checks.engine import run_check
+from recipe_checks.gpus import GpuCatalog
+from recipe_checks.options import Options
+from recipe_checks.render import render_finding
 
 # the tiny Llama's recipe for a GPU of the test's own profile, with a schedule key no trace reads
 RECIPE = (TINY_LLAMA_RECIPE.replace("rtx4090", "testgpu")
@@ -44,7 +44,7 @@ CHECKS = (("vram", "testgpu"), ("cpu-step", None))
 def only_the_trace_and_step_entries(monkeypatch):
     """These tests are of the trace and real-step entries: the check-level entries above them (their own tests
     are tests/test_check_cache.py) would answer a rerun before either is asked."""
-    from checks import check_cache
+    from recipe_checks import check_cache
 
     monkeypatch.setattr(check_cache, "recipe_parts", lambda state: None)
 
@@ -52,7 +52,7 @@ def only_the_trace_and_step_entries(monkeypatch):
 @pytest.fixture(autouse=True)
 def nothing_remembered_in_this_process():
     """Each test starts as a new process would: no trace remembered in memory, no cache object."""
-    from checks.memory.step import _trace_cached
+    from recipe_checks.memory.step import _trace_cached
 
     _trace_cached.cache_clear()
     result_cache.forget()
@@ -72,8 +72,8 @@ def project(tmp_path: Path, result_cache_dir: Path) -> Path:
 @pytest.fixture
 def computed(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     """How many times a trace and a real step were computed rather than read from the cache."""
-    from checks.memory import step
-    from checks.run import cpu_step
+    from recipe_checks.memory import step
+    from recipe_checks.run import cpu_step
 
     counts = {"trace": 0, "cpu-step": 0}
 
@@ -91,8 +91,8 @@ def computed(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
 def check(project: Path, computed: dict[str, int] | None = None, **options) -> list[str]:
     """One run of the vram and cpu-step checks, as a new process would (nothing remembered in this one but the
     result cache): the findings as a user reads them; `computed` is reset first."""
-    from checks.context import RecipeState
-    from checks.memory.step import _trace_cached
+    from recipe_checks.context import RecipeState
+    from recipe_checks.memory.step import _trace_cached
 
     _trace_cached.cache_clear()
     if computed is not None:
@@ -143,8 +143,8 @@ def test_the_real_steps_leave_the_config_they_are_keyed_by_as_it_was(project, re
                                                                      monkeypatch):
     """cpu-train is keyed after cpu-step ran: a step that completed the shared config in place (transformers
     adds rope_theta to a rope_scaling dict) gave it another key than a warm run, where cpu-step did not run."""
-    from checks.context import RecipeState
-    from checks.run import cpu_train
+    from recipe_checks.context import RecipeState
+    from recipe_checks.run import cpu_train
 
     rope = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
             "original_max_position_embeddings": 256}
@@ -334,10 +334,10 @@ def test_threads_writing_and_reading_the_same_entries_see_whole_entries_or_none(
 def test_a_step_is_stored_and_a_refused_one_is_not(tmp_path):
     """A refusal carries the library's exception, whose class and attributes the rules read (RC701, RC711) and
     JSON does not hold: it runs again, rather than come back as another verdict."""
-    from checks.run.cpu_step import StepOutcome, outcome_from_dict, outcome_to_dict
-    from checks.run.dpo import DpoStart
-    from checks.run.setup import SetupRefused
-    from checks.run.step import StepReport
+    from recipe_checks.run.cpu_step import StepOutcome, outcome_from_dict, outcome_to_dict
+    from recipe_checks.run.dpo import DpoStart
+    from recipe_checks.run.setup import SetupRefused
+    from recipe_checks.run.step import StepReport
 
     store = result_cache.ResultCache(tmp_path)
     ran = StepOutcome(report=StepReport("LoRA", losses=[2.5, float("nan")], no_gradient=["model.layers.0.mlp"]),
@@ -411,7 +411,7 @@ def test_the_plugin_stores_then_reads_and_says_so(pytester, recipes, tmp_path):
     first.assert_outcomes(passed=2)
     first.stdout.fnmatch_lines([f"recipe-checks: result cache: {cache}",
                                 f"recipe-checks: result cache: 0 hit(s), 2 miss(es), 2 written ({cache})"])
-    from checks.memory.step import _trace_cached
+    from recipe_checks.memory.step import _trace_cached
 
     _trace_cached.cache_clear()
     second = pytester.runpytest(*args)
@@ -420,7 +420,7 @@ def test_the_plugin_stores_then_reads_and_says_so(pytester, recipes, tmp_path):
 
 
 def test_recipes_no_cache_neither_reads_nor_writes(pytester, recipes, result_cache_dir, computed):
-    from checks.memory.step import _trace_cached
+    from recipe_checks.memory.step import _trace_cached
 
     args = ("r.yaml", "-k", "vram or cpu-step", "-p", "no:cacheprovider")
     pytester.runpytest(*args).assert_outcomes(passed=2)  # RECIPE_CHECKS_CACHE_DIR: filled
@@ -444,8 +444,8 @@ def test_the_ini_names_the_cache_relative_to_itself(pytester, recipes, monkeypat
 
 
 def test_the_command_line_check_and_estimate_share_the_cache(recipes, tmp_path, capsys):
-    from checks.cli import main
-    from checks.memory.step import _trace_cached
+    from recipe_checks.cli import main
+    from recipe_checks.memory.step import _trace_cached
 
     cache = tmp_path / "c"
     assert main(["check", "--with-vram", "--cache-dir", str(cache), str(recipes / "r.yaml")]) == 0
@@ -471,11 +471,11 @@ def _job(directory: Path, cache: Path, *args: str) -> subprocess.Popen:
 
 def _valid_entries(cache: Path) -> dict[str, int]:
     """Each entry of the cache read back through its kind's decoder: a count per kind."""
-    from checks.memory.settings import StepSettings
-    from checks.memory.step import StepTrace
-    from checks.run.cpu_step import outcome_from_dict
+    from recipe_checks.memory.settings import StepSettings
+    from recipe_checks.memory.step import StepTrace
+    from recipe_checks.run.cpu_step import outcome_from_dict
 
-    from checks.check_cache import decoder
+    from recipe_checks.check_cache import decoder
 
     decode = {"trace": lambda v: StepTrace.from_dict(v, StepSettings(1, 1)), "cpu-step": outcome_from_dict,
               "check": decoder("a check", None)}  # the check-level entries above them (tests/test_check_cache.py)

@@ -8,9 +8,9 @@ from collections import Counter
 
 import pytest
 
-from checks.rules import CHECKS, IGNORES_CHECK, all_rules
-from checks.rules.rc303_bnb_optimizer_gpu import BNB_OPTIMIZERS
-from checks.rules.rc302_unknown_optimizer import optimizer_names
+from recipe_checks.rules import CHECKS, IGNORES_CHECK, all_rules
+from recipe_checks.rules.rc303_bnb_optimizer_gpu import BNB_OPTIMIZERS
+from recipe_checks.rules.rc302_unknown_optimizer import optimizer_names
 from tests.conftest import CORPUS
 
 
@@ -85,7 +85,7 @@ ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj
 def test_adapter_count_resolves_rank_pattern_as_peft_injects_it(rank_pattern):
     from peft import LoraConfig, get_peft_model
 
-    from checks.targets import analyse_targets
+    from recipe_checks.targets import analyse_targets
 
     config = LoraConfig(r=8, target_modules=ALL_PROJECTIONS, rank_pattern=rank_pattern)
     result = analyse_targets(copy.deepcopy(config), _tiny_llama(), _tiny_llama)
@@ -98,7 +98,7 @@ def test_adapter_count_resolves_rank_pattern_as_peft_injects_it(rank_pattern):
 def test_rank_and_alpha_are_the_ones_peft_gives_each_module():
     from peft import LoraConfig, get_peft_model
 
-    from checks.targets import rank_and_alpha_for
+    from recipe_checks.targets import rank_and_alpha_for
 
     config = LoraConfig(r=8, lora_alpha=16, target_modules=ALL_PROJECTIONS,
                         rank_pattern={"proj": 64, "v_proj": 4}, alpha_pattern={"o_proj": 3, "self_attn": 99})
@@ -110,9 +110,9 @@ def test_rank_and_alpha_are_the_ones_peft_gives_each_module():
 
 
 def test_a_refusal_of_peft_injection_points_at_the_key_peft_names():
-    from checks.engine import check_recipe
-    from checks.gpus import GpuCatalog
-    from checks.options import Options
+    from recipe_checks.engine import check_recipe
+    from recipe_checks.gpus import GpuCatalog
+    from recipe_checks.options import Options
 
     path = CORPUS / "rc209-target-parameters-with-dropout.yaml"
     _, results = check_recipe(path, Options(), GpuCatalog.load(), traced=False)
@@ -123,7 +123,7 @@ def test_a_refusal_of_peft_injection_points_at_the_key_peft_names():
 
 
 def test_the_lora_key_named_in_a_peft_message_is_found_by_its_whole_name():
-    from checks.rules.rc209_peft_injection_rejected import named_lora_key
+    from recipe_checks.rules.rc209_peft_injection_rejected import named_lora_key
 
     section = {"r": 16, "lora_dropout": 0.05, "use_dora": True, "target_parameters": []}
     assert named_lora_key("lora.ParamWrapper does not work with lora_dropout != 0.", section) == "lora_dropout"

@@ -12,10 +12,10 @@ import jsonschema
 import pytest
 import yaml
 
-from checks.cli import EXIT_OK, main
-from checks.recipe.jsonschema import SHIPPED_SCHEMA, recipe_json_schema
-from checks.recipe.load import RecipeLoadError, load_text, looks_like_recipe
-from checks.recipe.validate import validate
+from recipe_checks.cli import EXIT_OK, main
+from recipe_checks.recipe.jsonschema import SHIPPED_SCHEMA, recipe_json_schema
+from recipe_checks.recipe.load import RecipeLoadError, load_text, looks_like_recipe
+from recipe_checks.recipe.validate import validate
 from tests.conftest import CORPUS, RECIPES, REPO
 from tests.test_cli import _pinned
 
@@ -68,7 +68,7 @@ def test_the_shipped_schema_is_the_one_generated_from_the_pinned_libraries():
 def test_schema_command_prints_the_shipped_schema_without_importing_torch(tmp_path):
     out = tmp_path / "schema.json"
     code = (
-        "import sys\nfrom checks.cli import main\n"
+        "import sys\nfrom recipe_checks.cli import main\n"
         f"code = main(['schema', '-o', {str(out)!r}])\n"
         "heavy = sorted(m for m in ('torch', 'transformers', 'peft', 'bitsandbytes') if m in sys.modules)\n"
         "print(code, heavy)\n"

@@ -8,12 +8,12 @@ import shutil
 import pytest
 import transformers
 
-from checks.engine import check_recipe
-from checks.gpus import GpuCatalog
-from checks.options import Options
-from checks.recipe.load import load_text
-from checks.recipe.validate import validate
-from checks.unsloth import DATA_FILE, patched_families, unsloth_data
+from recipe_checks.engine import check_recipe
+from recipe_checks.gpus import GpuCatalog
+from recipe_checks.options import Options
+from recipe_checks.recipe.load import load_text
+from recipe_checks.recipe.validate import validate
+from recipe_checks.unsloth import DATA_FILE, patched_families, unsloth_data
 from tests.conftest import CORPUS, RECIPES
 
 CATALOG = GpuCatalog.load()
@@ -151,12 +151,12 @@ def test_rc606_passes_a_claim_on_a_patched_family_and_fails_it_on_the_generic_pa
 
 
 def test_rc607_counts_unsloths_default_checkpointing_in_the_ceiling(tmp_path):
-    from checks.throughput import ceiling
+    from recipe_checks.throughput import ceiling
 
     text = LORA_16BIT.replace("  gradient_checkpointing: true\n", "")
     recipe = validate(load_text(text, "r.yaml")).recipe
-    from checks.models.resolve import resolve_model_config
-    from checks.models.skeleton import build_meta_model
+    from recipe_checks.models.resolve import resolve_model_config
+    from recipe_checks.models.skeleton import build_meta_model
 
     model = build_meta_model(resolve_model_config(recipe.model.id))
     gpu = CATALOG.get("rtx4090")
@@ -197,8 +197,8 @@ hardware:
 
 
 def _estimate(text: str):
-    from checks.memory.estimate import estimate
-    from checks.models.resolve import resolve_model_config
+    from recipe_checks.memory.estimate import estimate
+    from recipe_checks.models.resolve import resolve_model_config
 
     recipe = validate(load_text(text, "r.yaml")).recipe
     return estimate(recipe, resolve_model_config(recipe.model.id), CATALOG.get("rtx4090"), with_fixes=False)
@@ -281,8 +281,8 @@ def test_axolotls_unsloth_kernel_keys_are_named_as_not_traced_not_left_untransla
 
 
 def test_the_float32_cast_of_unquantized_weights_is_named_for_quantized_lora_only():
-    from checks.models.resolve import resolve_model_config
-    from checks.unsloth import memory_notes
+    from recipe_checks.models.resolve import resolve_model_config
+    from recipe_checks.unsloth import memory_notes
 
     def notes(text):
         recipe = validate(load_text(text, "r.yaml")).recipe
@@ -294,9 +294,9 @@ def test_the_float32_cast_of_unquantized_weights_is_named_for_quantized_lora_onl
 
 
 def test_the_vram_fixes_of_an_unsloth_recipe_are_written_in_its_unsloth_section_too():
-    from checks.memory.estimate import Fix, candidate_fixes
-    from checks.memory.settings import StepSettings
-    from checks.unsloth import as_unsloth_fixes
+    from recipe_checks.memory.estimate import Fix, candidate_fixes
+    from recipe_checks.memory.settings import StepSettings
+    from recipe_checks.unsloth import as_unsloth_fixes
 
     settings = StepSettings(micro_batch=4, seq_len=2048, lora=(("r", 16),), precision="bfloat16")
     fixes = [Fix(name, change, 0, 1, True) for name, change, _ in candidate_fixes(settings, "llama")]
@@ -318,7 +318,7 @@ def test_rc120_accepts_the_recipe_the_unsloth_fixes_describe(tmp_path):
 
 
 def test_the_unsloth_sections_defaults_are_the_ones_read_from_unsloth():
-    from checks.recipe.schema import Unsloth
+    from recipe_checks.recipe.schema import Unsloth
 
     data = unsloth_data()
     defaults = {**data["from_pretrained_defaults"],

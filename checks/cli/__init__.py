@@ -1,16 +1,17 @@
 """The `recipe-checks` command: lint recipes, estimate their memory, explain rules, list GPUs and bundled
 models, print the schema, build fixtures. One module per command; each registers its own subparser.
 
-`check` runs the same engine as the pytest plugin (checks.engine), with the same options.
+`check` runs the same engine as the pytest plugin (recipe_checks.engine), with the same options.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
-from checks.cli import check, convert, estimate, fixtures, info, init
-from checks.cli.common import EXIT_FINDINGS, EXIT_OK, EXIT_USAGE, UsageError
+from recipe_checks.cli import check, convert, estimate, fixtures, info, init
+from recipe_checks.cli.common import EXIT_FINDINGS, EXIT_OK, EXIT_USAGE, UsageError
 
 __all__ = ["EXIT_FINDINGS", "EXIT_OK", "EXIT_USAGE", "UsageError", "build_parser", "main"]
 
@@ -42,9 +43,15 @@ def version() -> str:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "warns_versions", False):
-        from checks.compat import bitsandbytes_without_hub_kernel, version_warnings
+        from recipe_checks.compat import bitsandbytes_without_hub_kernel, version_warnings
 
         bitsandbytes_without_hub_kernel()
         for warning in version_warnings():
             print(f"recipe-checks: warning: {warning}", file=sys.stderr)
-    return args.func(args)
+    try:
+        code = args.func(args)
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at exit
+        return code
+    except BrokenPipeError:  # the reader stopped reading (`recipe-checks gpus | head`): no traceback, none at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK

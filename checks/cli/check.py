@@ -13,9 +13,9 @@ import sys
 import time
 from pathlib import Path
 
-from checks.cli.common import EXIT_FINDINGS, EXIT_OK, EXIT_USAGE, UsageError, lexists, options_from_args
-from checks.options import add_cache_options, add_ci_options, add_options
-from checks.report import FORMATS
+from recipe_checks.cli.common import EXIT_FINDINGS, EXIT_OK, EXIT_USAGE, UsageError, lexists, options_from_args
+from recipe_checks.options import add_cache_options, add_ci_options, add_options
+from recipe_checks.report import FORMATS
 
 
 def register(sub) -> None:
@@ -47,12 +47,12 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from checks.baseline import BaselineError, check_baseline
-    from checks.changed import ChangedSinceError
-    from checks.cli import version
-    from checks.gpus import GpuCatalog, GpuProfileError, UnknownGpuError
-    from checks.report import RuleSelection, RunReport, SelectionError
-    from checks.rules import TRACED_CHECKS, all_rules
+    from recipe_checks.baseline import BaselineError, check_baseline
+    from recipe_checks.changed import ChangedSinceError
+    from recipe_checks.cli import version
+    from recipe_checks.gpus import GpuCatalog, GpuProfileError, UnknownGpuError
+    from recipe_checks.report import RuleSelection, RunReport, SelectionError
+    from recipe_checks.rules import TRACED_CHECKS, all_rules
 
     started = time.perf_counter()
     try:
@@ -101,7 +101,7 @@ def recipes_to_check(paths: list[str]) -> list[Path]:
     finding, RC101 for a file that cannot be read); a directory is searched as pytest collects. A path
     that does not exist, or a directory with no recipe under it, is a usage error (exit 2).
     """
-    from checks.discover import discover_recipes
+    from recipe_checks.discover import discover_recipes
 
     missing = [p for p in paths if not lexists(p)]
     if missing:
@@ -121,13 +121,13 @@ def recipes_to_check(paths: list[str]) -> list[Path]:
 
 def changed_only(recipes: list[Path], args: argparse.Namespace, options, catalog) -> tuple[list[Path], list[str], str | None]:
     """With --changed-since REF: the recipes that differ from REF or read a file that does (a DeepSpeed or
-    accelerate config, a model config or folder: checks.recipe.inputs), every one when a file that decides the
+    accelerate config, a model config or folder: recipe_checks.recipe.inputs), every one when a file that decides the
     checks changed; those left out; and why every recipe is checked (None: the changed ones only)."""
     if not args.recipes_changed_since:
         return recipes, [], None
-    from checks.changed import changes_since
-    from checks.context import RecipeState
-    from checks.recipe.inputs import recipe_inputs
+    from recipe_checks.changed import changes_since
+    from recipe_checks.context import RecipeState
+    from recipe_checks.recipe.inputs import recipe_inputs
 
     changes = changes_since(args.recipes_changed_since, Path(args.paths[0]), args.gpu_profiles)
 
@@ -141,15 +141,15 @@ def changed_only(recipes: list[Path], args: argparse.Namespace, options, catalog
 
 def check_one(path: Path, options, catalog, selection, *, traced: bool, verbose: bool):
     """One recipe's RecipeReport: every check it is checked with, the selected findings of each."""
-    from checks.engine import check_recipe
-    from checks.findings import Severity
-    from checks.report import CheckReport, RecipeReport
+    from recipe_checks.engine import check_recipe
+    from recipe_checks.findings import Severity
+    from recipe_checks.report import CheckReport, RecipeReport
 
     try:
         state, results = check_recipe(path, options, catalog, traced=traced)
     except Exception as exc:  # a bug must not cost the other recipes their report
         return RecipeReport(str(path), error=f"{type(exc).__name__}: {exc}")
-    from checks.recipe.inputs import recipe_inputs
+    from recipe_checks.recipe.inputs import recipe_inputs
 
     recipe = RecipeReport(state.path, inputs=[str(p) for p in recipe_inputs(state.fs_path, state.loaded)[1:]])
     if not results:  # off target: pytest deselects it, so this is no failure either
@@ -174,7 +174,7 @@ def check_one(path: Path, options, catalog, selection, *, traced: bool, verbose:
 
 def _progress(recipes: list[Path], *, quiet: bool):
     """A progress bar on stderr when a person watches it (a terminal) and did not ask for quiet."""
-    from checks import progress
+    from recipe_checks import progress
 
     if not progress.wanted(quiet=quiet):
         return recipes

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 
-from checks.options import Options, split_names
-from checks.result_cache import cache_directory
+from recipe_checks.options import Options, split_names
+from recipe_checks.result_cache import cache_directory
 
 EXIT_OK, EXIT_FINDINGS, EXIT_USAGE = 0, 1, 2
 

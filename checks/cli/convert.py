@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from checks.cli.common import EXIT_FINDINGS, EXIT_OK, EXIT_USAGE
+from recipe_checks.cli.common import EXIT_FINDINGS, EXIT_OK, EXIT_USAGE
 
 
 def register(sub) -> None:
@@ -20,9 +20,9 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from checks.formats import FORMATS, LABELS, read_as_native
-    from checks.gpus import GpuCatalog, UnknownGpuError
-    from checks.recipe.load import RecipeLoadError, load_recipe_file
+    from recipe_checks.formats import FORMATS, LABELS, read_as_native
+    from recipe_checks.gpus import GpuCatalog, UnknownGpuError
+    from recipe_checks.recipe.load import RecipeLoadError, load_recipe_file
 
     gpu = None
     if args.gpu:

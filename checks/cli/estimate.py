@@ -7,9 +7,9 @@ import json
 import sys
 from pathlib import Path
 
-from checks import progress, result_cache
-from checks.cli.common import EXIT_FINDINGS, EXIT_OK, EXIT_USAGE, UsageError, options_from_args
-from checks.options import add_cache_options, add_options
+from recipe_checks import progress, result_cache
+from recipe_checks.cli.common import EXIT_FINDINGS, EXIT_OK, EXIT_USAGE, UsageError, options_from_args
+from recipe_checks.options import add_cache_options, add_options
 
 
 def register(sub) -> None:
@@ -32,13 +32,13 @@ _REPLICATED = frozenset({"weights", "quant_state", "adapters", "gradients", "opt
 
 def run(args: argparse.Namespace) -> int:
     """Trace one training step of the recipe's full-size model and print the memory it needs."""
-    from checks.context import RecipeState
-    from checks.engine import run_check
-    from checks.gpus import GIB, GpuCatalog, GpuProfileError, UnknownGpuError
-    from checks.memory.estimate import TraceError, estimate
-    from checks.render import render_finding
-    from checks.rules import CHECKS, GPU_CHECKS, RUN_CHECKS, TRACED_CHECKS
-    from checks.throughput import recipe_ceiling
+    from recipe_checks.context import RecipeState
+    from recipe_checks.engine import run_check
+    from recipe_checks.gpus import GIB, GpuCatalog, GpuProfileError, UnknownGpuError
+    from recipe_checks.memory.estimate import TraceError, estimate
+    from recipe_checks.render import render_finding
+    from recipe_checks.rules import CHECKS, GPU_CHECKS, RUN_CHECKS, TRACED_CHECKS
+    from recipe_checks.throughput import recipe_ceiling
 
     def bad_input(message: str) -> int:
         if args.json:
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     if not path.is_file():
         return bad_input(f"no such recipe file: {path}")
     if args.plot:  # before the trace: a missing extra or folder is said in a second, not after it
-        from checks.plot import PlotUnavailable, require_matplotlib
+        from recipe_checks.plot import PlotUnavailable, require_matplotlib
 
         try:
             require_matplotlib()
@@ -145,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"note: the recipe has {len(static_errors)} static error(s) that do not change this estimate "
                   f"(e.g. {static_errors[0].rule_id}); `recipe-checks check {path}` lists them")
     if args.plot:
-        from checks.plot import plot_estimate
+        from recipe_checks.plot import plot_estimate
 
         try:
             plot_estimate(args.plot, result, recipe=recipe, recipe_name=path.name, gpu=gpu, catalog=catalog)

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from checks.cli.common import EXIT_OK, EXIT_USAGE, lexists
+from recipe_checks.cli.common import EXIT_OK, EXIT_USAGE, lexists
 
 
 def register(sub) -> None:
@@ -26,7 +26,7 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Build (or find) tiny-random fixtures in the huggingface_hub cache, or list those it holds."""
-    from checks.fixtures.cache import cached_fixtures, default_cache_dir
+    from recipe_checks.fixtures.cache import cached_fixtures, default_cache_dir
 
     cache = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
     if args.action == "list":
@@ -40,10 +40,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"{len(repos)} fixture(s) in {cache}")
         return EXIT_OK
 
-    from checks.compat import version_warnings
-    from checks.fixtures.cache import bundled_models, ensure_fixture, recipe_models
-    from checks.fixtures.tiny import FixtureError
-    from checks.models.resolve import ModelResolutionError, resolve_model_config
+    from recipe_checks.compat import version_warnings
+    from recipe_checks.fixtures.cache import bundled_models, ensure_fixture, recipe_models
+    from recipe_checks.fixtures.tiny import FixtureError
+    from recipe_checks.models.resolve import ModelResolutionError, resolve_model_config
 
     if not args.names and not args.all:
         print("recipe-checks: fixtures build needs recipes or model ids, or --all for every bundled model",

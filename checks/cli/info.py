@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from checks.cli.common import EXIT_OK, EXIT_USAGE
+from recipe_checks.cli.common import EXIT_OK, EXIT_USAGE
 
 
 def register(sub) -> None:
@@ -30,7 +30,7 @@ def register(sub) -> None:
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
-    from checks.rules import all_rules, rule_by_id
+    from recipe_checks.rules import all_rules, rule_by_id
 
     if not args.rule:
         for rule in all_rules():
@@ -38,7 +38,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         return EXIT_OK
     rule = rule_by_id(args.rule)
     if rule is None:
-        from checks.suggest import did_you_mean
+        from recipe_checks.suggest import did_you_mean
 
         known = [r.id for r in all_rules()] + [r.name for r in all_rules()]
         print(f"recipe-checks: no rule '{args.rule}'. {did_you_mean(args.rule, known)}", file=sys.stderr)
@@ -49,7 +49,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
 
 def _cmd_gpus(args: argparse.Namespace) -> int:
-    from checks.gpus import GIB, GpuCatalog
+    from recipe_checks.gpus import GIB, GpuCatalog
 
     catalog = GpuCatalog.load(tuple(args.gpu_profiles))
     print(f"{'name':<16}{'GPU':<34}{'GiB':>6}{'CC':>6}{'bf16':>6}{'fp8':>5}{'bf16 TFLOP/s':>14}{'GB/s':>7}")
@@ -62,7 +62,7 @@ def _cmd_gpus(args: argparse.Namespace) -> int:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from checks.models.resolve import bundled_index
+    from recipe_checks.models.resolve import bundled_index
 
     seen = set()
     for entry in bundled_index().values():
@@ -75,7 +75,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_schema(args: argparse.Namespace) -> int:
-    from checks.recipe.jsonschema import recipe_json_schema, schema_text, shipped_schema_text
+    from recipe_checks.recipe.jsonschema import recipe_json_schema, schema_text, shipped_schema_text
 
     text = schema_text(recipe_json_schema()) if args.installed else shipped_schema_text()
     if args.output:

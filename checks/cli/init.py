@@ -12,8 +12,8 @@ import re
 import sys
 from pathlib import Path
 
-from checks import progress
-from checks.cli.common import EXIT_FINDINGS, EXIT_OK, EXIT_USAGE
+from recipe_checks import progress
+from recipe_checks.cli.common import EXIT_FINDINGS, EXIT_OK, EXIT_USAGE
 
 
 def register(sub) -> None:
@@ -48,7 +48,7 @@ def _positive(value: str) -> int:
 
 
 def _gpus(value: str) -> int:
-    from checks.init.search import MAX_GPUS
+    from recipe_checks.init.search import MAX_GPUS
 
     return _whole_number(value, MAX_GPUS, " GPUs")
 
@@ -71,9 +71,9 @@ def default_output(model: str, method: str, gpu: str, gpus: int = 1) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Search candidates in order of throughput, trace them, write the first that fits."""
-    from checks.gpus import GIB, GpuCatalog, GpuProfileError, UnknownGpuError
-    from checks.init.search import DEFAULT_MAX_TRACES, InitError, build_spec, header_lines, propose, verify
-    from checks.render import render_finding
+    from recipe_checks.gpus import GIB, GpuCatalog, GpuProfileError, UnknownGpuError
+    from recipe_checks.init.search import DEFAULT_MAX_TRACES, InitError, build_spec, header_lines, propose, verify
+    from recipe_checks.render import render_finding
 
     def bad_input(message: str) -> int:
         print(f"recipe-checks: {message}", file=sys.stderr)

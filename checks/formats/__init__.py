@@ -14,11 +14,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from checks.recipe.load import KeyPath, LoadedRecipe
+from recipe_checks.recipe.load import KeyPath, LoadedRecipe
 
 if TYPE_CHECKING:
-    from checks.gpus import GpuProfile
-    from checks.recipe.schema import Recipe
+    from recipe_checks.gpus import GpuProfile
+    from recipe_checks.recipe.schema import Recipe
 
 FORMATS = ("axolotl", "llamafactory", "trl")
 # The note a translation leaves where a config shards across GPUs without saying how many (RC111 reports it;
@@ -175,7 +175,7 @@ def _dotted(path: Iterable[Any]) -> str:
 
 def _signatures() -> dict[str, tuple[frozenset[str], frozenset[str]]]:
     """Per format: the keys one of which it must have, and the keys only it speaks (one more is needed)."""
-    from checks.formats import axolotl, llamafactory, trl
+    from recipe_checks.formats import axolotl, llamafactory, trl
 
     return {name: (module.REQUIRED, module.SIGNATURE) for name, module in
             (("axolotl", axolotl), ("llamafactory", llamafactory), ("trl", trl))}
@@ -210,7 +210,7 @@ def lookalike(keys: Iterable[str]) -> tuple[str, list[str]] | None:
 
 def translate(loaded: LoadedRecipe, fmt: str) -> LoadedRecipe:
     """The native LoadedRecipe of a foreign config: native data, the original spans and text."""
-    from checks.formats import axolotl, llamafactory, trl
+    from recipe_checks.formats import axolotl, llamafactory, trl
 
     module = {"axolotl": axolotl, "llamafactory": llamafactory, "trl": trl}[fmt]
     translation = Translation(format=fmt, source=module.SOURCE)
@@ -252,7 +252,7 @@ def read_as_native(loaded: LoadedRecipe, forced: str | None = None) -> tuple[Loa
     """What RecipeState holds for a loaded file: the native recipe (translated where the file is another
     tool's config), or no recipe and the RC112 finding of a config that looks like a tool's and is not
     recognised. A translation never raises: a failure is that finding too."""
-    from checks.findings import Finding
+    from recipe_checks.findings import Finding
 
     fmt = forced if forced not in (None, "auto") else detect(loaded.data)
     if fmt == "native":
@@ -271,7 +271,7 @@ def read_as_native(loaded: LoadedRecipe, forced: str | None = None) -> tuple[Loa
     if look is None:
         return loaded, None  # not another tool's config either: checked as a native recipe, which says why not
     tool, shared = look
-    from checks.formats import axolotl, llamafactory, trl
+    from recipe_checks.formats import axolotl, llamafactory, trl
 
     required = {"axolotl": axolotl, "llamafactory": llamafactory, "trl": trl}[tool].REQUIRED
     return None, Finding(

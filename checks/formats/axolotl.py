@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from checks.formats import Builder, NativeRecipe, gpus_not_stated
+from recipe_checks.formats import Builder, NativeRecipe, gpus_not_stated
 
 SOURCE = ("Axolotl main after v0.13.0 (src/axolotl/utils/schemas: config.py, peft.py at 00564c8, training.py at "
           "002a637; utils/config normalize_config); its multi-GPU keys as of v0.18.0-9 (067b021: schemas/config.py "

@@ -7,7 +7,7 @@ every other key is a transformers.TrainingArguments field (Seq2SeqTrainingArgume
 
 from __future__ import annotations
 
-from checks.formats import Builder, NativeRecipe, gpus_not_stated
+from recipe_checks.formats import Builder, NativeRecipe, gpus_not_stated
 
 SOURCE = ("LLaMA-Factory main (src/llamafactory/hparams: finetuning_args.py, model_args.py, data_args.py); `deepspeed` "
           "is TrainingArguments.deepspeed, a DeepSpeed JSON the HF integration reads")

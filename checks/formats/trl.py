@@ -7,7 +7,7 @@ BitsAndBytesConfig (get_quantization_config) and the LoraConfig (get_peft_config
 
 from __future__ import annotations
 
-from checks.formats import Builder, NativeRecipe
+from recipe_checks.formats import Builder, NativeRecipe
 
 SOURCE = "TRL main (trl/trainer/model_config.py ModelConfig, sft_config.py SFTConfig, scripts/sft.py)"
 REQUIRED = frozenset({"model_name_or_path"})

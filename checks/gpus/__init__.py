@@ -12,8 +12,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from checks.gpus.names import boundary_prefixes, related_suggestions
-from checks.suggest import normalize_name
+from recipe_checks.gpus.names import boundary_prefixes, related_suggestions
+from recipe_checks.suggest import normalize_name
 
 PROFILES_FILE = Path(__file__).with_name("profiles.yaml")
 GIB = 1024**3

@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from checks.suggest import normalize_name
+from recipe_checks.suggest import normalize_name
 
 _SEPARATORS = re.compile(r"[\s_\-]")
 _VENDOR_WORDS = frozenset({"nvidia", "geforce", "tesla", "quadro", "amd", "radeon", "instinct", "intel"})

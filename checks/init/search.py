@@ -1,7 +1,7 @@
 """The search of `recipe-checks init`: candidate recipes in order of throughput, each traced with the
 real estimator until one fits, with the memory estimate's monotonicity used to trace few of them.
 
-Order. Candidates are ranked by (1) the FLOPs per token of checks.throughput (checkpointing adds one
+Order. Candidates are ranked by (1) the FLOPs per token of recipe_checks.throughput (checkpointing adds one
 forward pass, a third more work for LoRA and a quarter for a full fine-tune: the tokens/s ceiling
 falls by as much), (2) LoRA before QLoRA at the same FLOPs (dequantizing the 4-bit weights in every
 forward and backward costs time the ceiling does not count), (3) the larger micro-batch (bigger
@@ -35,8 +35,8 @@ import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from checks.gpus import GpuCatalog, GpuProfile
-from checks.init.recipe_text import (
+from recipe_checks.gpus import GpuCatalog, GpuProfile
+from recipe_checks.init.recipe_text import (
     SHARDED,
     STRATEGY_LABELS,
     Plan,
@@ -82,7 +82,7 @@ class Proposal:
 
 def precision_for(gpu: GpuProfile, model_type: str) -> tuple[str, str]:
     """bf16 where the GPU has it; else fp16, unless fp16 is documented to give NaN for the family."""
-    from checks.facts import precision_facts
+    from recipe_checks.facts import precision_facts
 
     if gpu.supports_bf16:
         return "bfloat16", f"{gpu.key} (sm_{gpu.compute_capability.replace('.', '')}) has bf16 tensor cores"
@@ -98,7 +98,7 @@ def linear_targets(model) -> tuple[tuple[str, ...], bool]:
     from peft import LoraConfig
     from transformers.pytorch_utils import Conv1D
 
-    from checks.compat import include_all_linear_layers
+    from recipe_checks.compat import include_all_linear_layers
 
     resolved = include_all_linear_layers(LoraConfig(target_modules="all-linear"), model).target_modules
     names: dict[str, None] = {}
@@ -112,7 +112,7 @@ def linear_targets(model) -> tuple[tuple[str, ...], bool]:
 
 def micro_batches(batch: int, seq_len: int, gpus: int = 1) -> list[int]:
     """The micro-batches that divide each GPU's share of the effective batch and that a step is traced for."""
-    from checks import limits
+    from recipe_checks import limits
 
     share = batch // gpus
     return [m for m in range(1, share + 1) if share % m == 0 and m * seq_len <= limits.MAX_TRACE_TOKENS]
@@ -129,7 +129,7 @@ def strategies(spec: Spec, quantized: bool) -> tuple[str | None, ...]:
 
 def tiers(spec: Spec, model, gpu: GpuProfile) -> list[tuple[bool, bool]]:
     """(quantized, checkpointing) pairs in order: FLOPs per token, then LoRA before QLoRA."""
-    from checks.throughput import ceiling
+    from recipe_checks.throughput import ceiling
 
     quantized = {"lora": (False, True), "qlora": (True,), "full": (False,)}[spec.method]
 
@@ -143,7 +143,7 @@ def tiers(spec: Spec, model, gpu: GpuProfile) -> list[tuple[bool, bool]]:
 def saver_sets(spec: Spec, quantized: bool, strategy: str | None = None) -> list[tuple[bool, bool]]:
     """(paged optimizer, chunked loss) in order of cost, cheapest first; the last is the strongest.
     QLoRA always takes the paged optimizer (RC301); a sharded strategy never does (module docstring)."""
-    from checks.memory.chunked_loss import supports_chunked_loss
+    from recipe_checks.memory.chunked_loss import supports_chunked_loss
 
     paged = (True,) if quantized else (False,) if strategy in SHARDED else (False, True)
     chunked = (False, True) if supports_chunked_loss(spec.model_type) else (False,)
@@ -170,8 +170,8 @@ class _Tracer:
         return self.results[plan].fits
 
     def _trace(self, plan: Plan) -> Tried:
-        from checks.memory.estimate import TraceError, estimate
-        from checks.progress import tick
+        from recipe_checks.memory.estimate import TraceError, estimate
+        from recipe_checks.progress import tick
 
         tick(plan.describe(self.spec))
         state = candidate_state(self.spec, plan, self.catalog)
@@ -190,9 +190,9 @@ class _OutOfTraces(Exception):
 def candidate_state(spec: Spec, plan: Plan, catalog: GpuCatalog, text: str | None = None,
                     path: str = "<init candidate>"):
     """The RecipeState of a candidate's recipe text, loaded and validated as a recipe file is."""
-    from checks.context import RecipeState
-    from checks.options import Options
-    from checks.recipe.load import load_text
+    from recipe_checks.context import RecipeState
+    from recipe_checks.options import Options
+    from recipe_checks.recipe.load import load_text
 
     loaded = load_text(text or recipe_text(spec, plan), path)
     state = RecipeState(path=path, fs_path=Path(path), options=Options(gpus=(spec.gpu,)), catalog=catalog,
@@ -207,8 +207,8 @@ def candidate_state(spec: Spec, plan: Plan, catalog: GpuCatalog, text: str | Non
 def propose(spec: Spec, resolved, model, gpu: GpuProfile, catalog: GpuCatalog,
             max_traces: int = DEFAULT_MAX_TRACES) -> Proposal:
     """Trace candidates in order of throughput until the best that fits is known (module docstring)."""
-    from checks.gpus import GIB
-    from checks.memory.estimate import budget_for
+    from recipe_checks.gpus import GIB
+    from recipe_checks.memory.estimate import budget_for
 
     budget, source = budget_for(candidate_state(spec, Plan(False, True, True, False, 1), catalog).recipe, gpu)
     proposal = Proposal(spec, budget, source)
@@ -278,7 +278,7 @@ def best_traced(tracer: _Tracer, order: list[tuple[bool, bool, str | None]], spe
 
 def header_lines(proposal: Proposal) -> list[str]:
     """What the search tried, for the recipe's header and the command's output."""
-    from checks.gpus import GIB
+    from recipe_checks.gpus import GIB
 
     spec = proposal.spec
     lines = [
@@ -311,7 +311,7 @@ def header_lines(proposal: Proposal) -> list[str]:
 
 def strategy_reason(proposal: Proposal) -> list[str]:
     """Why the chosen candidate runs with its strategy: what the faster ones before it needed."""
-    from checks.gpus import GIB
+    from recipe_checks.gpus import GIB
 
     spec, chosen = proposal.spec, proposal.chosen
     n, label = spec.gpus, STRATEGY_LABELS[chosen.strategy]
@@ -355,8 +355,8 @@ def build_spec(model_name: str, gpu: GpuProfile, method: str, seq_len: int | Non
     """The Spec of a request, with the resolved config and meta model it was read from; InitError for
     a model that does not resolve offline or cannot be built, a sequence longer than the model's, or a
     batch the GPUs cannot share equally. `batch` None: 16, rounded up to a multiple of the GPUs."""
-    from checks.models.resolve import ModelResolutionError, bundled_index, resolve_model_config
-    from checks.models.skeleton import ModelBuildError, build_meta_model
+    from recipe_checks.models.resolve import ModelResolutionError, bundled_index, resolve_model_config
+    from recipe_checks.models.skeleton import ModelBuildError, build_meta_model
 
     try:
         resolved = resolve_model_config(model_name, None)
@@ -394,8 +394,8 @@ def build_spec(model_name: str, gpu: GpuProfile, method: str, seq_len: int | Non
 
 def verify(proposal: Proposal, catalog: GpuCatalog, path: str = "<init recipe>") -> list:
     """Every check but the real steps (static, and vram: the same trace, cached) on the text written."""
-    from checks.engine import run_check
-    from checks.rules import CHECKS, GPU_CHECKS, RUN_CHECKS
+    from recipe_checks.engine import run_check
+    from recipe_checks.rules import CHECKS, GPU_CHECKS, RUN_CHECKS
 
     spec = proposal.spec
     state = candidate_state(spec, proposal.chosen, catalog, text=proposal.text, path=path)

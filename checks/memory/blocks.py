@@ -4,8 +4,8 @@ tracker which block's span of the step is running, so that block 1 can stand for
 
 from __future__ import annotations
 
-from checks.models.blocks import decoder_blocks as find_decoder_blocks
-from checks.models.blocks import text_config
+from recipe_checks.models.blocks import decoder_blocks as find_decoder_blocks
+from recipe_checks.models.blocks import text_config
 
 # A model with many identical decoder blocks is traced with four (two edges, two interior blocks
 # compared with each other) and replayed with block 1's events repeated for the blocks left out.
@@ -18,7 +18,7 @@ class NotPeriodic(Exception):
 
 
 def decoder_blocks(model):
-    """The ModuleList of the model's decoder blocks (checks.models.blocks); None when there is no single one."""
+    """The ModuleList of the model's decoder blocks (recipe_checks.models.blocks); None when there is no single one."""
     found = find_decoder_blocks(model)
     return found[1] if found is not None else None
 
@@ -63,7 +63,7 @@ def keep_blocks(blocks, count: int) -> None:
 
 def blocks_of_tensors(blocks) -> dict[int, int]:
     """id(tensor) -> index of the decoder block holding it, for parameters, buffers and 4-bit states."""
-    from checks.memory.quantize import quant_state_tensors
+    from recipe_checks.memory.quantize import quant_state_tensors
 
     out: dict[int, int] = {}
     for index, block in enumerate(blocks if blocks is not None else []):

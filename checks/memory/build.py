@@ -8,10 +8,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from checks import compat
-from checks.library_warnings import quiet
-from checks.memory.blocks import TRACED_BLOCKS, decoder_blocks, first_different_block, keep_blocks
-from checks.memory.settings import StepSettings, thaw
+from recipe_checks import compat
+from recipe_checks.library_warnings import quiet
+from recipe_checks.memory.blocks import TRACED_BLOCKS, decoder_blocks, first_different_block, keep_blocks
+from recipe_checks.memory.settings import StepSettings, thaw
 
 
 @dataclass
@@ -58,7 +58,7 @@ class _QuantSettings:
 
 def lora_config(settings: StepSettings):
     """peft's LoraConfig for the settings' adapters (the recipe's lora section, as peft takes it)."""
-    from checks.recipe.library import lora_config as from_kwargs
+    from recipe_checks.recipe.library import lora_config as from_kwargs
 
     return from_kwargs(thaw(settings.lora))
 
@@ -74,16 +74,16 @@ def build_step_model(resolved, settings: StepSettings, task_type: str = "CAUSAL_
     `device`: where a real model is built (gpu-step builds the full-size model on the GPU).
     """
     if settings.diffusion:  # a diffusers transformer (FLUX): its own build and flow-matching loss
-        from checks.memory.diffusion import build_diffusion_step_model
+        from recipe_checks.memory.diffusion import build_diffusion_step_model
 
         return build_diffusion_step_model(resolved, settings, real=real, device=device)
     import torch
     import transformers
 
-    from checks.memory.experts import step_notes as expert_notes
-    from checks.memory.materialize import materialize_fake
-    from checks.memory.quantize import quantize_model_4bit, quantize_model_8bit
-    from checks.models.skeleton import _AUTO_CLASS_BY_TASK, build_config
+    from recipe_checks.memory.experts import step_notes as expert_notes
+    from recipe_checks.memory.materialize import materialize_fake
+    from recipe_checks.memory.quantize import quantize_model_4bit, quantize_model_8bit
+    from recipe_checks.models.skeleton import _AUTO_CLASS_BY_TASK, build_config
 
     config = build_config(resolved)
     auto_class = getattr(transformers, _AUTO_CLASS_BY_TASK.get(task_type, "AutoModelForCausalLM"))
@@ -133,7 +133,7 @@ def build_step_model(resolved, settings: StepSettings, task_type: str = "CAUSAL_
             if settings.lora:
                 model.enable_input_require_grads()
         if settings.chunked_loss:
-            from checks.memory.chunked_loss import use_chunked_loss
+            from recipe_checks.memory.chunked_loss import use_chunked_loss
 
             # the Trainer patches the model under the peft wrapper (_apply_liger_kernel_to_instance)
             use_chunked_loss(model.get_base_model() if hasattr(model, "get_base_model") else model)
@@ -145,7 +145,7 @@ def build_step_model(resolved, settings: StepSettings, task_type: str = "CAUSAL_
         materialize_fake(model, fake)
     step = StepModel(model, fake, quantized, blocks, copies, notes)
     if settings.preference:  # a preference trainer's step (TRL's DPOTrainer): its own loss, its reference model
-        from checks.memory.preference import preference_step
+        from recipe_checks.memory.preference import preference_step
 
         return preference_step(step, resolved, settings, real=real, device=device)
     return step

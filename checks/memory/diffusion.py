@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from checks import compat
-from checks.library_warnings import quiet
-from checks.memory.build import StepModel, lora_config
-from checks.memory.errors import TraceError
-from checks.memory.settings import StepSettings, thaw
+from recipe_checks import compat
+from recipe_checks.library_warnings import quiet
+from recipe_checks.memory.build import StepModel, lora_config
+from recipe_checks.memory.errors import TraceError
+from recipe_checks.memory.settings import StepSettings, thaw
 
 # The FLUX VAE downsamples 8x; the transformer packs 2x2 latent patches into one token of
 # in_channels (64: 16 latent channels x 4), FluxPipeline's vae_scale_factor and _pack_latents. The text
@@ -27,7 +27,7 @@ TEXT_ID_DIMS = 3  # txt_ids and img_ids: (position, row, column) per token
 
 def step_inputs(recipe, config: dict, notes: list[str]) -> dict[str, Any]:
     """What one step feeds the transformer, from the recipe's diffusion section."""
-    from checks.models.diffusers import guidance_embeds
+    from recipe_checks.models.diffusers import guidance_embeds
 
     diffusion = recipe.diffusion
     if diffusion is None:
@@ -67,8 +67,8 @@ def build_diffusion_step_model(resolved, settings: StepSettings, *, real: bool =
     import diffusers.training_utils  # noqa: F401
     import torch
 
-    from checks.memory.materialize import materialize_fake
-    from checks.models.diffusers import build_diffusers_model
+    from recipe_checks.memory.materialize import materialize_fake
+    from recipe_checks.models.diffusers import build_diffusers_model
 
     weights_dtype = getattr(torch, settings.weights_dtype)
     quantized = 0
@@ -111,7 +111,7 @@ def quantize_transformer_4bit(model, quant: dict, *, real: bool, device: str = "
     from diffusers import BitsAndBytesConfig
     from diffusers.quantizers import DiffusersAutoQuantizer
 
-    from checks.memory.quantize import quant_state_for
+    from recipe_checks.memory.quantize import quant_state_for
 
     compute_dtype = getattr(torch, quant["compute_dtype"])
     config = BitsAndBytesConfig(

@@ -1,6 +1,6 @@
 """The memory engine's error: a step it cannot trace becomes a finding of the vram check.
 
-Kept apart from the engine's modules so that importing it (checks.compat does) needs no torch.
+Kept apart from the engine's modules so that importing it (recipe_checks.compat does) needs no torch.
 """
 
 from __future__ import annotations

@@ -15,9 +15,9 @@ from typing import Any
 
 import yaml
 
-from checks.gpus import GIB
-from checks.memory.errors import TraceError
-from checks.memory.settings import StepSettings, settings_from_recipe
+from recipe_checks.gpus import GIB
+from recipe_checks.memory.errors import TraceError
+from recipe_checks.memory.settings import StepSettings, settings_from_recipe
 
 OVERHEADS_FILE = Path(__file__).resolve().parent.parent / "data" / "memory_overheads.yaml"
 
@@ -140,12 +140,12 @@ def estimate(recipe, resolved, gpu, *, with_fixes: bool = True, catalog=None) ->
     settings = settings_from_recipe(recipe, resolved.config)
     task = recipe.lora.task_type if recipe.lora else "CAUSAL_LM"
     if settings.preference:  # TRL's step needs TRL: MissingExtra (the checks skip, naming the extra), not a trace error
-        from checks.recipe.library import require_trl
+        from recipe_checks.recipe.library import require_trl
 
         require_trl()
     try:
         # imported here: a library that lacks what the trace needs is a CompatError, a finding
-        from checks.memory.step import trace_training_step
+        from recipe_checks.memory.step import trace_training_step
 
         trace = trace_training_step(resolved, settings, task)
     except TraceError:
@@ -163,7 +163,7 @@ def estimate(recipe, resolved, gpu, *, with_fixes: bool = True, catalog=None) ->
         weights_bytes=breakdown.get("weights", 0) + breakdown.get("quant_state", 0), plan=settings.distributed,
     )
     if "reference" in trace.timeline.region_peaks:  # a DPO step's reference forward, wherever the peak is
-        from checks.memory.preference import reference_pass_note
+        from recipe_checks.memory.preference import reference_pass_note
 
         result.notes.insert(0, reference_pass_note(trace.timeline.region_peaks["reference"] + overhead_bytes(),
                                                    result.peak_bytes))
@@ -179,7 +179,7 @@ def estimate(recipe, resolved, gpu, *, with_fixes: bool = True, catalog=None) ->
             result.fixes = [_smallest_world_size(resolved, task, f, result) if f.name.startswith("more GPUs") else f
                             for f in result.fixes]
         if getattr(recipe, "unsloth", None) is not None:  # written as an Unsloth recipe writes them (RC120)
-            from checks.unsloth import as_unsloth_fixes
+            from recipe_checks.unsloth import as_unsloth_fixes
 
             result.fixes = as_unsloth_fixes(result.fixes)
     if result.weights_exceed_budget:
@@ -192,7 +192,7 @@ def _smallest_world_size(resolved, task: str, fix: Fix, base: Estimate) -> Fix:
     """A 'more GPUs' fix that fits at twice the GPUs, narrowed to the smallest world size that fits: per-rank
     memory never rises with the world size of a sharded step (tests/test_distributed.py), so a bisection
     between the recipe's and twice it finds it, each size traced."""
-    from checks.memory.step import trace_training_step
+    from recipe_checks.memory.step import trace_training_step
 
     if not fix.fits:
         return fix
@@ -213,7 +213,7 @@ def _smallest_world_size(resolved, task: str, fix: Fix, base: Estimate) -> Fix:
 
 def _weights_exceed_note(recipe, result: Estimate, catalog) -> str:
     if catalog is None:
-        from checks.gpus import GpuCatalog
+        from recipe_checks.gpus import GpuCatalog
 
         catalog = GpuCatalog.load()
     smallest = smallest_fitting_profile(recipe, result.peak_bytes, catalog)
@@ -249,7 +249,7 @@ def candidate_fixes(settings: StepSettings, model_type: str | None = None, *,
                     fused_experts: bool = False) -> list[tuple[str, str, StepSettings]]:
     """(name, recipe change, settings) for each fix that applies to these settings and model
     (`fused_experts`: an MoE model whose experts are 3-D parameters, checks/memory/experts.py)."""
-    from checks.memory.chunked_loss import supports_chunked_loss
+    from recipe_checks.memory.chunked_loss import supports_chunked_loss
 
     out = []
     if not settings.gradient_checkpointing:
@@ -279,11 +279,11 @@ def candidate_fixes(settings: StepSettings, model_type: str | None = None, *,
         out.append(("paged 8-bit optimizer", "training.optim: paged_adamw_8bit",
                     dataclasses.replace(settings, optim="paged_adamw_8bit")))
     if settings.distributed is not None:  # several GPUs: another sharding, offload, more GPUs
-        from checks.memory.sharding import distributed_fixes
+        from recipe_checks.memory.sharding import distributed_fixes
 
         out.extend(distributed_fixes(settings))
     if settings.preference:  # a DPO step: its own fixes (precomputed reference, dpo.max_length)
-        from checks.memory.preference import preference_fixes
+        from recipe_checks.memory.preference import preference_fixes
 
         return [*out, *preference_fixes(settings)]
     if settings.diffusion:  # a diffusion transformer's step: sized by its images, max_seq_length does nothing
@@ -301,10 +301,10 @@ def candidate_fixes(settings: StepSettings, model_type: str | None = None, *,
 def _traced_fixes(resolved, settings: StepSettings, task: str) -> Iterator[tuple[str, str, StepSettings, int]]:
     """(name, change, settings, traced peak) of each fix that applies to `settings`, in candidate order,
     traced as it is asked for; a fix the trace cannot run is left out. Traces are cached per settings."""
-    from checks.memory.step import trace_training_step
-    from checks.progress import tick
+    from recipe_checks.memory.step import trace_training_step
+    from recipe_checks.progress import tick
 
-    from checks.memory.experts import config_has_experts
+    from recipe_checks.memory.experts import config_has_experts
 
     for name, change, changed in candidate_fixes(settings, resolved.config.get("model_type"),
                                                  fused_experts=config_has_experts(resolved.config)):

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from checks import compat
-from checks.memory.blocks import TEMPLATE_BLOCK
+from recipe_checks import compat
+from recipe_checks.memory.blocks import TEMPLATE_BLOCK
 
 GROUPED_MM_OP = "aten::_grouped_mm"
 
@@ -71,7 +71,7 @@ ROUTING_FREE = ("grouped_mm", "batched_mm")
 def routing_note(model, real: bool) -> str | None:
     """How the trace stands for the routing, which fake tensors do not have (None for a dense model).
     TraceError, saying why, for experts whose tensors depend on it (unless the tensors are `real`)."""
-    from checks.memory.errors import TraceError
+    from recipe_checks.memory.errors import TraceError
 
     if not fused_expert_parameters(model):
         return None

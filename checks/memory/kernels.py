@@ -11,8 +11,8 @@ import contextlib
 
 import torch
 
-from checks import compat
-from checks.memory.experts import GROUPED_MM_OP, grouped_mm_as_on_cuda
+from recipe_checks import compat
+from recipe_checks.memory.experts import GROUPED_MM_OP, grouped_mm_as_on_cuda
 
 # ops whose outputs are dequantized weights (the tracker's dequantized_weights category)
 DEQUANTIZE_OPS = ("bitsandbytes::dequantize_4bit", "bitsandbytes::dequantize_blockwise")

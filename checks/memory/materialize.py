@@ -6,14 +6,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from checks import compat
+from recipe_checks import compat
 
 
 def materialize_fake(model, fake) -> None:
     """Replace every meta parameter, buffer and 4-bit quant state tensor by a fake CPU tensor."""
     import torch
 
-    from checks.memory.quantize import BNB_PARAM_ATTRIBUTES
+    from recipe_checks.memory.quantize import BNB_PARAM_ATTRIBUTES
 
     done: dict[int, Any] = {}
 

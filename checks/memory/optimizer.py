@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import collections
 
-from checks.memory.errors import TraceError
+from recipe_checks.memory.errors import TraceError
 
 # Paged bitsandbytes optimizers put states of tensors with at least this many elements in CUDA
 # managed memory (bitsandbytes/optim/optimizer.py: get_state_buffer).

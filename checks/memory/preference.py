@@ -21,8 +21,8 @@ import contextlib
 import dataclasses
 import tempfile
 
-from checks import compat
-from checks.memory.settings import StepSettings, thaw
+from recipe_checks import compat
+from recipe_checks.memory.settings import StepSettings, thaw
 
 # The reference strategies: what DPOTrainer holds to compute the reference log-probabilities.
 ADAPTERS_DISABLED = "adapters_disabled"  # peft: the trained model, adapters switched off
@@ -36,10 +36,10 @@ _OUTPUTS = ("log_probs", "entropy", "mean_logits", "is_top1")
 def dpo_arguments(recipe):
     """trl.DPOConfig as the recipe's training script builds it: the training and dpo sections together.
     Raises MissingExtra without TRL, and what DPOConfig (or TrainingArguments) raises for the recipe."""
-    from checks.library_warnings import quiet
-    from checks.recipe.library import dpo_config
-    from checks.recipe.validate import library_kwargs
-    from checks.run.setup import Scale, training_kwargs
+    from recipe_checks.library_warnings import quiet
+    from recipe_checks.recipe.library import dpo_config
+    from recipe_checks.recipe.validate import library_kwargs
+    from recipe_checks.run.setup import Scale, training_kwargs
 
     kwargs = {k: v for k, v in training_kwargs(recipe, Scale.full(recipe)).items() if k != "tf32"}
     with quiet():
@@ -94,9 +94,9 @@ def dpo_step_settings(recipe, settings: StepSettings) -> StepSettings:
 def preference_step(step, resolved, settings: StepSettings, *, real: bool, device: str):
     """The StepModel of a DPO step: TRL's fused LM head on the model (and the reference model it needs,
     built and counted), and the DPO forward and loss as the step's `loss`."""
-    from checks import limits
-    from checks.memory.errors import TraceError
-    from checks.recipe.library import require_trl
+    from recipe_checks import limits
+    from recipe_checks.memory.errors import TraceError
+    from recipe_checks.recipe.library import require_trl
 
     require_trl()
     if 2 * settings.micro_batch * settings.seq_len > limits.MAX_TRACE_TOKENS:  # RC119 says so in the recipe
@@ -104,7 +104,7 @@ def preference_step(step, resolved, settings: StepSettings, *, real: bool, devic
                          f"the {limits.MAX_TRACE_TOKENS:,} tokens a training step is checked for")
     from trl.trainer.utils import add_fused_lm_head, disable_dropout_in_model
 
-    from checks.library_warnings import quiet
+    from recipe_checks.library_warnings import quiet
 
     pref = dict(settings.preference)
     model = step.model
@@ -152,9 +152,9 @@ def _reference_model(step, resolved, settings: StepSettings, *, real: bool, devi
     import torch
     import transformers
 
-    from checks.memory.blocks import TRACED_BLOCKS, decoder_blocks, keep_blocks
-    from checks.memory.materialize import materialize_fake
-    from checks.models.skeleton import build_config
+    from recipe_checks.memory.blocks import TRACED_BLOCKS, decoder_blocks, keep_blocks
+    from recipe_checks.memory.materialize import materialize_fake
+    from recipe_checks.models.skeleton import build_config
 
     with torch.device(device if real else "meta"):
         reference = transformers.AutoModelForCausalLM.from_config(
@@ -187,7 +187,7 @@ class DpoLoss:
         from trl.models.utils import disable_gradient_checkpointing
         from trl.trainer.utils import use_adapter
 
-        from checks.memory.blocks import blocks_of_tensors, segment_hooks
+        from recipe_checks.memory.blocks import blocks_of_tensors, segment_hooks
 
         pref = dict(settings.preference)
         beta = 0.1  # the loss's value is not traced, its shapes are: B numbers per side whatever beta is
@@ -309,18 +309,18 @@ def preference_fixes(settings: StepSettings) -> list[tuple[str, str, StepSetting
 
 def reference_pass_note(peak_bytes: int, step_peak_bytes: int) -> str:
     """The estimate's line for the reference forward: its own peak, beside the step's."""
-    from checks.gpus import GIB
+    from recipe_checks.gpus import GIB
 
     return (f"reference forward (no_grad, chosen and rejected rows): peaks at {peak_bytes / GIB:.2f} GiB, "
             f"{(step_peak_bytes - peak_bytes) / GIB:.2f} GiB below the step's peak")
 
 
 def dpo_ceiling(recipe, model, gpu):
-    """The tokens/s ceiling of a DPO step (checks.throughput), counting chosen and rejected tokens as TRL's
+    """The tokens/s ceiling of a DPO step (recipe_checks.throughput), counting chosen and rejected tokens as TRL's
     num_tokens does: the policy's forward and backward (and recompute) at dpo.max_length, plus the reference's
     forward (no_grad, checkpointing off) unless its log-probs are precomputed."""
-    from checks.recipe.schema import Method
-    from checks.throughput import Throughput, attention_flops_per_token, ceiling
+    from recipe_checks.recipe.schema import Method
+    from recipe_checks.throughput import Throughput, attention_flops_per_token, ceiling
 
     dpo = recipe.dpo
     try:

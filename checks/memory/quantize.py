@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from checks import compat
+from recipe_checks import compat
 
 NF4_CODE_SIZE = 16  # bitsandbytes' NF4/FP4 code books have 16 fp32 entries
 DYNAMIC_CODE_SIZE = 256  # the 8-bit dynamic map that double quantization uses for absmax

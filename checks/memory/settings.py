@@ -31,7 +31,7 @@ class StepSettings:
     quant_4bit: tuple = ()  # sorted (key, value) of the 4-bit settings; empty: not quantized
     quant_8bit: tuple = ()  # sorted (key, value) of the LLM.int8() settings; empty: not 8-bit
     chunked_loss: bool = False  # Liger's fused linear cross-entropy (use_liger_kernel)
-    # sorted (key, value) of a diffusion transformer's step (diffusion_settings, checks.memory.diffusion.step_inputs):
+    # sorted (key, value) of a diffusion transformer's step (diffusion_settings, recipe_checks.memory.diffusion.step_inputs):
     # image size, text length, what is precomputed; empty: a causal LM's step
     diffusion: tuple = ()
     # sorted (key, value) of a preference trainer's step (checks/memory/preference.py); empty: a causal-LM step
@@ -50,7 +50,7 @@ def settings_from_recipe(recipe, config: dict) -> StepSettings:
     quantized = q is not None and (q.load_in_4bit or q.load_in_8bit)
     dtype = recipe.model.torch_dtype
     if dtype in (None, "auto") and getattr(recipe, "unsloth", None) is not None and recipe.unsloth.dtype is not None:
-        dtype = recipe.unsloth.dtype  # FastLanguageModel's `dtype` (noted in checks.unsloth.memory_notes)
+        dtype = recipe.unsloth.dtype  # FastLanguageModel's `dtype` (noted in recipe_checks.unsloth.memory_notes)
     if dtype in (None, "auto"):
         config_dtype = config.get("torch_dtype") or config.get("dtype")
         if config_dtype in _DTYPES:
@@ -68,7 +68,7 @@ def settings_from_recipe(recipe, config: dict) -> StepSettings:
         attn = "sdpa"
     lora = ()
     if recipe.lora is not None:
-        from checks.recipe.validate import library_kwargs
+        from recipe_checks.recipe.validate import library_kwargs
 
         lora = tuple(sorted((k, freeze(v)) for k, v in library_kwargs(recipe.lora).items()))
     quant = ()
@@ -87,7 +87,7 @@ def settings_from_recipe(recipe, config: dict) -> StepSettings:
     checkpointing = bool(extra.get("activation_checkpointing", t.gradient_checkpointing))
     checkpoint_kwargs = extra.get("activation_checkpointing_kwargs", t.gradient_checkpointing_kwargs)
     if getattr(recipe, "unsloth", None) is not None:  # Unsloth checkpoints the model by its own setting (noted)
-        from checks.unsloth import memory_notes, step_checkpointing
+        from recipe_checks.unsloth import memory_notes, step_checkpointing
 
         checkpointing = step_checkpointing(recipe, checkpointing)
         notes.extend(memory_notes(recipe, config, dtype))
@@ -116,7 +116,7 @@ def settings_from_recipe(recipe, config: dict) -> StepSettings:
         notes=tuple(notes),
     )
     if getattr(recipe, "dpo", None) is not None:  # TRL's DPOConfig decides its step's settings
-        from checks.memory.preference import dpo_step_settings
+        from recipe_checks.memory.preference import dpo_step_settings
 
         settings = dpo_step_settings(recipe, settings)
     return settings
@@ -126,7 +126,7 @@ def _shard_plan(recipe, notes: list[str]):
     """The distributed section as the trace takes it (None: one GPU), with what the trace says of it."""
     if getattr(recipe, "distributed", None) is None:
         return None
-    from checks.memory.sharding import plan_from_recipe, sharding_notes
+    from recipe_checks.memory.sharding import plan_from_recipe, sharding_notes
 
     plan = plan_from_recipe(recipe)
     if plan is None:
@@ -138,11 +138,11 @@ def _shard_plan(recipe, notes: list[str]):
 
 def diffusion_settings(recipe, config: dict, notes: list[str]) -> tuple:
     """The diffusion step's settings when the model is a diffusers transformer; () otherwise."""
-    from checks.models.diffusers import is_diffusers_config
+    from recipe_checks.models.diffusers import is_diffusers_config
 
     if not is_diffusers_config(config):
         return ()
-    from checks.memory.diffusion import step_inputs
+    from recipe_checks.memory.diffusion import step_inputs
 
     return freeze(step_inputs(recipe, config, notes))
 
@@ -150,7 +150,7 @@ def diffusion_settings(recipe, config: dict, notes: list[str]) -> tuple:
 def _liger_chunked_loss(training, model_type: str | None, notes: list[str]) -> bool:
     """Whether `use_liger_kernel` gives this model Liger's fused (chunked) loss, as the Trainer
     applies it; notes what the trace does not follow."""
-    from checks.memory.chunked_loss import liger_data, supports_chunked_loss
+    from recipe_checks.memory.chunked_loss import liger_data, supports_chunked_loss
 
     extra = training.model_extra or {}
     if not extra.get("use_liger_kernel"):

@@ -26,7 +26,7 @@ import contextlib
 import math
 from dataclasses import dataclass
 
-from checks import compat
+from recipe_checks import compat
 
 STRATEGY_LABELS = {"ddp": "DDP", "fsdp": "FSDP2", "zero1": "ZeRO-1", "zero2": "ZeRO-2", "zero3": "ZeRO-3"}
 SHARDED_STRATEGIES = ("fsdp", "zero2", "zero3")  # traced with fully_shard
@@ -134,7 +134,7 @@ def fake_process_group(world_size: int, rank: int = 0):
     A process that already has a process group (a test run under torchrun) keeps it: tracing refuses."""
     import torch.distributed as dist
 
-    from checks.memory.errors import TraceError
+    from recipe_checks.memory.errors import TraceError
 
     if not dist.is_available():
         raise TraceError("this torch build has no torch.distributed: a sharded step cannot be traced")
@@ -157,7 +157,7 @@ def shard_step_model(step, plan: ShardPlan):
 
     if not plan.shards:
         return step
-    from checks.memory.errors import TraceError
+    from recipe_checks.memory.errors import TraceError
 
     if step.quantized:
         raise TraceError("bitsandbytes' quantized layers are not sharded by this trace: FSDP2's fully_shard turns "

@@ -15,16 +15,16 @@ import contextlib
 import functools
 from dataclasses import dataclass, field
 
-from checks import compat
-from checks.memory.blocks import (  # noqa: F401  (re-exported)
+from recipe_checks import compat
+from recipe_checks.memory.blocks import (  # noqa: F401  (re-exported)
     TEMPLATE_BLOCK, TRACED_BLOCKS, NotPeriodic, blocks_of_tensors, decoder_blocks, first_different_block,
     segment_hooks,
 )
-from checks.memory.build import StepModel, build_step_model, causal_lm_loss, quiet  # noqa: F401  (re-exported)
-from checks.memory.errors import TraceError  # noqa: F401  (re-exported)
-from checks.memory.optimizer import PAGED_MIN_NUMEL, SpanByParameter, build_optimizer
-from checks.memory.settings import StepSettings, settings_from_recipe  # noqa: F401  (re-exported)
-from checks.memory.tracker import MemoryTimeline, MemoryTracker
+from recipe_checks.memory.build import StepModel, build_step_model, causal_lm_loss, quiet  # noqa: F401  (re-exported)
+from recipe_checks.memory.errors import TraceError  # noqa: F401  (re-exported)
+from recipe_checks.memory.optimizer import PAGED_MIN_NUMEL, SpanByParameter, build_optimizer
+from recipe_checks.memory.settings import StepSettings, settings_from_recipe  # noqa: F401  (re-exported)
+from recipe_checks.memory.tracker import MemoryTimeline, MemoryTracker
 
 
 @dataclass
@@ -41,7 +41,7 @@ class StepTrace:
     def to_dict(self) -> dict | None:
         """What the result cache stores of a trace (checks/result_cache.py): all but its settings, which are
         the entry's key; None for a trace that keeps its memory curve (tests ask for it; it is not stored)."""
-        from checks.result_cache import to_json
+        from recipe_checks.result_cache import to_json
 
         if self.curve is not None:
             return None
@@ -52,7 +52,7 @@ class StepTrace:
     @classmethod
     def from_dict(cls, data: dict, settings: StepSettings) -> StepTrace:
         """The trace `to_dict` stored, traced with `settings`; NotAnEntry for anything else."""
-        from checks.result_cache import from_json
+        from recipe_checks.result_cache import from_json
 
         stored = from_json(_StoredTrace, data)
         return cls(stored.timeline, settings, stored.trainable_params, stored.total_params, stored.quantized_layers,
@@ -91,9 +91,9 @@ def run_step(built: StepModel, settings: StepSettings, *, keep_curve: bool = Fal
     `keep_curve`: keep every event of the memory curve in the result (for tests)."""
     import torch
 
-    from checks.memory.chunked_loss import ChunkedLoss
-    from checks.memory.kernels import check_ops, int8_matmul_as_on_cuda
-    from checks.memory.quantize import quant_state_tensors
+    from recipe_checks.memory.chunked_loss import ChunkedLoss
+    from recipe_checks.memory.kernels import check_ops, int8_matmul_as_on_cuda
+    from recipe_checks.memory.quantize import quant_state_tensors
 
     model, fake = built.model, built.fake
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -131,7 +131,7 @@ def run_step(built: StepModel, settings: StepSettings, *, keep_curve: bool = Fal
     )
     collectives = contextlib.nullcontext()
     if plan is not None:
-        from checks.memory.sharding import collectives_untracked
+        from recipe_checks.memory.sharding import collectives_untracked
 
         collectives = collectives_untracked(tracker)
     try:
@@ -237,7 +237,7 @@ def communication_buffers(plan, built: StepModel, trainable: list) -> int:
         return 0
     import torch
 
-    from checks.memory.sharding import ddp_bucket_bytes, zero_buffer_bytes
+    from recipe_checks.memory.sharding import ddp_bucket_bytes, zero_buffer_bytes
 
     template = [p for p in built.blocks[TEMPLATE_BLOCK].parameters() if p.requires_grad] if built.copies else []
     if plan.strategy == "ddp":  # the buckets of every trained gradient, the blocks the trace left out included
@@ -255,7 +255,7 @@ def build_traced_model(resolved, settings: StepSettings, task_type: str = "CAUSA
     """build_step_model, then the sharding of a distributed plan (in the process group that is current)."""
     built = build_step_model(resolved, settings, task_type, **kwargs)
     if settings.distributed is not None:
-        from checks.memory.sharding import shard_step_model
+        from recipe_checks.memory.sharding import shard_step_model
 
         shard_step_model(built, settings.distributed)
     return built
@@ -273,7 +273,7 @@ def trace_training_step(resolved, settings: StepSettings, task_type: str = "CAUS
 
 @functools.lru_cache(maxsize=64)
 def _trace_cached(config_json: str, name: str, settings: StepSettings, task_type: str) -> StepTrace:
-    from checks import result_cache
+    from recipe_checks import result_cache
 
     return result_cache.cached(
         "trace", {"config": config_json, "name": name, "settings": settings, "task": task_type},
@@ -284,13 +284,13 @@ def _trace_cached(config_json: str, name: str, settings: StepSettings, task_type
 def _trace(config_json: str, name: str, settings: StepSettings, task_type: str) -> StepTrace:
     import json
 
-    from checks.models.resolve import ResolvedModel
+    from recipe_checks.models.resolve import ResolvedModel
 
     resolved = ResolvedModel(name=name, config=json.loads(config_json), source="")
     plan = settings.distributed
     group = contextlib.nullcontext()
     if plan is not None and plan.shards:
-        from checks.memory.sharding import fake_process_group
+        from recipe_checks.memory.sharding import fake_process_group
 
         group = fake_process_group(plan.world_size)
     with group:

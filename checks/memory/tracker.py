@@ -22,8 +22,8 @@ from typing import Any
 
 import torch
 
-from checks import compat
-from checks.memory.kernels import DEQUANTIZE_OPS, EMULATED
+from recipe_checks import compat
+from recipe_checks.memory.kernels import DEQUANTIZE_OPS, EMULATED
 
 TorchDispatchMode = compat.torch_dispatch_mode()
 tree_flatten = compat.require("torch.utils._pytree.tree_flatten")

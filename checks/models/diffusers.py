@@ -10,7 +10,7 @@ import json
 import logging
 from typing import Any
 
-from checks.limits import shorten
+from recipe_checks.limits import shorten
 
 EXTRA = "diffusers"
 INSTALL = f"pip install 'recipe-checks[{EXTRA}]'"
@@ -62,7 +62,7 @@ def build_diffusers_model(config: dict[str, Any], *, device: str = "meta", dtype
     (its keys starting with '_' are diffusers' own bookkeeping, read by from_config itself)."""
     import torch
 
-    from checks.library_warnings import quiet
+    from recipe_checks.library_warnings import quiet
 
     cls = model_class(config)
     logger = logging.getLogger("diffusers")  # advice meant for real loads ("cast with torch_dtype instead")

@@ -18,10 +18,10 @@ from typing import Any
 
 import yaml
 
-from checks import limits
-from checks.limits import MAX_CONFIG_BYTES, MAX_CONFIG_DEPTH, InputRefused, decode_text, read_bounded, shorten
-from checks.models.diffusers import class_name_problem, is_diffusers_config
-from checks.suggest import nearest
+from recipe_checks import limits
+from recipe_checks.limits import MAX_CONFIG_BYTES, MAX_CONFIG_DEPTH, InputRefused, decode_text, read_bounded, shorten
+from recipe_checks.models.diffusers import class_name_problem, is_diffusers_config
+from recipe_checks.suggest import nearest
 
 BUNDLED_DIR = Path(__file__).with_name("configs")
 

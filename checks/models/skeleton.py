@@ -12,9 +12,9 @@ import io
 import json
 import logging
 
-from checks.limits import shorten
-from checks.models.diffusers import is_diffusers_config
-from checks.models.resolve import ResolvedModel, config_problem
+from recipe_checks.limits import shorten
+from recipe_checks.models.diffusers import is_diffusers_config
+from recipe_checks.models.resolve import ResolvedModel, config_problem
 
 _AUTO_CLASS_BY_TASK = {
     "CAUSAL_LM": "AutoModelForCausalLM",
@@ -101,7 +101,7 @@ def _build(config_json: str, name: str, task_type: str, trust_remote_code: bool)
 
 def build_diffusers_skeleton(resolved: ResolvedModel):
     """A diffusers component (FLUX's transformer) on the meta device; RC114 when diffusers is not installed."""
-    from checks.models.diffusers import INSTALL, DiffusersMissing, build_diffusers_model, class_name
+    from recipe_checks.models.diffusers import INSTALL, DiffusersMissing, build_diffusers_model, class_name
 
     try:
         model = build_diffusers_model(resolved.config)

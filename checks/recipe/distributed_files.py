@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from checks.limits import (
+from recipe_checks.limits import (
     MAX_CONFIG_BYTES,
     MAX_CONFIG_DEPTH,
     MAX_RECIPE_BYTES,
@@ -26,7 +26,7 @@ from checks.limits import (
     read_bounded,
     shorten,
 )
-from checks.recipe.load import KeyPath, LoadedRecipe, RecipeLoadError, load_text
+from recipe_checks.recipe.load import KeyPath, LoadedRecipe, RecipeLoadError, load_text
 
 SOURCE_DEEPSPEED = (
     "DeepSpeed 0.19.6 (deepspeedai/DeepSpeed at edaa722: runtime/config.py batch parameters and "
@@ -155,7 +155,7 @@ class DistributedFiles:
     DeepSpeed batch sizes and precision (compared with `training` by RC802 and RC803), and the problems."""
 
     files: dict[str, str] = field(default_factory=dict)  # recipe key (deepspeed, accelerate_config) -> display path
-    read: list[str] = field(default_factory=list)  # the path of each file read or looked for (checks.recipe.inputs)
+    read: list[str] = field(default_factory=list)  # the path of each file read or looked for (recipe_checks.recipe.inputs)
     fields: dict[KeyPath, Setting] = field(default_factory=dict)  # native key under distributed -> the file's value
     batch: dict[str, Setting] = field(default_factory=dict)  # train_batch_size, train_micro_batch_size_per_gpu, ...
     precision: dict[str, Setting] = field(default_factory=dict)  # bf16, fp16 (bools), mixed_precision (accelerate)
@@ -205,7 +205,7 @@ def attach(loaded: LoadedRecipe, base_dir: Path) -> LoadedRecipe:
                     for depth in range(2, len(native) + 1):
                         table.setdefault(native[:depth], table[anchor])
     if files.world_size_derived and loaded.translation is not None:  # the batch sizes state the number of GPUs
-        from checks.formats import GPUS_NOT_STATED
+        from recipe_checks.formats import GPUS_NOT_STATED
 
         loaded.translation.not_checked = [(path, what) for path, what in loaded.translation.not_checked
                                           if not what.startswith(GPUS_NOT_STATED)]
@@ -437,7 +437,7 @@ def _deepspeed(data: dict[str, Any], text: str, shown: str, at: KeyPath, files: 
 
     for key in data:
         if key not in _DS_TOP_KEYS:
-            from checks.suggest import did_you_mean
+            from recipe_checks.suggest import did_you_mean
 
             hint = did_you_mean(str(key), _DS_TOP_KEYS)
             problem(f"{place(str(key))}: '{shorten(key, 60)}' is not a DeepSpeed config key; DeepSpeed ignores it",
@@ -457,7 +457,7 @@ def _deepspeed(data: dict[str, Any], text: str, shown: str, at: KeyPath, files: 
                                f"{_show(zero)}", 'write "zero_optimization": {"stage": 2}', place("zero_optimization")))
     for key in zero:
         if key not in _ZERO_KEYS:
-            from checks.suggest import did_you_mean
+            from recipe_checks.suggest import did_you_mean
 
             problem(f"{place('zero_optimization', str(key))}: '{shorten(key, 60)}' is not a zero_optimization key; "
                     "DeepSpeed refuses the config", f"{did_you_mean(str(key), _ZERO_KEYS)} Remove it.".strip(),
@@ -516,7 +516,7 @@ def _offload(zero: dict[str, Any], name: str, known: frozenset[str], place, prob
                                place("zero_optimization", name)))
     for key in block:
         if key not in known:
-            from checks.suggest import did_you_mean
+            from recipe_checks.suggest import did_you_mean
 
             problem(f"{place('zero_optimization', name, str(key))}: '{shorten(key, 60)}' is not a key of {name}; "
                     "DeepSpeed refuses the config", f"{did_you_mean(str(key), known)} Remove it.".strip(),
@@ -606,7 +606,7 @@ def _accelerate(data: dict[str, Any], loaded: LoadedRecipe, shown: str, at: KeyP
 
     for key in data:
         if key not in _ACCELERATE_KEYS:
-            from checks.suggest import did_you_mean
+            from recipe_checks.suggest import did_you_mean
 
             problem(f"{place(str(key))}: '{shorten(key, 60)}' is not an accelerate config key; accelerate refuses the "
                     "file (\"unknown keys\")", f"{did_you_mean(str(key), _ACCELERATE_KEYS)} Remove it: accelerate takes "

@@ -1,6 +1,6 @@
 """The files a recipe reads: the recipe itself, the DeepSpeed and accelerate configs its `distributed` section
 names (and the DeepSpeed config an accelerate config names), its `model.config`, and a local model directory
-given as the model id. Another tool's config is read as the native recipe it means first (checks.formats), so
+given as the model id. Another tool's config is read as the native recipe it means first (recipe_checks.formats), so
 Axolotl's and LLaMA-Factory's `deepspeed` and a local `base_model` count the same way.
 
 A changed-only run (checks/changed.py) checks a recipe when any of them changed, not only the recipe's own file.
@@ -28,7 +28,7 @@ def recipe_inputs(fs_path: Path, loaded: Any) -> tuple[Path, ...]:
 
 def _model_inputs(model: Any, base: Path) -> list[Path]:
     """model.config (a config.json or a folder holding one), else the model id where it names a local folder, as
-    checks.models.resolve looks for one: as written (from the working directory), then next to the recipe."""
+    recipe_checks.models.resolve looks for one: as written (from the working directory), then next to the recipe."""
     config = model.get("config") if isinstance(model, dict) else None
     model_id = model.get("id") if isinstance(model, dict) else model
     if isinstance(config, str) and config and "\0" not in config:

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from checks import limits
+from recipe_checks import limits
 
 SCHEMA_ID = "https://recipe-checks.dev/schema/recipe.schema.json"
 SHIPPED_SCHEMA = Path(__file__).resolve().parent.parent / "schema" / "recipe.schema.json"
@@ -84,7 +84,7 @@ def _names(entry: dict[str, Any]) -> None:
 
 def _library_extras(definition: dict[str, Any], section: str) -> None:
     """Every other kwarg of the section's library class, by name; unknown names are rejected."""
-    from checks.recipe.library import library_class_name, section_keys
+    from recipe_checks.recipe.library import library_class_name, section_keys
 
     keys = section_keys(section)
     properties = definition.setdefault("properties", {})
@@ -101,7 +101,7 @@ def _library_extras(definition: dict[str, Any], section: str) -> None:
 
 def recipe_json_schema() -> dict[str, Any]:
     """The schema generated from the models and the installed libraries (imports transformers and peft)."""
-    from checks.recipe.schema import Recipe
+    from recipe_checks.recipe.schema import Recipe
 
     schema = copy.deepcopy(Recipe.model_json_schema())
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"

@@ -13,8 +13,8 @@ from typing import Any
 
 import yaml
 
-from checks.findings import Finding, Location
-from checks.limits import (
+from recipe_checks.findings import Finding, Location
+from recipe_checks.limits import (
     MAX_KEY_CHARS,
     MAX_RECIPE_BYTES,
     MAX_STRING_CHARS,
@@ -50,8 +50,8 @@ class LoadedRecipe:
     value_spans: dict[KeyPath, Span] = field(default_factory=dict)
     duplicate_keys: list[KeyPath] = field(default_factory=list)
     duplicate_of: dict[KeyPath, str] = field(default_factory=dict)  # a duplicate -> the key it repeats, as written
-    translation: Any = None  # checks.formats.Translation: another tool's config, read as this native recipe
-    # checks.recipe.distributed_files.DistributedFiles: what the distributed section's DeepSpeed and accelerate
+    translation: Any = None  # recipe_checks.formats.Translation: another tool's config, read as this native recipe
+    # recipe_checks.recipe.distributed_files.DistributedFiles: what the distributed section's DeepSpeed and accelerate
     # files say (None: it names no file)
     distributed_files: Any = None
 
@@ -88,7 +88,7 @@ class RecipeLoadError(Exception):
 
 
 class _InputLimit(Exception):
-    """A recipe past one of the limits on input (checks.limits), at a node of the YAML."""
+    """A recipe past one of the limits on input (recipe_checks.limits), at a node of the YAML."""
 
     def __init__(self, message: str, help: str, mark: yaml.Mark | None) -> None:
         super().__init__(message)
@@ -220,8 +220,8 @@ def _key_value(key_node: yaml.Node) -> Any:
 
 def looks_like_recipe(text: str, marker_key: str = "model") -> bool:
     """Whether a YAML text has a top-level ``marker_key``, or the top-level keys of a config of another
-    tool recipe-checks reads (checks.formats), without trusting it to parse."""
-    from checks.formats import FORMATS, detect
+    tool recipe-checks reads (recipe_checks.formats), without trusting it to parse."""
+    from recipe_checks.formats import FORMATS, detect
 
     keys = [m.group("key") for m in _TOP_LEVEL_KEY.finditer(text)]
     return marker_key in keys or detect(keys) in FORMATS

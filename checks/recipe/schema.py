@@ -2,7 +2,7 @@
 
 Sections mirror transformers.BitsAndBytesConfig, peft.LoraConfig and transformers.TrainingArguments;
 the fields typed here carry the ranges that make sense, the rest of each library's kwargs are
-accepted by name (see checks.recipe.library) so a recipe can be copied from a training script.
+accepted by name (see recipe_checks.recipe.library) so a recipe can be copied from a training script.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from pydantic import (
     model_validator,
 )
 
-from checks import limits
-from checks.regex_safety import describe_problem, lora_pattern_problems
+from recipe_checks import limits
+from recipe_checks.regex_safety import describe_problem, lora_pattern_problems
 
 TORCH_DTYPES = ("auto", "float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2")
 ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
@@ -296,7 +296,7 @@ class Distributed(_Section):
     stages (zero1, zero2, zero3). The world size is `world_size`, or `nodes` x `gpus_per_node`.
 
     `deepspeed` (a DeepSpeed JSON) and `accelerate_config` (an `accelerate config` YAML), paths relative to
-    the recipe file, are read into these fields before validation (checks.recipe.distributed_files; see
+    the recipe file, are read into these fields before validation (recipe_checks.recipe.distributed_files; see
     docs/distributed-configs.md): the strategy, the world size and the options come from the files, and a
     field the recipe also writes and the file contradicts is a finding (RC801), not a silent win."""
 

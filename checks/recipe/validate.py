@@ -11,10 +11,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from checks.recipe.library import MissingExtra, section_keys
-from checks.recipe.load import KeyPath, LoadedRecipe
-from checks.recipe.schema import Recipe, _LibrarySection
-from checks.suggest import nearest
+from recipe_checks.recipe.library import MissingExtra, section_keys
+from recipe_checks.recipe.load import KeyPath, LoadedRecipe
+from recipe_checks.recipe.schema import Recipe, _LibrarySection
+from recipe_checks.suggest import nearest
 
 _LIBRARY_SECTIONS = ("training", "lora", "quantization", "dpo")
 

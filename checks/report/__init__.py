@@ -5,9 +5,9 @@ Each format module has `render(report) -> str`; FORMATS maps the --format names 
 
 from __future__ import annotations
 
-from checks.report import github, json, junit, sarif, text
-from checks.report.model import CheckReport, RecipeReport, RunReport
-from checks.report.selection import RuleSelection, SelectionError
+from recipe_checks.report import github, json, junit, sarif, text
+from recipe_checks.report.model import CheckReport, RecipeReport, RunReport
+from recipe_checks.report.selection import RuleSelection, SelectionError
 
 FORMATS = {"text": text.render, "json": json.render, "github": github.render, "sarif": sarif.render,
            "junit": junit.render}

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from checks.render import github_annotation, workflow_command
-from checks.report.model import RunReport
+from recipe_checks.render import github_annotation, workflow_command
+from recipe_checks.report.model import RunReport
 
 
 def render(report: RunReport) -> str:

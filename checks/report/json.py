@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 
-from checks.report.model import RunReport
+from recipe_checks.report.model import RunReport
 
 
 def render(report: RunReport) -> str:

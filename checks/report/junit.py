@@ -9,8 +9,8 @@ from __future__ import annotations
 import re
 import xml.etree.ElementTree as ET
 
-from checks.render import render_finding
-from checks.report.model import RecipeReport, RunReport
+from recipe_checks.render import render_finding
+from recipe_checks.report.model import RecipeReport, RunReport
 
 # What XML 1.0 cannot hold at all (a finding may quote a control character from a hostile file)
 _NOT_XML = re.compile("[^\u0009\u000a\u000d\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")

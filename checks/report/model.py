@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from checks.findings import Finding, Severity
+from recipe_checks.findings import Finding, Severity
 
 
 @dataclass
@@ -40,7 +40,7 @@ class RecipeReport:
     checks: list[CheckReport] = field(default_factory=list)
     other_gpus: list[str] | None = None  # off target: the GPUs it declares instead of --gpu
     error: str | None = None  # a bug of recipe-checks that stopped the whole recipe
-    inputs: list[str] = field(default_factory=list)  # the files it reads besides itself (checks.recipe.inputs)
+    inputs: list[str] = field(default_factory=list)  # the files it reads besides itself (recipe_checks.recipe.inputs)
     # the source lines the findings quote, read while the recipe was checked (the recipe is not kept)
     source_lines: dict[int, str] = field(default_factory=dict, repr=False)
 

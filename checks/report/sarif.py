@@ -13,8 +13,8 @@ import os
 from pathlib import Path, PurePosixPath
 from urllib.parse import quote
 
-from checks.findings import Finding, Severity
-from checks.report.model import RunReport
+from recipe_checks.findings import Finding, Severity
+from recipe_checks.report.model import RunReport
 
 SCHEMA = "https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/sarif-schema-2.1.0.json"
 SRCROOT = "%SRCROOT%"

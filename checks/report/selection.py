@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from checks.suggest import nearest
+from recipe_checks.suggest import nearest
 
 _NAME_SPECIFICITY = 1000  # a rule's full name is as specific as its full id
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from checks.render import changed_line, other_gpus_lines, render_finding
-from checks.report.model import RunReport
+from recipe_checks.render import changed_line, other_gpus_lines, render_finding
+from recipe_checks.report.model import RunReport
 
 
 def render(report: RunReport) -> str:

@@ -6,7 +6,7 @@ import functools
 import importlib
 import pkgutil
 
-from checks.rules.base import Rule
+from recipe_checks.rules.base import Rule
 
 CHECKS = ("schema", "target-modules", "quantization", "precision", "optimizer", "throughput", "vram", "cpu-step", "cpu-train",
           "gpu-step", "gpu-train")

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from checks.rules.base import NotRun
+from recipe_checks.rules.base import NotRun
 
 GPU_READS = frozenset({"model", "quantization", "lora", "training", "hardware"})
 
 
 def device_or_skip():
     """The local CUDA device, or NotRun naming what is missing (the plugin's gpu marker skips first)."""
-    from checks.run import gpu
-    from checks.run.device import DeviceUnavailable
+    from recipe_checks.run import gpu
+    from recipe_checks.run.device import DeviceUnavailable
 
     try:
         return gpu.local_device()
@@ -29,13 +29,13 @@ def memoized(ctx, key: str, compute):
 def run_on_gpu(rule, ctx, key: str, compute):
     """(device, outcome, findings): the memoised outcome of `compute(device)` on the local GPU; NotRun when
     there is none or the outcome skipped; `findings` already says a failed run or an out-of-memory one."""
-    from checks.limits import shorten
+    from recipe_checks.limits import shorten
 
     device = device_or_skip()
     try:
         outcome = memoized(ctx, key, lambda: compute(device))
     except Exception as exc:  # noqa: BLE001  a failure of the real run is a finding, not a crash
-        from checks.library_warnings import SilentlyIncorrect
+        from recipe_checks.library_warnings import SilentlyIncorrect
 
         error = getattr(exc, "library_error", None)
         if isinstance(error, SilentlyIncorrect):  # the library's fault on this machine, not the recipe's

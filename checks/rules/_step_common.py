@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from checks.rules.base import NotRun
+from recipe_checks.rules.base import NotRun
 
 # What every cpu-step rule reads: the step is built from all of it.
 STEP_READS = frozenset({"model", "quantization", "lora", "training", "dpo"})
@@ -11,7 +11,7 @@ STEP_READS = frozenset({"model", "quantization", "lora", "training", "dpo"})
 def step_report(ctx):
     """The recipe's real step (run once per recipe), or None when the step could not be built (RC701
     reports that); NotRun when this machine has nothing to run it on."""
-    from checks.run.cpu_step import cpu_step
+    from recipe_checks.run.cpu_step import cpu_step
 
     outcome = cpu_step(ctx.state)
     if outcome.missing_extra:  # e.g. a dpo recipe without TRL
@@ -22,6 +22,6 @@ def step_report(ctx):
 
 
 def modules_line(names: list[str]) -> str:
-    from checks.run.step import summarize_modules
+    from recipe_checks.run.step import summarize_modules
 
     return summarize_modules(names)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from checks.targets import TargetAnalysis, analysis_for
+from recipe_checks.targets import TargetAnalysis, analysis_for
 
 
 def analysis(ctx) -> TargetAnalysis | None:

@@ -10,11 +10,11 @@ import inspect
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, ClassVar
 
-from checks.findings import Finding, Severity
-from checks.recipe.load import KeyPath
+from recipe_checks.findings import Finding, Severity
+from recipe_checks.recipe.load import KeyPath
 
 if TYPE_CHECKING:
-    from checks.context import RecipeContext
+    from recipe_checks.context import RecipeContext
 
 
 class Rule:

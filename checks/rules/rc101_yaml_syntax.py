@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from checks.rules.base import Rule
+from recipe_checks.rules.base import Rule
 
 
 class YamlSyntax(Rule):

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from checks.recipe.library import library_class_name
-from checks.rules.base import Rule
-from checks.suggest import did_you_mean
+from recipe_checks.recipe.library import library_class_name
+from recipe_checks.rules.base import Rule
+from recipe_checks.suggest import did_you_mean
 
 
 class UnknownKey(Rule):

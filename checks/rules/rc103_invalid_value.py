@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 
-from checks.limits import shorten
-from checks.rules.base import Rule
+from recipe_checks.limits import shorten
+from recipe_checks.rules.base import Rule
 
 _NUMBER_LIKE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 

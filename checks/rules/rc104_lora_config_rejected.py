@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from checks.recipe.library import lora_config
-from checks.recipe.validate import library_kwargs
-from checks.rules.base import Rule
+from recipe_checks.recipe.library import lora_config
+from recipe_checks.recipe.validate import library_kwargs
+from recipe_checks.rules.base import Rule
 
 
 def build_lora_config(lora):

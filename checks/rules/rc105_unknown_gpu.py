@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from checks.findings import Severity
-from checks.gpus import GIB, GpuFamily, UnknownGpuError
-from checks.rules.base import Rule
-from checks.suggest import normalize_name
+from recipe_checks.findings import Severity
+from recipe_checks.gpus import GIB, GpuFamily, UnknownGpuError
+from recipe_checks.rules.base import Rule
+from recipe_checks.suggest import normalize_name
 
 
 class UnknownGpu(Rule):

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from checks.findings import Severity
-from checks.models.skeleton import ModelBuildError
-from checks.rules.base import Rule
+from recipe_checks.findings import Severity
+from recipe_checks.models.skeleton import ModelBuildError
+from recipe_checks.rules.base import Rule
 
 
 class RemoteCode(Rule):

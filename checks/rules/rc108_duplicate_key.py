@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from checks.limits import shorten
-from checks.rules.base import Rule
+from recipe_checks.limits import shorten
+from recipe_checks.rules.base import Rule
 
 
 class DuplicateKey(Rule):

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from checks.findings import Finding
-from checks.rules.base import Rule
+from recipe_checks.findings import Finding
+from recipe_checks.rules.base import Rule
 
 if TYPE_CHECKING:
-    from checks.context import RecipeContext
+    from recipe_checks.context import RecipeContext
 
 
 class UnusedIgnore(Rule):
@@ -47,8 +47,8 @@ def unused_ignore_findings(ctx: RecipeContext, judged: set[str], used: set[str])
     ignore suppressed there. An ignore of a rule that did not run (its check deselected or skipped,
     or the rule waiting for a broken section) is not judged.
     """
-    from checks.rules import all_rules
-    from checks.suggest import did_you_mean
+    from recipe_checks.rules import all_rules
+    from recipe_checks.suggest import did_you_mean
 
     recipe = ctx.state.recipe
     if recipe is None or not recipe.checks.ignore:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from checks.findings import Severity
-from checks.formats import translation_of
-from checks.rules.base import Rule
+from recipe_checks.findings import Severity
+from recipe_checks.formats import translation_of
+from recipe_checks.rules.base import Rule
 
 
 class NotChecked(Rule):

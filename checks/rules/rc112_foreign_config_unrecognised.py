@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from checks.rules.base import Rule
+from recipe_checks.rules.base import Rule
 
 
 class ForeignConfigUnrecognised(Rule):
@@ -34,6 +34,6 @@ class ForeignConfigUnrecognised(Rule):
     why = "a config that is not recognised would be checked as nothing at all"
 
     def run(self, ctx):
-        error = ctx.state.load_error  # made when the file was read (checks.formats.read_as_native)
+        error = ctx.state.load_error  # made when the file was read (recipe_checks.formats.read_as_native)
         if error is not None and error.rule_id == self.id:
             yield error

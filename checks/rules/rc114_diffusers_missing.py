@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from checks.models.skeleton import ModelBuildError
-from checks.rules.base import Rule
+from recipe_checks.models.skeleton import ModelBuildError
+from recipe_checks.rules.base import Rule
 
 
 class DiffusersMissing(Rule):

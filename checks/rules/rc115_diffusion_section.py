@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from checks.models.diffusers import class_name, is_diffusers_config
-from checks.rules.base import Rule
+from recipe_checks.models.diffusers import class_name, is_diffusers_config
+from recipe_checks.rules.base import Rule
 
 
 class DiffusionSection(Rule):

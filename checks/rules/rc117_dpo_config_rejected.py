@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from checks.limits import shorten
-from checks.findings import Severity
-from checks.rules.base import Rule
+from recipe_checks.limits import shorten
+from recipe_checks.findings import Severity
+from recipe_checks.rules.base import Rule
 
 
 class DpoConfigRejected(Rule):
@@ -41,10 +41,10 @@ class DpoConfigRejected(Rule):
     why = "TRL raises this error when the training script builds its DPOConfig, before the first step"
 
     def run(self, ctx):
-        from checks.memory.preference import dpo_arguments
-        from checks.recipe.library import MissingExtra, require_trl
-        from checks.recipe.validate import library_kwargs
-        from checks.run.setup import blame_key
+        from recipe_checks.memory.preference import dpo_arguments
+        from recipe_checks.recipe.library import MissingExtra, require_trl
+        from recipe_checks.recipe.validate import library_kwargs
+        from recipe_checks.run.setup import blame_key
 
         recipe = ctx.state.recipe
         if recipe is None or recipe.dpo is None:

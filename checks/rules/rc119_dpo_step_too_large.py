@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from checks import limits
-from checks.rules.base import Rule
+from recipe_checks import limits
+from recipe_checks.rules.base import Rule
 
 
 class DpoStepTooLarge(Rule):

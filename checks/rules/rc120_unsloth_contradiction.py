@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from checks.rules.base import Rule
-from checks.unsloth import unsloth_data, written
+from recipe_checks.rules.base import Rule
+from recipe_checks.unsloth import unsloth_data, written
 
 # get_peft_model's defaults that differ from peft.LoraConfig's (the lora section's): unset, Unsloth trains another adapter
 _PEFT_DEFAULTS = {"r": 8, "lora_alpha": 8, "target_modules": None}

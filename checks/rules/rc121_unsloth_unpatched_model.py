@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from checks.findings import Severity
-from checks.rules.base import Rule
-from checks.unsloth import (
+from recipe_checks.findings import Severity
+from recipe_checks.rules.base import Rule
+from recipe_checks.unsloth import (
     DATA_FILE,
     family_reason,
     generic_path_settings,

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from checks.findings import Severity
-from checks.rules.base import Rule
+from recipe_checks.findings import Severity
+from recipe_checks.rules.base import Rule
 
 
 class UnslothTracedAs(Rule):
@@ -36,8 +36,8 @@ class UnslothTracedAs(Rule):
     why = "the vram verdict is a trace of transformers and peft: where Unsloth's run differs, it says how"
 
     def run(self, ctx):
-        from checks.memory.settings import settings_from_recipe
-        from checks.unsloth import memory_notes
+        from recipe_checks.memory.settings import settings_from_recipe
+        from recipe_checks.unsloth import memory_notes
 
         recipe = ctx.recipe
         if recipe.unsloth is None:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from checks.rules._targets_common import analysis, names_line, target_key
-from checks.rules.base import Rule
-from checks.targets import families_of, suggest_for
+from recipe_checks.rules._targets_common import analysis, names_line, target_key
+from recipe_checks.rules.base import Rule
+from recipe_checks.targets import families_of, suggest_for
 
 
 class TargetMatchesNothing(Rule):
@@ -74,7 +74,7 @@ class TargetMatchesNothing(Rule):
 
 
 def _fused_expert_leaves(result) -> list[str]:
-    from checks.targets import projection_roles
+    from recipe_checks.targets import projection_roles
 
     if not result.fused_expert_params:
         return []

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from checks.rules._targets_common import analysis, target_key
-from checks.rules.base import Rule
+from recipe_checks.rules._targets_common import analysis, target_key
+from recipe_checks.rules.base import Rule
 
 
 class UnsupportedLayer(Rule):
@@ -59,7 +59,7 @@ class UnsupportedLayer(Rule):
 
 
 def _wrappable_inside(module) -> list[str]:
-    from checks.targets import _linear_types
+    from recipe_checks.targets import _linear_types
 
     names: list[str] = []
     for name, child in module.named_modules():

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 
-from checks.rules._targets_common import analysis
-from checks.rules.base import Rule
+from recipe_checks.rules._targets_common import analysis
+from recipe_checks.rules.base import Rule
 
 
 class LayersOutOfRange(Rule):

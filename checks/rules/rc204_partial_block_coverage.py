@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from checks.rules._targets_common import analysis, target_key
-from checks.rules.base import Rule
+from recipe_checks.rules._targets_common import analysis, target_key
+from recipe_checks.rules.base import Rule
 
 
 class PartialBlockCoverage(Rule):

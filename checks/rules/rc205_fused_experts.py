@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from checks.rules._targets_common import analysis, target_key
-from checks.rules.base import Rule
-from checks.targets import projection_roles
+from recipe_checks.rules._targets_common import analysis, target_key
+from recipe_checks.rules.base import Rule
+from recipe_checks.targets import projection_roles
 
 
 class FusedExperts(Rule):

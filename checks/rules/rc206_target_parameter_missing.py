@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from checks.rules._targets_common import analysis
-from checks.rules.base import Rule
+from recipe_checks.rules._targets_common import analysis
+from recipe_checks.rules.base import Rule
 
 
 class TargetParameterMissing(Rule):

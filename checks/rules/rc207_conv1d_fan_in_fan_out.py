@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from checks.findings import Severity
-from checks.rules._targets_common import analysis
-from checks.rules.base import Rule
+from recipe_checks.findings import Severity
+from recipe_checks.rules._targets_common import analysis
+from recipe_checks.rules.base import Rule
 
 
 class Conv1dFanInFanOut(Rule):

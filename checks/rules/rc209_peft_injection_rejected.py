@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import re
 
-from checks.rules._targets_common import analysis
-from checks.rules.base import Rule
-from checks.rules.rc201_target_matches_nothing import TargetMatchesNothing
-from checks.rules.rc203_layers_out_of_range import LayersOutOfRange
-from checks.rules.rc205_fused_experts import FusedExperts
-from checks.rules.rc206_target_parameter_missing import TargetParameterMissing
+from recipe_checks.rules._targets_common import analysis
+from recipe_checks.rules.base import Rule
+from recipe_checks.rules.rc201_target_matches_nothing import TargetMatchesNothing
+from recipe_checks.rules.rc203_layers_out_of_range import LayersOutOfRange
+from recipe_checks.rules.rc205_fused_experts import FusedExperts
+from recipe_checks.rules.rc206_target_parameter_missing import TargetParameterMissing
 
 # The rules that say statically, at the offending entry, why peft finds nothing to wrap.
 NO_MATCH_RULES = (TargetMatchesNothing, LayersOutOfRange, FusedExperts, TargetParameterMissing)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from checks.findings import Severity
-from checks.rules.base import Rule
-from checks.unsloth import fast_lora_off, is_patched, unfused_groups, unsloth_data
+from recipe_checks.findings import Severity
+from recipe_checks.rules.base import Rule
+from recipe_checks.unsloth import fast_lora_off, is_patched, unfused_groups, unsloth_data
 
 
 class UnslothLoraUnfused(Rule):

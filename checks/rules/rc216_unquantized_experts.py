@@ -3,8 +3,8 @@ attention only; the experts stay unquantized and the kbit preparation upcasts th
 
 from __future__ import annotations
 
-from checks.findings import Severity
-from checks.rules.base import Rule
+from recipe_checks.findings import Severity
+from recipe_checks.rules.base import Rule
 
 _PREPARED_BYTES = 4  # float32, after prepare_model_for_kbit_training
 _BF16_BYTES = 2
@@ -53,7 +53,7 @@ class UnquantizedExperts(Rule):
         q = ctx.recipe.quantization
         if q is None or q.quant_method != "bitsandbytes" or not (q.load_in_4bit or q.load_in_8bit):
             return
-        from checks.memory.experts import fused_expert_parameters
+        from recipe_checks.memory.experts import fused_expert_parameters
 
         model = ctx.model
         experts = sum(p.numel() for _, p in fused_expert_parameters(model))

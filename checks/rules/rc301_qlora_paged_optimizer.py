@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from checks.facts import first_source
-from checks.recipe.schema import Method
-from checks.rules.base import Rule
+from recipe_checks.facts import first_source
+from recipe_checks.recipe.schema import Method
+from recipe_checks.rules.base import Rule
 
 
 class QloraPagedOptimizer(Rule):

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from checks.rules.base import Rule
-from checks.suggest import nearest
+from recipe_checks.rules.base import Rule
+from recipe_checks.suggest import nearest
 
 
 def optimizer_names() -> list[str]:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from checks.facts import first_source, min_cc
-from checks.rules.base import Rule
+from recipe_checks.facts import first_source, min_cc
+from recipe_checks.rules.base import Rule
 
 # transformers optimizer names that build a bitsandbytes optimizer (transformers'
 # Trainer.get_optimizer_cls_and_kwargs imports bitsandbytes for exactly these). The torchao ones

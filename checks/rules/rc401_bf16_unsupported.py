@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from checks.facts import first_source
-from checks.rules.base import Rule
+from recipe_checks.facts import first_source
+from recipe_checks.rules.base import Rule
 
 
 class Bf16Unsupported(Rule):

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from checks.facts import first_source, min_cc
-from checks.rules.base import Rule
+from recipe_checks.facts import first_source, min_cc
+from recipe_checks.rules.base import Rule
 
 
 class Fp8Unsupported(Rule):

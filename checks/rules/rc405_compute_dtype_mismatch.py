@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from checks.findings import Severity
-from checks.rules.base import Rule
+from recipe_checks.findings import Severity
+from recipe_checks.rules.base import Rule
 
 
 class ComputeDtypeMismatch(Rule):

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from checks.facts import precision_facts
-from checks.findings import Severity
-from checks.rules.base import Rule
+from recipe_checks.facts import precision_facts
+from recipe_checks.findings import Severity
+from recipe_checks.rules.base import Rule
 
 
 class Fp16OverflowFamily(Rule):

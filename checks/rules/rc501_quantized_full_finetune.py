@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from checks.recipe.schema import Method
-from checks.rules.base import Rule
+from recipe_checks.recipe.schema import Method
+from recipe_checks.rules.base import Rule
 
 
 class QuantizedFullFinetune(Rule):

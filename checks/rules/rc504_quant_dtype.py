@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from checks.rules.base import Rule
+from recipe_checks.rules.base import Rule
 
 COMPUTE_DTYPES = ("float32", "float16", "bfloat16")
 STORAGE_DTYPES = ("uint8", "float16", "bfloat16", "float32")

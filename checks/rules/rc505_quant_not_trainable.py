@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from checks.rules.base import Rule
+from recipe_checks.rules.base import Rule
 
 
 class QuantNotTrainable(Rule):
@@ -33,7 +33,7 @@ class QuantNotTrainable(Rule):
         q = ctx.recipe.quantization
         if q is None or q.quant_method != "fp8":
             return
-        from checks.facts import first_source
+        from recipe_checks.facts import first_source
 
         yield self.finding(
             ctx,

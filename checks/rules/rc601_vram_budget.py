@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from checks.findings import Severity
-from checks.rules.base import CannotJudge, NotRun, Rule
+from recipe_checks.findings import Severity
+from recipe_checks.rules.base import CannotJudge, NotRun, Rule
 
-from checks.gpus import GIB
+from recipe_checks.gpus import GIB
 
 
 class VramBudget(Rule):
@@ -44,9 +44,9 @@ class VramBudget(Rule):
     why = "an out-of-memory error at step 1 loses the GPU hour this check exists to save"
 
     def run(self, ctx):
-        from checks.memory.estimate import estimate
-        from checks.memory.step import TraceError
-        from checks.recipe.library import MissingExtra
+        from recipe_checks.memory.estimate import estimate
+        from recipe_checks.memory.step import TraceError
+        from recipe_checks.recipe.library import MissingExtra
 
         gpu = ctx.gpu
         try:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from checks.rules.base import Rule
+from recipe_checks.rules.base import Rule
 
 
 class ThroughputClaim(Rule):
@@ -33,7 +33,7 @@ class ThroughputClaim(Rule):
     why = "a throughput above the hardware's ceiling makes a schedule and a budget that cannot hold"
 
     def run(self, ctx):
-        from checks.throughput import recipe_ceiling
+        from recipe_checks.throughput import recipe_ceiling
 
         recipe = ctx.recipe
         claimed = recipe.expect.tokens_per_second

@@ -3,9 +3,9 @@ more than the threshold, the recipe did not stop fitting, and its throughput cei
 
 from __future__ import annotations
 
-from checks.findings import Severity
-from checks.gpus import GIB
-from checks.rules.base import Rule
+from recipe_checks.findings import Severity
+from recipe_checks.gpus import GIB
+from recipe_checks.rules.base import Rule
 
 
 class PeakRegression(Rule):
@@ -44,10 +44,10 @@ class PeakRegression(Rule):
         options = ctx.state.options
         if not options.baseline:
             return
-        from checks.baseline import baseline_for
-        from checks.memory.errors import TraceError
-        from checks.memory.estimate import estimate
-        from checks.throughput import recipe_ceiling
+        from recipe_checks.baseline import baseline_for
+        from recipe_checks.memory.errors import TraceError
+        from recipe_checks.memory.estimate import estimate
+        from recipe_checks.throughput import recipe_ceiling
 
         gpu = ctx.gpu
         base = baseline_for(ctx.state, gpu, options.baseline)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from checks.gpus import GIB
-from checks.rules.base import Rule
+from recipe_checks.gpus import GIB
+from recipe_checks.rules.base import Rule
 
 
 class DpoReferenceCopy(Rule):
@@ -43,9 +43,9 @@ class DpoReferenceCopy(Rule):
     def run(self, ctx):
         import torch
 
-        from checks.memory.estimate import budget_for
-        from checks.memory.preference import REFERENCE_MODEL, reference_strategy
-        from checks.memory.settings import settings_from_recipe
+        from recipe_checks.memory.estimate import budget_for
+        from recipe_checks.memory.preference import REFERENCE_MODEL, reference_strategy
+        from recipe_checks.memory.settings import settings_from_recipe
 
         recipe = ctx.recipe
         if recipe.dpo is None or reference_strategy(recipe.lora is not None, recipe.dpo.precompute_ref_log_probs) \

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from checks.rules.base import Rule
-from checks.unsloth import blockers, ceiling_for, effective_checkpointing
+from recipe_checks.rules.base import Rule
+from recipe_checks.unsloth import blockers, ceiling_for, effective_checkpointing
 
 
 class UnslothSpeedupClaim(Rule):

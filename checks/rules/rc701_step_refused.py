@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from checks.findings import Severity
-from checks.library_warnings import SilentlyIncorrect
-from checks.limits import shorten
-from checks.rules._step_common import STEP_READS, step_report
-from checks.rules.base import CannotJudge, Rule
+from recipe_checks.findings import Severity
+from recipe_checks.library_warnings import SilentlyIncorrect
+from recipe_checks.limits import shorten
+from recipe_checks.rules._step_common import STEP_READS, step_report
+from recipe_checks.rules.base import CannotJudge, Rule
 
 
 class StepRefused(Rule):
@@ -45,7 +45,7 @@ class StepRefused(Rule):
     why = "a setting the libraries refuse fails the real run when it is built, after the download and data preparation"
 
     def run(self, ctx):
-        from checks.run.cpu_step import cpu_step
+        from recipe_checks.run.cpu_step import cpu_step
 
         report = step_report(ctx)  # NotRun when there is nothing to run on
         outcome = cpu_step(ctx.state)

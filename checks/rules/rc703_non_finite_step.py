@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 
-from checks.rules._step_common import STEP_READS, modules_line, step_report
-from checks.rules.base import Rule
+from recipe_checks.rules._step_common import STEP_READS, modules_line, step_report
+from recipe_checks.rules.base import Rule
 
 
 class NonFiniteStep(Rule):
@@ -38,7 +38,7 @@ class NonFiniteStep(Rule):
     why = "a NaN or inf in the first update spreads through every later step: the run is lost"
 
     def run(self, ctx):
-        from checks.run.cpu_step import cpu_step
+        from recipe_checks.run.cpu_step import cpu_step
 
         report = step_report(ctx)
         if report is None:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from checks.rules._step_common import STEP_READS, modules_line, step_report
-from checks.rules.base import Rule
+from recipe_checks.rules._step_common import STEP_READS, modules_line, step_report
+from recipe_checks.rules.base import Rule
 
 
 class NoGradient(Rule):

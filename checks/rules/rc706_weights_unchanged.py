@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from checks.findings import Severity
-from checks.rules._step_common import STEP_READS, modules_line, step_report
-from checks.rules.base import Rule
+from recipe_checks.findings import Severity
+from recipe_checks.rules._step_common import STEP_READS, modules_line, step_report
+from recipe_checks.rules.base import Rule
 
 
 class WeightsUnchanged(Rule):

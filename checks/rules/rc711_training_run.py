@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from checks.findings import Severity
-from checks.library_warnings import SilentlyIncorrect
-from checks.limits import shorten
-from checks.rules._step_common import STEP_READS, modules_line
-from checks.rules.base import CannotJudge, NotRun, Rule
+from recipe_checks.findings import Severity
+from recipe_checks.library_warnings import SilentlyIncorrect
+from recipe_checks.limits import shorten
+from recipe_checks.rules._step_common import STEP_READS, modules_line
+from recipe_checks.rules.base import CannotJudge, NotRun, Rule
 
 
 class TrainingRun(Rule):
@@ -40,8 +40,8 @@ class TrainingRun(Rule):
     why = "a recipe that does not lower the loss on data it can memorise will not learn from real data either"
 
     def run(self, ctx):
-        from checks.run.cpu_train import cpu_train
-        from checks.run.train import MIN_LOSS_DROP
+        from recipe_checks.run.cpu_train import cpu_train
+        from recipe_checks.run.train import MIN_LOSS_DROP
 
         outcome = cpu_train(ctx.state)
         if outcome.cannot_run:

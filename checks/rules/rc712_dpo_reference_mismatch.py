@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from checks.findings import Severity
-from checks.rules._step_common import STEP_READS, step_report
-from checks.rules.base import Rule
+from recipe_checks.findings import Severity
+from recipe_checks.rules._step_common import STEP_READS, step_report
+from recipe_checks.rules.base import Rule
 
 
 class DpoReferenceMismatch(Rule):
@@ -42,7 +42,7 @@ class DpoReferenceMismatch(Rule):
     why = "DPO's implicit reward is the policy's distance from its reference; at step 0 it must be 0"
 
     def run(self, ctx):
-        from checks.run.cpu_step import cpu_step
+        from recipe_checks.run.cpu_step import cpu_step
 
         if ctx.recipe.dpo is None:
             return

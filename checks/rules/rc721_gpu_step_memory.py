@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from checks.findings import Severity
-from checks.rules._gpu_common import GPU_READS, run_on_gpu
-from checks.rules.base import Rule
+from recipe_checks.findings import Severity
+from recipe_checks.rules._gpu_common import GPU_READS, run_on_gpu
+from recipe_checks.rules.base import Rule
 
 
 class GpuStepMemory(Rule):
@@ -42,7 +42,7 @@ class GpuStepMemory(Rule):
     why = "the run that fits on paper must fit on the GPU: an out-of-memory error at step 1 loses the GPU hour"
 
     def run(self, ctx):
-        from checks.run.gpu import gpu_step
+        from recipe_checks.run.gpu import gpu_step
 
         _, outcome, failed = run_on_gpu(
             self, ctx, "gpu-step", lambda device: gpu_step(ctx.recipe, ctx.state.resolved_model(), ctx.gpu, device))

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from checks.findings import Severity
-from checks.rules._gpu_common import GPU_READS, run_on_gpu
-from checks.rules.base import Rule
+from recipe_checks.findings import Severity
+from recipe_checks.rules._gpu_common import GPU_READS, run_on_gpu
+from recipe_checks.rules.base import Rule
 
 
 class GpuTrainingRun(Rule):
@@ -37,8 +37,8 @@ class GpuTrainingRun(Rule):
     why = "a run that does not learn, fit or reach its planned speed on the GPU wastes the node it is booked on"
 
     def run(self, ctx):
-        from checks.run.gpu import gpu_train
-        from checks.run.train import MIN_LOSS_DROP
+        from recipe_checks.run.gpu import gpu_train
+        from recipe_checks.run.train import MIN_LOSS_DROP
 
         steps = ctx.state.options.train_steps
         device, outcome, failed = run_on_gpu(

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from checks.findings import Severity
-from checks.recipe.schema import Method
-from checks.rules.base import Rule
+from recipe_checks.findings import Severity
+from recipe_checks.recipe.schema import Method
+from recipe_checks.rules.base import Rule
 
 # DeepSpeed 0.19.6, runtime/zero/stage3.py estimate_zero3_model_states_mem_needs and stage_1_and_2.py
 # estimate_zero2_model_states_mem_needs: with the optimizer offloaded, 16 bytes a trained parameter (fp32
@@ -103,7 +103,7 @@ class OffloadHostMemory(Rule):
 
 
 def _adapter_params(ctx) -> int | None:
-    from checks.rules._targets_common import analysis
+    from recipe_checks.rules._targets_common import analysis
 
     result = analysis(ctx)
     return result.adapter_params if result is not None else None

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from checks.findings import Severity
-from checks.recipe.schema import Method
-from checks.rules.base import Rule
+from recipe_checks.findings import Severity
+from recipe_checks.recipe.schema import Method
+from recipe_checks.rules.base import Rule
 
 _STATE_BYTES = {"zero1": 12, "zero2": 16}  # fp32 master + Adam moments (+ fp32 gradients at stage 2), per parameter
 
@@ -46,7 +46,7 @@ class ShardedAdaptersOnly(Rule):
             return
         if distributed.size_known and distributed.size == 1:
             return  # RC807's case
-        from checks.rules._targets_common import analysis
+        from recipe_checks.rules._targets_common import analysis
 
         result = analysis(ctx)
         saved = ""

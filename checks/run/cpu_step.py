@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from checks.limits import shorten
-from checks.models.diffusers import is_diffusers_config
-from checks.run.setup import Scale, SetupRefused, blame_key, build_training, one_thread, training_kwargs
-from checks.run.step import StepReport, run_real_step
+from recipe_checks.limits import shorten
+from recipe_checks.models.diffusers import is_diffusers_config
+from recipe_checks.run.setup import Scale, SetupRefused, blame_key, build_training, one_thread, training_kwargs
+from recipe_checks.run.step import StepReport, run_real_step
 
 MEMO_KEY = "cpu-step"
 
@@ -26,7 +26,7 @@ class StepOutcome:
     fixture: Any = None
     broken_by: str | None = None  # the training key whose default makes a non-finite step finite
     missing_extra: str | None = None  # the optional library the recipe's trainer needs (TRL for dpo), not installed
-    preference: Any = None  # a DPO step's start: its rewards against the reference (checks.run.dpo.DpoStart)
+    preference: Any = None  # a DPO step's start: its rewards against the reference (recipe_checks.run.dpo.DpoStart)
     seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -38,7 +38,7 @@ def cpu_step(state) -> StepOutcome:
     """The recipe's step on its tiny-random model, run once per recipe and shared by the rules; kept in the
     result cache (checks/result_cache.py) under what decides it."""
     if MEMO_KEY not in state.memo:
-        from checks import result_cache
+        from recipe_checks import result_cache
 
         def run() -> StepOutcome:
             with one_thread():
@@ -55,7 +55,7 @@ def real_step_parts(state) -> dict | None:
     """What decides a recipe's real step on its tiny model besides the engine and the libraries: the recipe as
     validated (after format translation and its distributed files), the model's config, the CPU's kernel
     features. No GPU profile: the step runs on this CPU. None when there is no model to key it by."""
-    from checks import result_cache
+    from recipe_checks import result_cache
 
     resolved = state.resolved_model()
     if state.recipe is None or isinstance(resolved, Exception):
@@ -72,7 +72,7 @@ def outcome_to_dict(outcome: StepOutcome) -> dict | None:
     """What the result cache stores of an outcome. None (not stored) for a step that could not run, whose
     message names the recipe's path, and for a refused one: the rules read the library's exception itself
     (its class, its attributes), which JSON does not hold, and a refusal may be this machine's doing."""
-    from checks.result_cache import to_json
+    from recipe_checks.result_cache import to_json
 
     if outcome.cannot_run is not None or outcome.refused is not None:
         return None
@@ -85,9 +85,9 @@ def outcome_to_dict(outcome: StepOutcome) -> dict | None:
 
 def outcome_from_dict(data: dict) -> StepOutcome:
     """The outcome `outcome_to_dict` stored; NotAnEntry for anything else."""
-    from checks.fixtures.cache import Fixture
-    from checks.result_cache import from_json
-    from checks.run.dpo import DpoStart
+    from recipe_checks.fixtures.cache import Fixture
+    from recipe_checks.result_cache import from_json
+    from recipe_checks.run.dpo import DpoStart
 
     stored = from_json(_StoredStep, data)
     return StepOutcome(
@@ -130,8 +130,8 @@ def tiny_model(state) -> TinyModel | str:
     """The recipe's tiny-random model (built into the huggingface_hub cache on first use; once per
     recipe), or why there is none."""
     if "tiny-model" not in state.memo:
-        from checks.fixtures.cache import ensure_fixture
-        from checks.memory.settings import settings_from_recipe
+        from recipe_checks.fixtures.cache import ensure_fixture
+        from recipe_checks.memory.settings import settings_from_recipe
 
         recipe = state.recipe
         resolved = state.resolved_model()
@@ -156,7 +156,7 @@ def _run(state) -> StepOutcome:
 
     recipe = state.recipe
     if is_diffusers_config(getattr(state.resolved_model(), "config", None)):  # FLUX: its own step
-        from checks.run.flux_step import run_flux_cpu_step
+        from recipe_checks.run.flux_step import run_flux_cpu_step
 
         return run_flux_cpu_step(state)
     outcome = StepOutcome()
@@ -168,8 +168,8 @@ def _run(state) -> StepOutcome:
     outcome.fixture = tiny.fixture
     outcome.seconds["fixture"] = time.perf_counter() - started
     scale = Scale.small(recipe)
-    if recipe.dpo is not None:  # TRL's DPOTrainer runs the step (checks.run.dpo)
-        from checks.recipe.library import MissingExtra, require_trl
+    if recipe.dpo is not None:  # TRL's DPOTrainer runs the step (recipe_checks.run.dpo)
+        from recipe_checks.recipe.library import MissingExtra, require_trl
 
         try:
             require_trl()
@@ -179,7 +179,7 @@ def _run(state) -> StepOutcome:
 
     def step(kwargs: dict | None = None) -> StepReport:
         if recipe.dpo is not None:
-            from checks.run.dpo import dpo_step
+            from recipe_checks.run.dpo import dpo_step
 
             report, outcome.preference = dpo_step(recipe, str(tiny.fixture.path), tiny.config, scale,
                                                   weights_dtype=tiny.weights_dtype, kwargs=kwargs)
@@ -206,6 +206,6 @@ def _vocab_size(path) -> int:
     import json
     from pathlib import Path
 
-    from checks.run.setup import vocab_size
+    from recipe_checks.run.setup import vocab_size
 
     return vocab_size(json.loads((Path(path) / "config.json").read_text(encoding="utf-8")))

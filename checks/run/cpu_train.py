@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from checks.run.cpu_step import real_step_parts, tiny_model
-from checks.run.setup import Scale, SetupRefused, build_training, one_thread
-from checks.run.train import DEFAULT_STEPS, TrainReport, run_training
+from recipe_checks.run.cpu_step import real_step_parts, tiny_model
+from recipe_checks.run.setup import Scale, SetupRefused, build_training, one_thread
+from recipe_checks.run.train import DEFAULT_STEPS, TrainReport, run_training
 
 MEMO_KEY = "cpu-train"
 
@@ -26,7 +26,7 @@ def cpu_train(state, steps: int | None = None) -> TrainOutcome:
     """The recipe's short run on its tiny-random model, once per recipe; kept in the result cache
     (checks/result_cache.py) under what decides it, the number of steps included."""
     if MEMO_KEY not in state.memo:
-        from checks import result_cache
+        from recipe_checks import result_cache
 
         steps = steps or state.options.train_steps or DEFAULT_STEPS
 
@@ -44,7 +44,7 @@ def cpu_train(state, steps: int | None = None) -> TrainOutcome:
 def outcome_to_dict(outcome: TrainOutcome) -> dict | None:
     """What the result cache stores of a run: its report, whose tokens/s are those of the run that filled the
     entry; None (not stored) for a run that could not run or was refused, as cpu-step's."""
-    from checks.result_cache import to_json
+    from recipe_checks.result_cache import to_json
 
     if outcome.cannot_run is not None or outcome.refused is not None:
         return None
@@ -53,7 +53,7 @@ def outcome_to_dict(outcome: TrainOutcome) -> dict | None:
 
 def outcome_from_dict(data: dict) -> TrainOutcome:
     """The outcome `outcome_to_dict` stored; NotAnEntry for anything else."""
-    from checks.result_cache import NotAnEntry, from_json
+    from recipe_checks.result_cache import NotAnEntry, from_json
 
     if not isinstance(data, dict) or set(data) != {"report"}:
         raise NotAnEntry("not a stored training run")
@@ -66,15 +66,15 @@ def _run(state, steps: int) -> TrainOutcome:
     if isinstance(tiny, str):
         return TrainOutcome(cannot_run=tiny)
     scale = Scale.small(recipe, micro_batch=1, max_accumulation=1)
-    if recipe.dpo is not None:  # TRL's DPOTrainer.train (checks.run.dpo); cpu-step says when TRL is missing
-        from checks.recipe.library import MissingExtra, require_trl
+    if recipe.dpo is not None:  # TRL's DPOTrainer.train (recipe_checks.run.dpo); cpu-step says when TRL is missing
+        from recipe_checks.recipe.library import MissingExtra, require_trl
 
         try:
             require_trl()
         except MissingExtra as exc:
             return TrainOutcome(cannot_run=str(exc))
         try:
-            from checks.run.dpo import dpo_training
+            from recipe_checks.run.dpo import dpo_training
 
             return TrainOutcome(report=dpo_training(recipe, str(tiny.fixture.path), tiny.config, scale,
                                                     weights_dtype=tiny.weights_dtype, steps=steps))

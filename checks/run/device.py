@@ -17,7 +17,7 @@ import weakref
 from collections.abc import Iterator
 from typing import Any, Protocol
 
-from checks.gpus import GIB, MIB
+from recipe_checks.gpus import GIB, MIB
 
 KIB = 1024
 # bf16 tensor cores arrived with Ampere (sm_80); the GPU profiles' `bf16` field follows the same line
@@ -269,7 +269,7 @@ class _Storage:
 
 class CpuDevice:
     """The Device interface on CPU: counts the bytes of the live tensor storages created while measuring,
-    as CUDA's allocated counter would (each storage once, in 512-byte blocks as checks.memory.tracker
+    as CUDA's allocated counter would (each storage once, in 512-byte blocks as recipe_checks.memory.tracker
     rounds them, until it is freed), tracks the peak, and enforces `limit_memory` by raising an
     out-of-memory error shaped like CUDA's.
 
@@ -351,7 +351,7 @@ class CpuDevice:
         import torch
 
         # the memory trace's rule, CUDA's: a storage takes 512-byte blocks in torch.cuda.memory_allocated
-        from checks.memory.tracker import allocation_bytes
+        from recipe_checks.memory.tracker import allocation_bytes
 
         if tensor.device.type != "cpu" or tensor.layout is not torch.strided:
             return  # meta and sparse tensors hold no storage of their own here
@@ -454,7 +454,7 @@ _FRESH_OPS = ("aten::lift_fresh",)
 @functools.cache
 def _counting_mode() -> type:
     """The TorchDispatchMode class that hands every op's outputs to a CpuDevice (made on first use)."""
-    from checks import compat
+    from recipe_checks import compat
 
     class CountingMode(compat.torch_dispatch_mode()):
         def __init__(self, device: CpuDevice) -> None:

@@ -15,11 +15,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from checks import compat
-from checks.library_warnings import quiet
-from checks.run.setup import (Scale, SetupRefused, TrainingSetup, autocast, blame_key, load_model, trainer_output_dir,
+from recipe_checks import compat
+from recipe_checks.library_warnings import quiet
+from recipe_checks.run.setup import (Scale, SetupRefused, TrainingSetup, autocast, blame_key, load_model, trainer_output_dir,
                               training_kwargs, trusted)
-from checks.run.step import StepReport, run_real_step
+from recipe_checks.run.step import StepReport, run_real_step
 
 # The reference log-probs equal the policy's before any update (the adapters start as the identity, the
 # reference model is the same checkpoint): the rewards beta * (policy - reference) are 0 up to rounding.
@@ -68,10 +68,10 @@ def dpo_step(recipe, model_path: str, config: dict, scale: Scale, *, weights_dty
     `kwargs`: TrainingArguments kwargs instead of the recipe's (to find the key a failure comes from)."""
     from datasets import Dataset
 
-    from checks.fixtures.tiny import tiny_tokenizer
-    from checks.recipe.library import lora_config
-    from checks.recipe.validate import library_kwargs
-    from checks.run.setup import vocab_size
+    from recipe_checks.fixtures.tiny import tiny_tokenizer
+    from recipe_checks.recipe.library import lora_config
+    from recipe_checks.recipe.validate import library_kwargs
+    from recipe_checks.run.setup import vocab_size
 
     length = recipe.dpo.max_length
     scale = dataclasses.replace(scale, seq_len=min(scale.seq_len, length) if length is not None else scale.seq_len)
@@ -166,7 +166,7 @@ def recipe_precision(args) -> str:
 
 
 def _dpo_config(training: dict, dpo: dict, output_dir: str):
-    from checks.recipe.library import dpo_config
+    from recipe_checks.recipe.library import dpo_config
 
     kwargs = {"output_dir": output_dir, "report_to": [], "use_cpu": True, "save_strategy": "no", "disable_tqdm": True}
     # tf32 is a property of the target GPU (RC401); the machine's keys are set here
@@ -223,12 +223,12 @@ def dpo_training(recipe, model_path: str, config: dict, scale: Scale, *, weights
     import torch
     from datasets import Dataset
 
-    from checks.fixtures.tiny import tiny_tokenizer
-    from checks.recipe.library import lora_config
-    from checks.recipe.validate import library_kwargs
-    from checks.run.setup import vocab_size
-    from checks.run.step import module_of
-    from checks.run.train import TrainReport, short_run_kwargs
+    from recipe_checks.fixtures.tiny import tiny_tokenizer
+    from recipe_checks.recipe.library import lora_config
+    from recipe_checks.recipe.validate import library_kwargs
+    from recipe_checks.run.setup import vocab_size
+    from recipe_checks.run.step import module_of
+    from recipe_checks.run.train import TrainReport, short_run_kwargs
 
     length = recipe.dpo.max_length
     scale = dataclasses.replace(scale, seq_len=min(scale.seq_len, length) if length is not None else scale.seq_len)

@@ -1,5 +1,5 @@
 """cpu-step for a FLUX recipe: one real optimizer step of the tiny-random FluxTransformer2DModel, built as
-diffusers' FLUX LoRA scripts build it (checks.memory.diffusion), judged by the same cpu-step rules.
+diffusers' FLUX LoRA scripts build it (recipe_checks.memory.diffusion), judged by the same cpu-step rules.
 
 The fixture is loaded with `from_pretrained` from the huggingface_hub cache; 4-bit weights are quantized
 with bitsandbytes on the CPU after loading (diffusers' quantizer refuses to load without a GPU). The
@@ -11,9 +11,9 @@ from __future__ import annotations
 import dataclasses
 from types import SimpleNamespace
 
-from checks.library_warnings import quiet
-from checks.run.setup import Scale, SetupRefused, trusted
-from checks.run.step import (
+from recipe_checks.library_warnings import quiet
+from recipe_checks.run.setup import Scale, SetupRefused, trusted
+from recipe_checks.run.step import (
     _ADAPTER_PARTS,
     StepReport,
     _note_gradients,
@@ -42,9 +42,9 @@ def run_flux_step(recipe, resolved, fixture, *, seed: int = 0) -> StepReport:
     from diffusers import FluxTransformer2DModel
     from transformers import get_scheduler
 
-    from checks.memory.diffusion import build_diffusion_step_model, flow_matching_loss
-    from checks.memory.optimizer import build_optimizer
-    from checks.memory.settings import freeze, settings_from_recipe, thaw
+    from recipe_checks.memory.diffusion import build_diffusion_step_model, flow_matching_loss
+    from recipe_checks.memory.optimizer import build_optimizer
+    from recipe_checks.memory.settings import freeze, settings_from_recipe, thaw
 
     scale = Scale.small(recipe)
     full = settings_from_recipe(recipe, resolved.config)
@@ -132,7 +132,7 @@ def _check_identity(model, settings, tracker, seed: int, report: StepReport) -> 
     """Before any update, the adapted transformer predicts what the base does (diffusers' disable_adapters)."""
     import torch
 
-    from checks.memory.diffusion import flow_matching_loss
+    from recipe_checks.memory.diffusion import flow_matching_loss
 
     autocast = torch.autocast("cpu", dtype=getattr(torch, settings.precision), enabled=settings.precision != "float32")
     outputs = []
@@ -156,12 +156,12 @@ def _check_identity(model, settings, tracker, seed: int, report: StepReport) -> 
 
 
 def run_flux_cpu_step(state):
-    """cpu-step's outcome for a FLUX recipe (checks.run.cpu_step.StepOutcome), the step run once per recipe."""
+    """cpu-step's outcome for a FLUX recipe (recipe_checks.run.cpu_step.StepOutcome), the step run once per recipe."""
     import time
 
-    from checks.fixtures.cache import ensure_fixture
-    from checks.limits import shorten
-    from checks.run.cpu_step import StepOutcome
+    from recipe_checks.fixtures.cache import ensure_fixture
+    from recipe_checks.limits import shorten
+    from recipe_checks.run.cpu_step import StepOutcome
 
     recipe, resolved = state.recipe, state.resolved_model()
     outcome = StepOutcome()

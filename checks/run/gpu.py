@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from checks.run.measure import (
+from recipe_checks.run.measure import (
     MemoryComparison,
     MemoryPlan,
     OutOfMemory,
@@ -20,7 +20,7 @@ from checks.run.measure import (
     compare_with_estimate,
     memory_limit_for,
 )
-from checks.run.setup import (
+from recipe_checks.run.setup import (
     Scale,
     TrainingSetup,
     optimizer_and_scheduler,
@@ -58,8 +58,8 @@ def torch_device(device) -> str:
 def full_size_setup(recipe, resolved, scale: Scale, device: str, *, schedule_steps: int) -> TrainingSetup:
     """The recipe's full-size model with random weights on `device`, quantized, adapted and checkpointed
     as the trace builds it, with the optimizer and scheduler the Trainer builds."""
-    from checks.memory.build import build_step_model
-    from checks.memory.settings import settings_from_recipe
+    from recipe_checks.memory.build import build_step_model
+    from recipe_checks.memory.settings import settings_from_recipe
 
     settings = settings_from_recipe(recipe, resolved.config)
     task = recipe.lora.task_type if recipe.lora is not None else "CAUSAL_LM"
@@ -96,9 +96,9 @@ def _drop_setup(holder: dict) -> None:
 def gpu_step(recipe, resolved, profile, device, *, estimate=None) -> GpuOutcome:
     """GPU_STEPS real steps of the full-size model on `device`, limited to the target's memory; the peak
     against the budget and the traced estimate (`estimate`: an Estimate, traced here when not given)."""
-    from checks.memory.estimate import estimate as trace_estimate
-    from checks.run.measure import cuda_context_bytes
-    from checks.run.step import token_batches
+    from recipe_checks.memory.estimate import estimate as trace_estimate
+    from recipe_checks.run.measure import cuda_context_bytes
+    from recipe_checks.run.step import token_batches
 
     outcome = _start(recipe, profile, device)
     if outcome.skip:
@@ -113,7 +113,7 @@ def gpu_step(recipe, resolved, profile, device, *, estimate=None) -> GpuOutcome:
     def build_and_run():
         import torch
 
-        from checks.run.setup import autocast
+        from recipe_checks.run.setup import autocast
 
         setup = full_size_setup(recipe, resolved, scale, where, schedule_steps=max(GPU_STEPS, 10))
         holder["setup"] = setup
@@ -149,7 +149,7 @@ def gpu_step(recipe, resolved, profile, device, *, estimate=None) -> GpuOutcome:
 
 def gpu_train(recipe, resolved, profile, device, *, steps: int) -> GpuOutcome:
     """A short run through the Trainer at the recipe's sizes on `device`, limited to the target's memory."""
-    from checks.run.train import run_training
+    from recipe_checks.run.train import run_training
 
     outcome = _start(recipe, profile, device)
     if outcome.skip:
@@ -168,7 +168,7 @@ def gpu_train(recipe, resolved, profile, device, *, steps: int) -> GpuOutcome:
         report = run_training(setup, recipe, vocab_size=vocab_size(resolved.config), steps=steps, device=where)
         return report, device.peak_allocated(), device.peak_reserved()
 
-    from checks.memory.estimate import budget_for
+    from recipe_checks.memory.estimate import budget_for
 
     budget, _ = budget_for(recipe, profile)
     result = _guarded(device, build_and_train, budget, holder)
@@ -184,7 +184,7 @@ def gpu_train(recipe, resolved, profile, device, *, steps: int) -> GpuOutcome:
 def _guarded(device, fn, budget_bytes: int, holder: dict):
     """fn under guarded_step (an out-of-memory failure becomes a report, its memory released); the
     memory limit lifted afterwards, whatever happened, so the next recipe starts from a clean device."""
-    from checks.run.measure import guarded_step
+    from recipe_checks.run.measure import guarded_step
 
     try:
         return guarded_step(device, fn, budget_bytes=budget_bytes, cleanup=lambda: _drop_setup(holder))
@@ -197,6 +197,6 @@ def _guarded(device, fn, budget_bytes: int, holder: dict):
 def local_device():
     """The GPU this machine runs gpu-step and gpu-train on (the first CUDA device), or a DeviceUnavailable
     saying what is missing. One place, so a test can stand a CPU device in for it."""
-    from checks.run.device import CudaDevice
+    from recipe_checks.run.device import CudaDevice
 
     return CudaDevice(0)

@@ -13,9 +13,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
-from checks.gpus import GIB, MIB, GpuProfile
-from checks.run.device import KIB, Device, memory_fraction
-from checks.suggest import normalize_name
+from recipe_checks.gpus import GIB, MIB, GpuProfile
+from recipe_checks.run.device import KIB, Device, memory_fraction
+from recipe_checks.suggest import normalize_name
 
 T = TypeVar("T")
 
@@ -27,7 +27,7 @@ def cuda_context_bytes() -> int:
     Only the context: the estimate's other overhead, cuBLAS workspaces, is allocated through the caching
     allocator (aten/src/ATen/cuda/CublasHandlePool.cpp keeps them as its DataPtrs), so once a matmul has
     run it is inside torch.cuda.memory_allocated already."""
-    from checks.memory.estimate import overheads
+    from recipe_checks.memory.estimate import overheads
 
     return int(overheads()["cuda_context"]["bytes"])
 

@@ -16,8 +16,8 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from checks import compat
-from checks.library_warnings import SilentlyIncorrect, failing_on_silently_incorrect, quiet
+from recipe_checks import compat
+from recipe_checks.library_warnings import SilentlyIncorrect, failing_on_silently_incorrect, quiet
 
 # The schedule's length when the recipe sets no max_steps: a fractional warmup_steps is read against it.
 DEFAULT_SCHEDULE_STEPS = 1000
@@ -103,7 +103,7 @@ def vocab_size(config: dict) -> int:
 
 def training_kwargs(recipe, scale: Scale) -> dict[str, Any]:
     """The TrainingArguments kwargs of a recipe at this scale (its own keys, as written)."""
-    from checks.recipe.validate import library_kwargs
+    from recipe_checks.recipe.validate import library_kwargs
 
     kwargs = library_kwargs(recipe.training)
     kwargs.pop("max_seq_length", None)
@@ -153,7 +153,7 @@ def _quantization_config(recipe):
         return None
     from transformers import BitsAndBytesConfig
 
-    from checks.recipe.validate import library_kwargs
+    from recipe_checks.recipe.validate import library_kwargs
 
     kwargs = {k: v for k, v in library_kwargs(q).items() if k != "quant_method"}
     return BitsAndBytesConfig(**kwargs)
@@ -162,7 +162,7 @@ def _quantization_config(recipe):
 def _auto_class(recipe):
     import transformers
 
-    from checks.models.skeleton import _AUTO_CLASS_BY_TASK
+    from recipe_checks.models.skeleton import _AUTO_CLASS_BY_TASK
 
     task = recipe.lora.task_type if recipe.lora is not None else "CAUSAL_LM"
     return getattr(transformers, _AUTO_CLASS_BY_TASK.get(task or "CAUSAL_LM", "AutoModelForCausalLM"))
@@ -225,8 +225,8 @@ def build_training(recipe, model_path: str, scale: Scale, *, weights_dtype: str,
         if recipe.lora is not None:
             from peft import get_peft_model, prepare_model_for_kbit_training
 
-            from checks.recipe.library import lora_config
-            from checks.recipe.validate import library_kwargs
+            from recipe_checks.recipe.library import lora_config
+            from recipe_checks.recipe.validate import library_kwargs
 
             if quantized:  # as TRL's SFTTrainer prepares a k-bit model before wrapping it
                 model = prepare_model_for_kbit_training(

@@ -12,8 +12,8 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from checks.library_warnings import quiet
-from checks.run.setup import TrainingSetup, autocast, trusted
+from recipe_checks.library_warnings import quiet
+from recipe_checks.run.setup import TrainingSetup, autocast, trusted
 
 _ADAPTER_PARTS = re.compile(r"\.(lora_A|lora_B|lora_embedding_A|lora_embedding_B|lora_magnitude_vector|"
                             r"modules_to_save)(\.[^.]+)?(\.weight|\.bias)?$")
@@ -155,7 +155,7 @@ def _check_identity(setup: TrainingSetup, batch, report: StepReport) -> None:
 def _count_block_calls(setup: TrainingSetup):
     """A hook counting the first decoder block's forward runs, and those made while the backward pass
     runs (activation checkpointing re-runs the block there); the caller sets counts["phase"]."""
-    from checks.models.blocks import decoder_blocks
+    from recipe_checks.models.blocks import decoder_blocks
 
     found = decoder_blocks(setup.model.get_base_model() if hasattr(setup.model, "get_base_model") else setup.model,
                            strict=False)

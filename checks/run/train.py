@@ -12,9 +12,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from checks.library_warnings import quiet
-from checks.run.setup import Scale, TrainingSetup, training_arguments, training_kwargs, trusted
-from checks.run.step import module_of
+from recipe_checks.library_warnings import quiet
+from recipe_checks.run.setup import Scale, TrainingSetup, training_arguments, training_kwargs, trusted
+from recipe_checks.run.step import module_of
 
 DEFAULT_STEPS = 30
 # The loss on the memorised batch must end at least this fraction below where it started: 0.1%. At the
@@ -64,7 +64,7 @@ class FixedBatch:
 def short_run_kwargs(recipe, scale: Scale, steps: int) -> tuple[dict[str, Any], list[str]]:
     """The recipe's TrainingArguments kwargs for a run of `steps` optimizer steps: its warmup kept as the
     same fraction of the run (an absolute warmup longer than the run would train at lr ~0 throughout)."""
-    from checks.run.setup import DEFAULT_SCHEDULE_STEPS
+    from recipe_checks.run.setup import DEFAULT_SCHEDULE_STEPS
 
     kwargs = training_kwargs(recipe, scale)
     notes = []
@@ -83,7 +83,7 @@ def short_run_kwargs(recipe, scale: Scale, steps: int) -> tuple[dict[str, Any], 
 def _loss_on(model, batch, precision: str) -> float:
     import torch
 
-    from checks.run.setup import autocast
+    from recipe_checks.run.setup import autocast
 
     was_training = model.training
     model.eval()
