@@ -14,6 +14,7 @@ from pathlib import Path
 from recipe_checks.findings import Finding, Location, Severity
 from recipe_checks.render import github_annotation
 from recipe_checks.rules import CHECKS, IGNORES_CHECK
+from recipe_checks.shown import shown
 
 # GitHub shows at most 10 warning, 10 error and 10 notice annotations per step, and 50 per job (all
 # steps together); the others are dropped without a word (actions/toolkit, docs/problem-matchers.md,
@@ -141,14 +142,14 @@ class RunRecord:
                 f"{'' if r.vram['fits'] else '❌ '}{r.vram['peak_gib']:.1f} / {r.vram['budget_gib']:.1f} GiB"
                 + (f" ({r.gpu})" if r.gpu else "") for r in records if r.vram
             )
-            lines.append(f"| `{_md(path)}` | " + " | ".join(cells) + f" | {vram or '–'} |")
+            lines.append(f"| {_code(path)} | " + " | ".join(cells) + f" | {vram or '–'} |")
         findings = [f for f in self.findings() if f.severity is Severity.ERROR] + [
             f for f in self.findings() if f.severity is Severity.WARNING]
         if findings:
             lines += ["", f"### Findings ({len(findings)}; {annotated} annotated on the files)", ""]
             for finding in findings[:SUMMARY_MAX_FINDINGS]:
                 icon = "❌" if finding.is_error else "⚠️"
-                lines.append(f"- {icon} `{_md(str(finding.location))}` **{finding.rule_id}** {_md(finding.message)}"
+                lines.append(f"- {icon} {_code(str(finding.location))} **{finding.rule_id}** {_md(finding.message)}"
                              + (f" — help: {_md(finding.help)}" if finding.help else ""))
             if len(findings) > SUMMARY_MAX_FINDINGS:
                 lines.append(f"- … and {len(findings) - SUMMARY_MAX_FINDINGS} more: see the log")
@@ -165,9 +166,22 @@ def _cell(record: ItemRecord, several: bool) -> str:
     return text + (f" {', '.join(rules)}" if rules else "")
 
 
+_MARKDOWN = re.compile(r"([\\`*_\[\]<>!|#~&])")
+
+
 def _md(text: str) -> str:
-    """Text in a markdown table cell: a '|' would end the cell, a newline the row."""
-    return text.replace("|", "\\|").replace("\n", " ")
+    """Prose as markdown shows it literally: control characters escaped (recipe_checks.shown) and each character
+    that could start emphasis, a link, an image, HTML or a table cell behind a backslash."""
+    return _MARKDOWN.sub(r"\\\1", shown(text))
+
+
+def _code(text: str) -> str:
+    """A path as a markdown code span, whatever it holds: its backticks inside a longer fence, its '|' escaped
+    (a table splits cells before it reads code spans), control characters escaped."""
+    text = shown(text).replace("|", "\\|")
+    fence = "`" * (max((len(run) for run in re.findall("`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
 
 
 def write_summary(text: str, env: dict[str, str] | None = None) -> Path | None:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from recipe_checks.shown import shown
+
 
 class Severity(str, enum.Enum):
     ERROR = "error"
@@ -23,6 +25,9 @@ class Location:
     line: int = 0
     column: int = 0
     end_column: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", shown(str(self.path)))
 
     def __str__(self) -> str:
         if self.line:
@@ -41,6 +46,14 @@ class Finding:
     help: str = ""
     check: str = ""  # the check (pytest item) the finding belongs to
     details: tuple[str, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        """Whatever a key, value or path holds is shown escaped (recipe_checks.shown), in every format."""
+        for name in ("message", "key"):
+            object.__setattr__(self, name, shown(str(getattr(self, name))))
+        for name in ("why", "help"):
+            object.__setattr__(self, name, shown(str(getattr(self, name)), newlines=True))
+        object.__setattr__(self, "details", tuple(shown(str(d)) for d in self.details))
 
     @property
     def is_error(self) -> bool:

@@ -6,12 +6,14 @@ import json
 import textwrap
 
 from recipe_checks.findings import Finding, Severity
+from recipe_checks.shown import shown
 
 
 def _snippet(source_line: str, finding: Finding) -> list[str]:
     loc = finding.location
     if not loc.line or not source_line:
         return []
+    source_line = shown(source_line)  # a raw CR or ESC in the recipe's line reaches no terminal or CI log
     gutter = " " * len(str(loc.line))
     width = max(1, min(loc.end_column, len(source_line) + 1) - loc.column) if loc.end_column > loc.column else 1
     return [
