@@ -207,8 +207,7 @@ def resolve_model_config(
     assert model_id is not None
     if "\0" in model_id:
         raise ModelResolutionError("the model id contains a NUL byte", "write the hub id (org/name) without it")
-    local = _expand_user(Path(model_id))
-    for candidate in (local, base_dir / local) if not local.is_absolute() else (local,):
+    for candidate in local_candidates(model_id, base_dir):
         if _is_dir(candidate) and _is_file(candidate / (component or ".") / "config.json"):
             return _read_config(candidate, name, f"local directory {shorten(candidate)}", component)
     cached = _from_hub_cache(model_id, revision, component)
@@ -247,6 +246,13 @@ def resolve_model_config(
 
 
 _HUB_URL = re.compile(r"^[a-z][a-z0-9+.-]*://(?:[^/]*/)?(?P<id>[^/?#]+/[^/?#]+)?", re.IGNORECASE)
+
+
+def local_candidates(model_id: str, base_dir: Path) -> tuple[Path, ...]:
+    """Where a model id is looked for as a local folder, in order: as written (from the working directory),
+    then next to the recipe."""
+    local = _expand_user(Path(model_id))
+    return (local,) if local.is_absolute() else (local, base_dir / local)
 
 
 def _expand_user(path: Path) -> Path:

@@ -36,8 +36,9 @@ def _model_inputs(model: Any, base: Path) -> list[Path]:
         return [path if path.is_absolute() else base / path]
     if not isinstance(model_id, str) or not model_id or "\0" in model_id:
         return []
-    local = Path(os.path.expanduser(model_id)) if model_id.startswith("~") else Path(model_id)
-    candidates = (local,) if local.is_absolute() else (local, base / local)
+    from recipe_checks.models.resolve import local_candidates
+
+    candidates = local_candidates(model_id, base)
     found = []
     for candidate in candidates:
         try:
