@@ -137,6 +137,7 @@ def _step_settled(state, check: str) -> bool:
     if outcome is None:
         return True
     fixture_failed = bool(outcome.cannot_run) and "could be built" in outcome.cannot_run  # tiny_model's message
+    fixture_failed = fixture_failed or bool(outcome.fixture_error)
     return outcome.refused is None and not getattr(outcome, "missing_extra", None) and not fixture_failed
 
 

@@ -3,6 +3,7 @@ huggingface_hub does, builds are deterministic, reused, rebuilt when broken, and
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import json
 import math
@@ -376,6 +377,122 @@ def test_a_broken_snapshot_is_rebuilt_and_scan_cache_dir_sees_no_warnings(tmp_pa
     (revision,) = next(iter(info.repos)).revisions  # the broken one is gone, not left beside it
     assert revision.refs == frozenset({"main"})
     assert ensure_fixture(BUNDLED[SMALL], cache_dir=tmp_path).built is False
+
+
+# -- a cache someone else wrote ---------------------------------------------------------------------------
+def _rehash_as_a_snapshot(repo_dir: Path, files: dict[str, bytes]) -> Path:
+    """What an attacker with write access to the cache does: lay out altered files under the commit id their
+    own contents give, and point refs/main at it, as recipe-checks' earlier self-consistency check wanted."""
+    digests = {name: fixture_cache.hashlib.sha256(data).hexdigest() for name, data in files.items()}
+    commit = fixture_cache._commit(digests)
+    snapshot = repo_dir / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    for name, data in files.items():
+        (snapshot / name).write_bytes(data)
+    (repo_dir / "refs" / "main").write_text(commit)
+    return snapshot
+
+
+def _nan_weights(good: Path) -> dict[str, bytes]:
+    from safetensors.torch import load, save
+
+    tensors = load((good / "model.safetensors").read_bytes())
+    name = next(n for n in sorted(tensors) if n.endswith("q_proj.weight"))
+    tensors[name] = torch.full_like(tensors[name], float("nan"))
+    return {**_snapshot_bytes(good), "model.safetensors": save(tensors, metadata={"format": "pt"})}
+
+
+def test_nan_weights_under_a_rehashed_snapshot_name_are_not_taken_from_the_cache(tmp_path):
+    good = ensure_fixture(BUNDLED[SMALL], cache_dir=tmp_path)
+    planted = _rehash_as_a_snapshot(good.path.parent.parent, _nan_weights(good.path))
+    shutil.rmtree(good.path)  # only the planted one is left, and refs/main names it
+    assert find_fixture(BUNDLED[SMALL], cache_dir=tmp_path) is None
+    fixed = ensure_fixture(BUNDLED[SMALL], cache_dir=tmp_path)
+    assert (fixed.built, fixed.revision) == (True, good.revision) and fixed.path != planted
+    model = fixed.load()
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_a_planted_adapter_fails_the_snapshot_and_is_never_attached_at_load(tmp_path):
+    good = ensure_fixture(BUNDLED[SMALL], cache_dir=tmp_path)
+    adapter = {"peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": ["q_proj"],
+               "base_model_name_or_path": good.repo_id, "task_type": "CAUSAL_LM"}
+    from safetensors.torch import save
+
+    lora_a = {"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": torch.ones(8, 64),
+              "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight": torch.full((64, 8), 1e4)}
+    files = {**_snapshot_bytes(good.path), "adapter_config.json": json.dumps(adapter).encode(),
+             "adapter_model.safetensors": save(lora_a)}
+    shutil.rmtree(good.path)
+    _rehash_as_a_snapshot(good.path.parent.parent, files)  # the snapshot's name is its contents' commit id
+    assert find_fixture(BUNDLED[SMALL], cache_dir=tmp_path) is None
+    fixed = ensure_fixture(BUNDLED[SMALL], cache_dir=tmp_path)
+    assert fixed.built and not (fixed.path / "adapter_config.json").exists()
+    assert not hasattr(fixed.load(), "peft_config")
+
+
+def _link_the_weights_out_of_the_cache(snapshot: Path) -> None:
+    data = (snapshot / "model.safetensors").read_bytes()
+    outside = snapshot.parent.parent.parent.parent / "outside" / fixture_cache._etag("model.safetensors", data)
+    outside.parent.mkdir()
+    outside.write_bytes(data)  # the same bytes, outside the cache, under the blob's own name
+    (snapshot / "model.safetensors").unlink()
+    os.symlink(outside, snapshot / "model.safetensors")
+
+
+def _blob_links_to_dev_zero(snapshot: Path) -> None:
+    blob = snapshot / os.readlink(snapshot / "model.safetensors")
+    blob.unlink()
+    os.symlink("/dev/zero", blob)
+
+
+def _fifo_as_a_snapshot_file(snapshot: Path) -> None:
+    (snapshot / "config.json").unlink()
+    os.mkfifo(snapshot / "config.json")
+
+
+def _fifo_as_refs_main(snapshot: Path) -> None:
+    ref = snapshot.parent.parent / "refs" / "main"
+    ref.unlink()
+    os.mkfifo(ref)
+
+
+def _blobs_folder_links_elsewhere(snapshot: Path) -> None:
+    blobs = snapshot.parent.parent / "blobs"
+    elsewhere = blobs.parent.parent.parent / "elsewhere-blobs"
+    shutil.move(blobs, elsewhere)
+    os.symlink(elsewhere, blobs)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs and /dev/zero are POSIX")
+@pytest.mark.parametrize("plant", [_link_the_weights_out_of_the_cache, _blob_links_to_dev_zero, _fifo_as_a_snapshot_file,
+                                   _fifo_as_refs_main, _blobs_folder_links_elsewhere],
+                         ids=lambda f: f.__name__.strip("_"))
+def test_links_out_fifos_and_devices_in_the_cache_are_never_read_and_are_replaced(tmp_path, plant):
+    """Each would hang a read, read until MemoryError or take bytes from outside the cache: the verification
+    opens nothing but regular files, without following links or blocking; the rebuild replaces them."""
+    cache = tmp_path / "cache"
+    good = ensure_fixture(BUNDLED[SMALL], cache_dir=cache)
+    expected = _snapshot_bytes(good.path)
+    plant(good.path)
+    done: list = []
+    worker = threading.Thread(target=lambda: done.append(find_fixture(BUNDLED[SMALL], cache_dir=cache)), daemon=True)
+    worker.start()
+    worker.join(60)
+    assert done == [None], "the verification hung on the planted file, or took it"
+    fixed = ensure_fixture(BUNDLED[SMALL], cache_dir=cache)
+    assert (fixed.built, fixed.revision) == (True, good.revision)
+    assert _snapshot_bytes(fixed.path) == expected
+    for entry in fixed.path.iterdir():  # the links are the cache's own again
+        assert not entry.is_symlink() or (fixed.path / os.readlink(entry)).resolve().is_relative_to(cache.resolve())
+    assert find_fixture(BUNDLED[SMALL], cache_dir=cache) == dataclasses.replace(fixed, built=False)
+
+
+def test_a_fixture_cache_that_cannot_be_written_is_a_fixture_cache_error(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    with pytest.raises(fixture_cache.FixtureCacheError, match="cannot write the tiny-random model .* into the fixture cache"):
+        ensure_fixture(BUNDLED[SMALL], cache_dir=blocker / "cache")
 
 
 def test_concurrent_builds_of_one_fixture_build_it_once(tmp_path):

@@ -177,6 +177,42 @@ class StandInGpu:
         return device
 
 
+BETA_1_5 = QWEN_LORA.replace("  learning_rate: 1.0e-4\n", "  learning_rate: 1.0e-4\n  adam_beta1: 1.5\n")
+
+
+@pytest.mark.parametrize("recipe", ["beta-1.5", "flux1-dev-qlora-rtx4090"])
+def test_a_fixture_cache_that_cannot_be_written_fails_cpu_step_and_never_passes_ci(pytester, recipe):
+    """A recipe cpu-step would reject (Adam's beta1 1.5), run where no fixture can be written (a path under a
+    file, as a read-only cache or a full disk fail alike): the check fails with the cache's error and its fix,
+    under `-m "not slow" --recipes-strict`, instead of skipping and letting CI pass."""
+    text = BETA_1_5 if recipe == "beta-1.5" else (RECIPES / f"{recipe}.yaml").read_text(encoding="utf-8")
+    pytester.makefile(".yaml", recipe=text)
+    (pytester.path / "a-file").write_text("not a directory", encoding="utf-8")
+    result = pytester.runpytest("recipe.yaml", "-k", "cpu-step", "-m", "not slow", "--recipes-strict",
+                                f"--recipes-fixture-cache={pytester.path / 'a-file' / 'cache'}", "-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1, deselected=result.parseoutcomes().get("deselected", 0))
+    result.stdout.fnmatch_lines(["*RC701 the real step could not run: cannot write the tiny-random model*"
+                                 "into the fixture cache*", "*help: make the fixture cache writable*"])
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+
+
+def test_cpu_train_with_a_fixture_cache_that_cannot_be_written_is_an_error(tmp_path, monkeypatch):
+    """cpu-train runs after cpu-step passed, possibly answered from the result cache without a fixture: its own
+    fixture then fails alike (here cpu-step's gate is lifted to reach it)."""
+    from recipe_checks import engine
+    from recipe_checks.context import RecipeState
+
+    monkeypatch.delitem(engine.PREREQUISITES, "cpu-train")
+    (tmp_path / "a-file").write_text("not a directory", encoding="utf-8")
+    path = _write(tmp_path, QWEN_LORA)
+    state = RecipeState.from_file(path, path.name, Options(fixture_cache=str(tmp_path / "a-file" / "cache")),
+                                  GpuCatalog.load(()))
+    result = run_check(state, "cpu-train")
+    assert result.skipped is None and result.error is None, (result.skipped, result.error)
+    assert [f.rule_id for f in result.errors] == ["RC711"]
+    assert "cannot write the tiny-random model" in result.errors[0].message
+
+
 @pytest.fixture
 def tiny_llama_recipe(tmp_path):
     """A recipe whose 'full-size' model is a tiny Llama config, so a CPU can run gpu-step's code."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from recipe_checks.findings import Severity
+from recipe_checks.fixtures.tiny import FIXTURE_CACHE_HELP
 from recipe_checks.library_warnings import SilentlyIncorrect
 from recipe_checks.limits import shorten
 from recipe_checks.rules._step_common import STEP_READS, step_report
@@ -49,6 +50,10 @@ class StepRefused(Rule):
 
         report = step_report(ctx)  # NotRun when there is nothing to run on
         outcome = cpu_step(ctx.state)
+        if outcome.fixture_error:  # this machine's fixture cache: an error with its fix, never a skip that passes CI
+            return [self.finding(ctx, outcome.fixture_error, ("model",), at_value=False,
+                                 why="a check that cannot run must not pass as if it had",
+                                 help=FIXTURE_CACHE_HELP)]
         refused = outcome.refused
         if refused is None:
             return [self.finding(ctx, _summary(report, outcome), ("training",), at_value=False, help="",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from recipe_checks.findings import Severity
+from recipe_checks.fixtures.tiny import FIXTURE_CACHE_HELP
 from recipe_checks.library_warnings import SilentlyIncorrect
 from recipe_checks.limits import shorten
 from recipe_checks.rules._step_common import STEP_READS, modules_line
@@ -46,6 +47,11 @@ class TrainingRun(Rule):
         outcome = cpu_train(ctx.state)
         if outcome.cannot_run:
             raise NotRun(f"not run: {outcome.cannot_run}")
+        if outcome.fixture_error:  # this machine's fixture cache (as RC701 reports it): an error, never a skip
+            yield self.finding(ctx, outcome.fixture_error, ("model",), at_value=False,
+                               why="a check that cannot run must not pass as if it had",
+                               help=FIXTURE_CACHE_HELP)
+            return
         if outcome.refused is not None:
             error = outcome.refused.library_error
             if isinstance(error, SilentlyIncorrect):  # the library's fault on this machine, not the recipe's

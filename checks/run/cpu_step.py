@@ -8,12 +8,15 @@ keys are reset one at a time to find the one it comes from.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from recipe_checks.limits import shorten
 from recipe_checks.models.diffusers import is_diffusers_config
 from recipe_checks.run.setup import Scale, SetupRefused, blame_key, build_training, one_thread, training_kwargs
 from recipe_checks.run.step import StepReport, run_real_step
+
+if TYPE_CHECKING:
+    from recipe_checks.fixtures.cache import FixtureCacheError
 
 MEMO_KEY = "cpu-step"
 
@@ -23,6 +26,8 @@ class StepOutcome:
     report: StepReport | None = None
     refused: SetupRefused | None = None
     cannot_run: str | None = None  # why there is no step to judge (no fixture for the model, ...)
+    # the fixture cache could not be used (not writable, the disk full): an error of this machine, never a skip
+    fixture_error: str | None = None
     fixture: Any = None
     broken_by: str | None = None  # the training key whose default makes a non-finite step finite
     missing_extra: str | None = None  # the optional library the recipe's trainer needs (TRL for dpo), not installed
@@ -74,7 +79,7 @@ def outcome_to_dict(outcome: StepOutcome) -> dict | None:
     (its class, its attributes), which JSON does not hold, and a refusal may be this machine's doing."""
     from recipe_checks.result_cache import to_json
 
-    if outcome.cannot_run is not None or outcome.refused is not None:
+    if outcome.cannot_run is not None or outcome.refused is not None or outcome.fixture_error is not None:
         return None
     return {"report": to_json(outcome.report) if outcome.report is not None else None,
             "fixture": to_json(outcome.fixture), "broken_by": outcome.broken_by,
@@ -126,11 +131,12 @@ class TinyModel:
         return json.loads((self.fixture.path / "config.json").read_text(encoding="utf-8"))
 
 
-def tiny_model(state) -> TinyModel | str:
+def tiny_model(state) -> TinyModel | str | FixtureCacheError:
     """The recipe's tiny-random model (built into the huggingface_hub cache on first use; once per
-    recipe), or why there is none."""
+    recipe); why there is none (a model recipe-checks cannot stand in for); or the error of a fixture
+    cache it cannot use, which the real steps report as an error (fixture_failure)."""
     if "tiny-model" not in state.memo:
-        from recipe_checks.fixtures.cache import ensure_fixture
+        from recipe_checks.fixtures.cache import FixtureCacheError, ensure_fixture
         from recipe_checks.memory.settings import settings_from_recipe
 
         recipe = state.recipe
@@ -144,11 +150,18 @@ def tiny_model(state) -> TinyModel | str:
             fixture = ensure_fixture(resolved, cache_dir=state.options.fixture_cache, task_type=task or "CAUSAL_LM")
             state.memo["tiny-model"] = TinyModel(fixture, settings_from_recipe(recipe, resolved.config).weights_dtype,
                                                  _vocab_size(fixture.path))
+        except FixtureCacheError as exc:  # this machine's cache, not the model: an error, not a skip
+            state.memo["tiny-model"] = exc
         except Exception as exc:  # noqa: BLE001  no tiny model for this architecture: nothing to run
             state.memo["tiny-model"] = (f"no tiny-random model of '{shorten(recipe.model.name)}' could be built: "
                                         f"{shorten(str(exc), 200)}; build it with `recipe-checks fixtures build "
                                         f"{state.path}`")
     return state.memo["tiny-model"]
+
+
+def fixture_failure(exc) -> str:
+    """The message of a fixture cache that cannot be used, with its fix."""
+    return f"the real step could not run: {shorten(str(exc), 300)}"
 
 
 def _run(state) -> StepOutcome:
@@ -164,6 +177,9 @@ def _run(state) -> StepOutcome:
     tiny = tiny_model(state)
     if isinstance(tiny, str):
         outcome.cannot_run = tiny
+        return outcome
+    if isinstance(tiny, Exception):
+        outcome.fixture_error = fixture_failure(tiny)
         return outcome
     outcome.fixture = tiny.fixture
     outcome.seconds["fixture"] = time.perf_counter() - started

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from recipe_checks.run.cpu_step import real_step_parts, tiny_model
+from recipe_checks.run.cpu_step import fixture_failure, real_step_parts, tiny_model
 from recipe_checks.run.setup import Scale, SetupRefused, build_training, one_thread
 from recipe_checks.run.train import DEFAULT_STEPS, TrainReport, run_training
 
@@ -20,6 +20,7 @@ class TrainOutcome:
     report: TrainReport | None = None
     refused: SetupRefused | None = None
     cannot_run: str | None = None
+    fixture_error: str | None = None  # the fixture cache could not be used: an error, never a skip (as cpu-step's)
 
 
 def cpu_train(state, steps: int | None = None) -> TrainOutcome:
@@ -46,7 +47,7 @@ def outcome_to_dict(outcome: TrainOutcome) -> dict | None:
     entry; None (not stored) for a run that could not run or was refused, as cpu-step's."""
     from recipe_checks.result_cache import to_json
 
-    if outcome.cannot_run is not None or outcome.refused is not None:
+    if outcome.cannot_run is not None or outcome.refused is not None or outcome.fixture_error is not None:
         return None
     return {"report": to_json(outcome.report)}
 
@@ -65,6 +66,8 @@ def _run(state, steps: int) -> TrainOutcome:
     tiny = tiny_model(state)
     if isinstance(tiny, str):
         return TrainOutcome(cannot_run=tiny)
+    if isinstance(tiny, Exception):
+        return TrainOutcome(fixture_error=fixture_failure(tiny))
     scale = Scale.small(recipe, micro_batch=1, max_accumulation=1)
     if recipe.dpo is not None:  # TRL's DPOTrainer.train (recipe_checks.run.dpo); cpu-step says when TRL is missing
         from recipe_checks.recipe.library import MissingExtra, require_trl

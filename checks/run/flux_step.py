@@ -159,15 +159,18 @@ def run_flux_cpu_step(state):
     """cpu-step's outcome for a FLUX recipe (recipe_checks.run.cpu_step.StepOutcome), the step run once per recipe."""
     import time
 
-    from recipe_checks.fixtures.cache import ensure_fixture
+    from recipe_checks.fixtures.cache import FixtureCacheError, ensure_fixture
     from recipe_checks.limits import shorten
-    from recipe_checks.run.cpu_step import StepOutcome
+    from recipe_checks.run.cpu_step import StepOutcome, fixture_failure
 
     recipe, resolved = state.recipe, state.resolved_model()
     outcome = StepOutcome()
     started = time.perf_counter()
     try:
         outcome.fixture = ensure_fixture(resolved, cache_dir=state.options.fixture_cache, task_type="DIFFUSION")
+    except FixtureCacheError as exc:  # this machine's cache, not the model: an error, not a skip
+        outcome.fixture_error = fixture_failure(exc)
+        return outcome
     except Exception as exc:  # noqa: BLE001  no tiny model for this transformer: nothing to run
         outcome.cannot_run = (f"no tiny-random model of '{shorten(recipe.model.name)}' could be built: "
                               f"{shorten(str(exc), 200)}; build it with `recipe-checks fixtures build {state.path}`")
