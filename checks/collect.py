@@ -17,6 +17,7 @@ from recipe_checks.context import RecipeState
 from recipe_checks.engine import gpus_for, has_ignores, run_check, unused_ignores
 from recipe_checks.findings import Finding
 from recipe_checks.gpus import GIB, GpuCatalog
+from recipe_checks.network import offline
 from recipe_checks.options import Options
 from recipe_checks.render import render_finding
 from recipe_checks.rules import CHECKS, CUDA_CHECKS, GPU_CHECKS, IGNORES_CHECK, SLOW_CHECKS
@@ -100,10 +101,11 @@ class RecipeItem(pytest.Item):
             # Deprecation noise from torch internals that transformers imports: nothing a recipe author can act on.
             warnings.filterwarnings("ignore", message="`torch.jit.script_method` is deprecated",
                                     category=DeprecationWarning)
-            if self.check == IGNORES_CHECK:
-                result = unused_ignores(self.state)
-            else:
-                result = run_check(self.state, self.check, self.gpu)
+            with offline(self.state.options.allow_network):  # the libraries offline for the check, not the host's tests
+                if self.check == IGNORES_CHECK:
+                    result = unused_ignores(self.state)
+                else:
+                    result = run_check(self.state, self.check, self.gpu)
         self.result = result
         if result.error is not None:
             raise result.error

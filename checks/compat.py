@@ -381,6 +381,44 @@ def bitsandbytes_without_hub_kernel() -> None:
         sys.meta_path.insert(0, _NoHubKernelFinder())
 
 
+# -- offline mode, as the libraries read it -------------------------------------------------------
+# The module constants huggingface_hub (1.31-2.4: constants.HF_HUB_OFFLINE, HF_HUB_DISABLE_TELEMETRY, read by
+# is_offline_mode() and send_telemetry()) and datasets (5.x: config.HF_HUB_OFFLINE) compute from the environment
+# once, at import: setting the environment later does not reach a library already imported.
+_OFFLINE_CONSTANTS = {
+    "huggingface_hub.constants": ("HF_HUB_OFFLINE", "HF_HUB_DISABLE_TELEMETRY"),
+    "datasets.config": ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"),
+}
+
+
+def offline_constants(value: bool) -> dict[tuple[str, str], Any]:
+    """Set the offline and no-telemetry constants of every such library already imported to `value`; returns
+    what they were, for restore_constants."""
+    import sys
+
+    saved = {}
+    for module_name, names in _OFFLINE_CONSTANTS.items():
+        module = sys.modules.get(module_name)
+        for name in names if module is not None else ():
+            if hasattr(module, name):
+                saved[(module_name, name)] = getattr(module, name)
+                setattr(module, name, value)
+    return saved
+
+
+def restore_constants(saved: dict[tuple[str, str], Any], environment_says) -> None:
+    """Put back what offline_constants saved; a library first imported meanwhile read the offline environment
+    at its import, and gets `environment_says(constant name)`, what the restored environment says, instead."""
+    import sys
+
+    for module_name, names in _OFFLINE_CONSTANTS.items():
+        module = sys.modules.get(module_name)
+        for name in names if module is not None else ():
+            if hasattr(module, name):
+                value = saved[(module_name, name)] if (module_name, name) in saved else environment_says(name)
+                setattr(module, name, value)
+
+
 # -- activation checkpointing, as the Trainer enables it ---------------------------------------------
 def activation_checkpointing(args) -> tuple[bool, dict | None]:
     """(enabled, kwargs) of TrainingArguments: transformers 5.24 names them activation_checkpointing(_kwargs)

@@ -56,7 +56,9 @@ def add_options(add: Callable[..., Any], *, gpu_flag: str = "--gpu") -> None:
         "--recipes-allow-network",
         action="store_true",
         default=False,
-        help="allow downloading a model's config.json from the hub when it is not local, cached or bundled",
+        help="allow the network: download a model's config.json from the hub when it is not local, cached or "
+             "bundled, and leave the libraries' own online and telemetry settings as they are (by default "
+             "recipe-checks keeps them offline while it works)",
     )
     add(
         "--recipes-trust-remote-code",

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import RECIPES
+from tests.conftest import RECIPES, REPO
 
 from recipe_checks.engine import run_check
 from recipe_checks.gpus import GpuCatalog
@@ -184,27 +184,38 @@ LEAVES_NOTHING = ["llama3-8b-qlora-rtx4090.yaml", "llama3-8b-lora-dpo-rtx4090.ya
 
 
 @pytest.mark.slow
-def test_the_main_job_and_check_with_vram_leave_nothing_in_the_temp_dir(tmp_path):
+def test_the_main_job_and_the_commands_leave_nothing_in_the_temp_dir_and_open_no_socket(tmp_path):
     """Each command in a process of its own with a temp dir of its own (the fixtures and the result cache
-    elsewhere, as a user has them): afterwards the temp dir is as empty as it was."""
+    elsewhere, as a user has them) and every socket refused and recorded (tests/no_network.py), outside CI
+    and with no offline variable set, where TRL's trainers send telemetry: afterwards the temp dir is as
+    empty as it was, and no command tried to resolve a name or connect."""
     import os
     import subprocess
     import sys
 
+    from recipe_checks.network import OFFLINE_ENVIRONMENT
+
     temp = tmp_path / "tmp"
     temp.mkdir()
-    # one result cache for both (outside the temp dir): check traces, the main job reuses the traces and runs
+    log = tmp_path / "sockets.log"
+    # one result cache for all (outside the temp dir): check traces, the main job reuses the traces and runs
     # the real steps, so each command does work of its own
     env = {**os.environ, "TMPDIR": str(temp), "RECIPE_CHECKS_CACHE_DIR": str(tmp_path / "cache")}
-    env.pop("RECIPE_CHECKS_NO_CACHE", None)
+    for name in ("RECIPE_CHECKS_NO_CACHE", "CI", *OFFLINE_ENVIRONMENT):
+        env.pop(name, None)
     recipes = [str(RECIPES / name) for name in LEAVES_NOTHING]
-    main_job = [sys.executable, "-m", "pytest", "--gpu=rtx4090", *recipes, "-v", "-p", "no:cacheprovider"]
-    check = [sys.executable, "-m", "recipe_checks.cli", "check", "--with-vram", *recipes]
-    for command in (check, main_job):
-        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+    guarded = [sys.executable, "-m", "tests.no_network", str(log)]
+    check = [*guarded, "cli", "check", "--with-vram", *recipes]
+    main_job = [*guarded, "pytest", "--gpu=rtx4090", *recipes, "-v", "-p", "no:cacheprovider"]
+    estimate = [*guarded, "cli", "estimate", recipes[1], "--gpu", "rtx4090"]
+    init = [*guarded, "cli", "init", "HuggingFaceTB/SmolLM2-135M", "--gpu", "rtx4060", "--seq", "128",
+            "--batch", "2", "--output", str(tmp_path / "init.yaml")]
+    for command in (check, main_job, estimate, init):
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, cwd=REPO)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         assert sorted(p.name for p in temp.iterdir()) == [], command
-        if command is main_job:  # the real steps ran: they are what made the directories
+        assert not log.exists(), log.read_text(encoding="utf-8")[:5000]
+        if command is main_job:  # the real steps ran: they are what made the directories and sent telemetry
             assert done.stdout.count("::cpu-step PASSED") == 3 and done.stdout.count("::cpu-train PASSED") == 2
 
 

@@ -48,8 +48,11 @@ def main(argv: list[str] | None = None) -> int:
         bitsandbytes_without_hub_kernel()
         for warning in version_warnings():
             print(f"recipe-checks: warning: {warning}", file=sys.stderr)
+    from recipe_checks.network import offline
+
     try:
-        code = args.func(args)
+        with offline(getattr(args, "recipes_allow_network", False)):  # the whole command: no library goes online
+            code = args.func(args)
         sys.stdout.flush()  # here, where a closed pipe is caught, not at exit
         return code
     except BrokenPipeError:  # the reader stopped reading (`recipe-checks gpus | head`): no traceback, none at exit
