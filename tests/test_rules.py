@@ -130,3 +130,32 @@ def test_the_lora_key_named_in_a_peft_message_is_found_by_its_whole_name():
     assert named_lora_key("lora.ParamWrapper does not work with use_dora=True.", section) == "use_dora"
     assert named_lora_key("`r` should be a positive integer", section) == "r"
     assert named_lora_key("lora.ParamWrapper does not work with lora_bias=True.", section) is None
+
+
+def test_nested_keyword_mappings_fail_with_rc102_and_rc103_at_their_keys(tmp_path):
+    from recipe_checks.engine import check_recipe
+    from recipe_checks.gpus import GpuCatalog
+    from recipe_checks.options import Options
+
+    path = tmp_path / "nested.yaml"
+    path.write_text(
+        "model: meta-llama/Llama-3.1-8B\n"
+        "training:\n"
+        "  gradient_checkpointing: true\n"
+        "  gradient_checkpointing_kwargs: {use_reentrant: [1, {a: b}], use_reentrent: false, foo: .nan}\n"
+        "  liger_kernel_config: [1, 2]\n"
+        "hardware: {gpu: rtx4090}\n", encoding="utf-8")
+    _, results = check_recipe(path, Options(), GpuCatalog.load(), traced=False)
+    found = {f.key: f for r in results for f in r.findings if f.rule_id in ("RC102", "RC103")}
+    mapping = "training.gradient_checkpointing_kwargs"
+    assert {key: f.rule_id for key, f in found.items()} == {
+        f"{mapping}.use_reentrant": "RC103", f"{mapping}.use_reentrent": "RC102", f"{mapping}.foo": "RC102",
+        "training.liger_kernel_config": "RC103"}
+    assert {f.location.line for f in found.values()} == {4, 5}
+    assert found[f"{mapping}.use_reentrant"].location.column == 50  # the value, not the mapping
+    assert "[1, {'a': 'b'}]" in found[f"{mapping}.use_reentrant"].message
+    assert found[f"{mapping}.use_reentrant"].help == "write true or false"
+    assert found[f"{mapping}.use_reentrent"].help.startswith("did you mean 'use_reentrant'?")
+    assert "preserve_rng_state" in found[f"{mapping}.foo"].help
+    assert "mapping of Liger kernel flags" in found["training.liger_kernel_config"].message
+

@@ -163,6 +163,21 @@ SHAPES = [
     ("model: org/name\nquantization: {load_in_4bit: 'true'}\n", False),
     ("model: org/name\nchecks: {ignore: {RC301: ' '}}\n", False),
     ("model: org/name\nchecks: {ignore: {RC301: because}}\n", True),
+    # mappings the library passes on as keyword arguments: torch.utils.checkpoint.checkpoint's, Liger's kernel flags
+    ("model: org/name\ntraining: {gradient_checkpointing_kwargs: {use_reentrant: false}}\n", True),
+    (("model: org/name\ntraining: {gradient_checkpointing_kwargs: {use_reentrant: null, preserve_rng_state: false, "
+      "determinism_check: none, debug: false, early_stop: true}}\n"), True),
+    ("model: org/name\ntraining: {gradient_checkpointing_kwargs: {}}\n", True),
+    ("model: org/name\ntraining: {gradient_checkpointing_kwargs: {use_reentrant: [1, {a: b}], foo: .nan}}\n", False),
+    ("model: org/name\ntraining: {gradient_checkpointing_kwargs: {use_reentrant: 'false'}}\n", False),
+    ("model: org/name\ntraining: {gradient_checkpointing_kwargs: {use_reentrent: false}}\n", False),
+    ("model: org/name\ntraining: {gradient_checkpointing_kwargs: {determinism_check: 0}}\n", False),
+    ("model: org/name\ntraining: {gradient_checkpointing_kwargs: {context_fn: noop_context_fn}}\n", False),
+    ("model: org/name\ntraining: {use_liger_kernel: true, liger_kernel_config: {rope: false, swiglu: true}}\n", True),
+    ("model: org/name\ntraining: {use_liger_kernel: true, liger_kernel_config: null}\n", True),
+    ("model: org/name\ntraining: {liger_kernel_config: [1, 2]}\n", False),
+    ("model: org/name\ntraining: {liger_kernel_config: {rope: 0}}\n", False),
+    ("model: org/name\ntraining: {liger_kernel_config: {rms_norms: false}}\n", False),
 ]
 
 

@@ -9,6 +9,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
 
 # Keys a section takes that its library class does not: recipe-checks' own additions.
 _OWN_KEYS = {
@@ -54,6 +59,89 @@ def library_class_name(section: str) -> str:
         "quantization": "transformers.BitsAndBytesConfig",
         "dpo": "trl.DPOConfig",
     }[section]
+
+
+# -- mappings a section's library passes on as keyword arguments to another function ----------------------
+@dataclasses.dataclass(frozen=True)
+class Keyword:
+    """One keyword argument of a passed-on mapping: the YAML values it takes, read from the library."""
+
+    receiver: str  # the function it reaches, e.g. torch.utils.checkpoint.checkpoint
+    takes: str  # its type as the library writes it ('bool | None'), or '' where it says none
+    types: tuple[type, ...] | None  # None: the library does not say, any plain value passes
+    function_only: bool = False  # a Python callable: no value a recipe file can hold fits
+
+
+# The annotations that name a type YAML gives; anything else (a tensor, a module) is left unchecked.
+_YAML_TYPES = {"bool": bool, "int": int, "float": float, "str": str, "None": type(None)}
+_OPTIONAL = re.compile(r"^Optional\[(.*)\]$")
+
+
+def _keyword(receiver: str, annotation: Any) -> Keyword:
+    if annotation is inspect.Parameter.empty or annotation is None or annotation == "":
+        return Keyword(receiver, "", None)
+    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", None) or str(annotation)
+    text = text.replace("typing.", "").strip()
+    optional = _OPTIONAL.match(text)
+    if optional:
+        text = f"{optional.group(1)} | None"
+    if text.startswith("Callable"):
+        return Keyword(receiver, text, None, function_only=True)
+    parts = [part.strip() for part in text.split("|")]
+    if all(part in _YAML_TYPES for part in parts):
+        return Keyword(receiver, text, tuple(_YAML_TYPES[part] for part in parts))
+    return Keyword(receiver, text, None)
+
+
+def _documented_keywords(function) -> dict[str, str]:
+    """name -> type of each entry under 'Keyword args:' in a torch docstring, e.g. 'preserve_rng_state(bool,
+    optional):' -> bool: the keyword arguments a function takes through **kwargs and documents."""
+    _, found, rest = (inspect.getdoc(function) or "").partition("Keyword args:")
+    if not found:
+        return {}
+    entries: dict[str, str] = {}
+    indent = None
+    for line in rest.splitlines()[1:]:
+        if line.strip() and not line[:1].isspace():
+            break  # the next section (Returns:)
+        match = re.match(r"^(\s+)(\w+)\s*\(([^)]*)\)\s*:", line)
+        if match and indent in (None, match.group(1)):
+            indent = match.group(1)
+            entries[match.group(2)] = match.group(3).split(",")[0].strip()
+    return entries
+
+
+@functools.cache
+def checkpoint_keywords() -> dict[str, Keyword]:
+    """The keys `training.gradient_checkpointing_kwargs` (and activation_checkpointing_kwargs) may hold in the
+    installed libraries: transformers passes the mapping to torch.utils.checkpoint.checkpoint, whose keyword
+    arguments are read from its signature and its documented **kwargs (preserve_rng_state); transformers 5.24
+    first takes out the arguments of its own activation_checkpointing_enable (every_n_layers, offload)."""
+    from torch.utils.checkpoint import checkpoint
+    from transformers import PreTrainedModel
+
+    receiver = "torch.utils.checkpoint.checkpoint"
+    keywords = {name: _keyword(receiver, kind) for name, kind in _documented_keywords(checkpoint).items()}
+    for name, p in inspect.signature(checkpoint).parameters.items():
+        if p.kind == p.KEYWORD_ONLY and (p.annotation is not p.empty or name not in keywords):
+            keywords[name] = _keyword(receiver, p.annotation)
+    enable = getattr(PreTrainedModel, "activation_checkpointing_enable", None)  # transformers 5.24 on
+    if enable is not None:
+        for name, p in inspect.signature(enable).parameters.items():
+            if name != "self" and not name.endswith("_kwargs") and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+                keywords[name] = _keyword("transformers' activation_checkpointing_enable", p.annotation)
+    return keywords
+
+
+LIGER_DATA = Path(__file__).resolve().parent.parent / "data" / "liger_kernel.yaml"
+
+
+@functools.cache
+def liger_keywords() -> dict[str, Keyword]:
+    """The flags `training.liger_kernel_config` may set: the keyword arguments of Liger's apply_liger_kernel_to_*
+    functions, each a bool (checks/data/liger_kernel.yaml: Liger needs Triton and is not a dependency)."""
+    flags = yaml.safe_load(LIGER_DATA.read_text(encoding="utf-8"))["kernel_flags"]
+    return {flag: Keyword("Liger's apply_liger_kernel_to_* functions", "bool", (bool,)) for flag in flags}
 
 
 class MissingExtra(ImportError):

@@ -8,7 +8,9 @@ accepted by name (see recipe_checks.recipe.library) so a recipe can be copied fr
 from __future__ import annotations
 
 import enum
+import functools
 import math
+import operator
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -18,11 +20,13 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationInfo,
+    create_model,
     field_validator,
     model_validator,
 )
 
 from recipe_checks import limits
+from recipe_checks.recipe.library import Keyword, checkpoint_keywords, liger_keywords
 from recipe_checks.regex_safety import describe_problem, lora_pattern_problems
 
 TORCH_DTYPES = ("auto", "float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2")
@@ -177,8 +181,71 @@ class Lora(_LibrarySection):
         return value
 
 
+# Training keys whose value the library passes on as keyword arguments to another function, each checked against
+# that function's arguments in the installed libraries: key -> (those arguments, what the mapping holds, an example).
+PASSED_ON = {
+    "gradient_checkpointing_kwargs": (checkpoint_keywords, "keyword arguments of torch.utils.checkpoint.checkpoint",
+                                      "{use_reentrant: false}"),
+    "activation_checkpointing_kwargs": (checkpoint_keywords, "keyword arguments of torch.utils.checkpoint.checkpoint",
+                                        "{use_reentrant: false}"),
+    "liger_kernel_config": (liger_keywords, "Liger kernel flags, each true or false", "{rope: false}"),
+}
+
+
+def _no_function(value: Any) -> Any:
+    raise ValueError("takes a Python function, which a recipe file cannot hold: remove it")
+
+
+def _keyword_field(name: str, keyword: Keyword) -> tuple[Any, Any]:
+    description = f"{keyword.receiver} argument '{name}'" + (f" ({keyword.takes})" if keyword.takes else "")
+    if keyword.function_only:
+        refused = Field(None, description=description, json_schema_extra={"not": {}})
+        return Annotated[Any, AfterValidator(_no_function)], refused
+    if keyword.types is None:  # the library does not say: any plain value, as for the sections' other kwargs
+        return Annotated[Any, AfterValidator(_plain_value)], Field(None, description=description)
+    return functools.reduce(operator.or_, keyword.types), Field(None, description=description)
+
+
+@functools.cache
+def kwargs_model(key: str) -> type[BaseModel]:
+    """The mapping a PASSED_ON key holds, as a model: the receiving function's arguments, typed where it says."""
+    keywords, _, _ = PASSED_ON[key]
+    fields = {name: _keyword_field(name, keyword) for name, keyword in sorted(keywords().items())}
+    title = "".join(part.title() for part in key.split("_"))
+    return create_model(title, __config__=ConfigDict(extra="forbid", strict=True, allow_inf_nan=False), **fields)
+
+
+def _mapping_of(key: str):
+    _, holds, example = PASSED_ON[key]
+
+    def check(value: Any) -> Any:
+        if value is not None and not isinstance(value, dict):
+            raise ValueError(f"must be a mapping of {holds}, e.g. {example}")
+        return value
+
+    return BeforeValidator(check)
+
+
+@functools.cache
+def _passed_on_model() -> type[BaseModel]:
+    fields = {key: (Annotated[kwargs_model(key) | None, _mapping_of(key)], None) for key in PASSED_ON}
+    return create_model("PassedOn", __config__=ConfigDict(strict=True), **fields)
+
+
+def _passed_on_schema(schema: dict[str, Any]) -> None:
+    """The JSON Schema of each PASSED_ON key: its mapping's arguments by name (generating it imports torch)."""
+    properties = schema.setdefault("properties", {})
+    for key, (_, holds, example) in PASSED_ON.items():
+        mapping = kwargs_model(key).model_json_schema()
+        mapping["description"] = f"A mapping of {holds}, e.g. {example}"
+        title = " ".join(part.title() for part in key.split("_"))  # as pydantic titles a field
+        properties[key] = {"anyOf": [mapping, {"type": "null"}], "default": None, "title": title}
+
+
 class Training(_LibrarySection):
     """transformers.TrainingArguments kwargs, plus max_seq_length (the sequence length trained on)."""
+
+    model_config = ConfigDict(json_schema_extra=_passed_on_schema)
 
     per_device_train_batch_size: int = Field(8, ge=1, le=limits.MAX_BATCH_SIZE)
     gradient_accumulation_steps: int = Field(1, ge=1, le=limits.MAX_ACCUMULATION_STEPS)
@@ -197,6 +264,17 @@ class Training(_LibrarySection):
     gradient_checkpointing_kwargs: dict[str, Any] | None = None
     max_seq_length: int = Field(1024, ge=1, le=10_000_000)
     seed: int = Field(42, ge=0, le=limits.MAX_SEED)
+
+    # before the micro-batch check: a finding on the whole section would drop the mappings unchecked
+    @model_validator(mode="after")
+    def _passed_on_kwargs(self) -> Training:
+        # the library hands these on unchecked (TrainingArguments) or drops a key it does not know (Liger):
+        # each key and value is checked here, with its path, so RC102 and RC103 point at it
+        given = {**(self.model_extra or {}), "gradient_checkpointing_kwargs": self.gradient_checkpointing_kwargs}
+        given = {key: given[key] for key in PASSED_ON if given.get(key) is not None}
+        if given:
+            _passed_on_model().model_validate(given)
+        return self
 
     @model_validator(mode="after")
     def _traceable_micro_batch(self) -> Training:

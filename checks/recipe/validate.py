@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from recipe_checks.recipe.library import MissingExtra, section_keys
 from recipe_checks.recipe.load import KeyPath, LoadedRecipe
-from recipe_checks.recipe.schema import Recipe, _LibrarySection
+from recipe_checks.recipe.schema import PASSED_ON, Recipe, _LibrarySection, kwargs_model
 from recipe_checks.suggest import nearest
 
 _LIBRARY_SECTIONS = ("training", "lora", "quantization", "dpo")
@@ -60,7 +60,14 @@ class Validation:
         return "; ".join(reasons) or None
 
 
+def _passed_on(path: KeyPath) -> bool:
+    """Whether the path is inside a mapping the training section's library passes on as keyword arguments."""
+    return len(path) >= 2 and path[0] == "training" and path[1] in PASSED_ON
+
+
 def _known_at(path: KeyPath) -> tuple[str, ...]:
+    if len(path) == 2 and _passed_on(path):
+        return tuple(sorted(kwargs_model(path[1]).model_fields))
     model: Any = Recipe
     for part in path:
         field_info = getattr(model, "model_fields", {}).get(part)
@@ -89,7 +96,11 @@ def _drop(data: dict[str, Any], loc: KeyPath) -> str | None:
     if section is None or section not in data:
         return None
     values = data[section]
-    if len(loc) >= 2 and isinstance(values, dict) and loc[1] in values:
+    inner = values.get(loc[1]) if isinstance(values, dict) and _passed_on(loc) else None
+    if len(loc) >= 3 and isinstance(inner, dict) and loc[2] in inner:
+        # one key of a passed-on mapping: the rest of it still reaches the library (use_reentrant stays)
+        data[section] = {**values, loc[1]: {k: v for k, v in inner.items() if k != loc[2]}}
+    elif len(loc) >= 2 and isinstance(values, dict) and loc[1] in values:
         data[section] = {k: v for k, v in values.items() if k != loc[1]}
     else:
         del data[section]

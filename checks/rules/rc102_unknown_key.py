@@ -13,7 +13,8 @@ class UnknownKey(Rule):
     Every key is known: the top-level sections (model, quantization, lora, training, hardware, expect,
     checks), and inside `lora`, `training` and `quantization` the keyword arguments of
     peft.LoraConfig, transformers.TrainingArguments and transformers.BitsAndBytesConfig in the
-    installed versions.
+    installed versions; inside `training.gradient_checkpointing_kwargs` the arguments of
+    torch.utils.checkpoint.checkpoint, inside `training.liger_kernel_config` Liger's kernel flags.
 
     ## Why it matters
     A misspelt key is silently dropped by many loaders: `lora_alfa: 32` leaves lora_alpha at its

@@ -93,4 +93,6 @@ def _help(problem) -> str:
         return "add the key"
     if problem.error_type == "literal_error":
         return "use one of the values listed"
+    if problem.error_type == "bool_type":
+        return "write true or false"
     return "fix the value to the type and range the key takes"
