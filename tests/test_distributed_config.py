@@ -378,7 +378,7 @@ def test_a_directory_a_large_file_and_an_escaping_symlink_are_refused(files, tmp
     except OSError:
         pytest.skip("this file system cannot make symbolic links")
     files(**{"r.yaml": recipe("deepspeed: link.json\nworld_size: 2\n")})
-    assert "symbolic link that leads out of" in _one_rc801(root)[1][0].message
+    assert "symbolic link that leads outside the recipe's folder; it is not read" in _one_rc801(root)[1][0].message
     os.symlink("zero3.json", root / "inside.json")  # a link that stays in the folder is read
     files(**{"zero3.json": ds(zero_optimization={"stage": 3}), "r.yaml": recipe("deepspeed: inside.json\nworld_size: 2\n")})
     state, findings = check(root / "r.yaml")
@@ -489,3 +489,57 @@ def test_an_accelerate_config_and_a_deepspeed_config_that_disagree_are_a_finding
     state, findings = check(root / "r.yaml")
     assert any("gives strategy 'zero2'" in f.message and "'zero3'" in f.message for f in only(findings, "RC801"))
     assert "RC802" not in ids(findings)  # an unquoted `no` is YAML's false: accelerate's "no", as the recipe trains
+
+
+# -- where a recipe's files may be read from --------------------------------------------------------------
+SECRET = "AKIA-not-a-real-key-0123456789"
+
+
+def _report_text(state, findings) -> str:
+    return "\n".join(f"{f.message}\n{f.help}\n{' '.join(f.details)}" for f in findings)
+
+
+@pytest.mark.parametrize("written", ["../secrets/creds.json", "ABSOLUTE"])
+def test_a_file_outside_the_recipes_repository_is_not_read_from_any_working_directory(tmp_path, monkeypatch, written):
+    repo = tmp_path / "repo"
+    (repo / ".git").mkdir(parents=True)
+    (tmp_path / "secrets").mkdir()
+    creds = tmp_path / "secrets" / "creds.json"
+    creds.write_text(ds(zero_optimization={"stage": 2}, aws_secret_access_key=SECRET))
+    named = str(creds) if written == "ABSOLUTE" else "../../secrets/creds.json"
+    (repo / "recipes").mkdir()
+    (repo / "recipes" / "r.yaml").write_text(recipe(f"deepspeed: {named}\nworld_size: 2\n"))
+    verdicts = []
+    for cwd in (repo / "recipes", repo, tmp_path, tmp_path / "secrets"):  # `_under('../x', '.')` was cwd-dependent
+        monkeypatch.chdir(cwd)
+        state, findings = check(Path(os.path.relpath(repo / "recipes" / "r.yaml")))
+        found = only(findings, "RC801")
+        assert SECRET not in _report_text(state, findings) and "aws_secret" not in _report_text(state, findings)
+        verdicts.append([(f.severity.value, f.message) for f in found])
+    assert len({repr(v) for v in verdicts}) == 1
+    (severity, message), = verdicts[0]
+    assert severity == "warning" and "lies outside the recipe's repository; it is not read" in message
+
+
+def test_a_file_elsewhere_in_the_recipes_repository_is_read(files):
+    root = files(**{".git__HEAD": "ref: refs/heads/main\n", "configs__zero3.json": ds(zero_optimization={"stage": 3}),
+                    "recipes__r.yaml": recipe("deepspeed: ../configs/zero3.json\nworld_size: 2\n")})
+    state, findings = check(root / "recipes" / "r.yaml")
+    assert state.recipe.distributed.strategy == "zero3" and "RC801" not in ids(findings)
+
+
+def test_a_json_file_that_is_no_deepspeed_config_is_not_quoted(files):
+    root = files(**{"creds.json": json.dumps({"aws_secret_access_key": SECRET, "region": "eu-west-1"}),
+                    "r.yaml": recipe("deepspeed: creds.json\nworld_size: 2\n")})
+    state, [finding] = _one_rc801(root)
+    assert "is not a DeepSpeed config: none of its 2 top-level keys is one DeepSpeed reads" in finding.message
+    assert SECRET not in _report_text(state, [finding]) and "aws_secret" not in _report_text(state, [finding])
+    assert "eu-west-1" not in _report_text(state, [finding])
+
+
+def test_a_yaml_file_that_is_no_accelerate_config_is_not_quoted(files):
+    root = files(**{"creds.yaml": f"token: {SECRET}\nuser: admin\n",
+                    "r.yaml": recipe("accelerate_config: creds.yaml\n")})
+    state, [finding] = _one_rc801(root)
+    assert "is not an accelerate config" in finding.message
+    assert SECRET not in _report_text(state, [finding]) and "token" not in _report_text(state, [finding])

@@ -163,6 +163,7 @@ class DistributedFiles:
     problems: list[Problem] = field(default_factory=list)
     blocked: str | None = None  # why the section cannot be resolved (its rules wait, RC801 says why)
     world_size_derived: bool = False  # world_size came from DeepSpeed's batch equation
+    root: Path | None = None  # the only folder files are read from (recipe_root): the recipe's repository
 
     def setting(self, *path: str) -> Setting | None:
         return self.fields.get(tuple(path))
@@ -256,7 +257,20 @@ def _show(value: Any) -> str:
     return json.dumps(value) if not isinstance(value, str) else f"'{shorten(value, 60)}'"
 
 
+def recipe_root(base_dir: Path) -> Path:
+    """The folder a recipe's files may be read from: the git repository the recipe is in (the nearest folder
+    above it holding .git), else the recipe's own folder. Real paths, links resolved, so the answer is the same
+    from any working directory. A file outside it is not read: a recipe in a pull request must not make a
+    check read ~/.ssh or ../secrets and quote them in its findings."""
+    folder = Path(os.path.realpath(base_dir))
+    for candidate in (folder, *folder.parents):
+        if os.path.lexists(candidate / ".git"):
+            return candidate
+    return folder
+
+
 def _read_all(section: dict[str, Any], loaded: LoadedRecipe, base_dir: Path, files: DistributedFiles) -> None:
+    files.root = recipe_root(base_dir)
     raw_training = loaded.data.get("training") if isinstance(loaded.data.get("training"), dict) else {}
     accelerate_path = section.get("accelerate_config")
     deepspeed_path = section.get("deepspeed")
@@ -264,7 +278,8 @@ def _read_all(section: dict[str, Any], loaded: LoadedRecipe, base_dir: Path, fil
     if isinstance(accelerate_path, str):
         at = ("distributed", "accelerate_config")
         files.read.append(str(base_dir / accelerate_path))
-        path, shown = _resolve(accelerate_path, base_dir, at, "accelerate config", translated=loaded.translation is not None)
+        path, shown = _resolve(accelerate_path, base_dir, at, "accelerate config", translated=loaded.translation is not None,
+                               root=files.root)
         files.files["accelerate_config"] = shown
         data, spans = _read_yaml(path, shown, at)
         ds_from_accelerate = _accelerate(data, spans, shown, at, files, path.parent)
@@ -273,7 +288,8 @@ def _read_all(section: dict[str, Any], loaded: LoadedRecipe, base_dir: Path, fil
     if isinstance(deepspeed_path, str):
         at = ("distributed", "deepspeed")
         files.read.append(str(base_dir / deepspeed_path))
-        path, shown = _resolve(deepspeed_path, base_dir, at, "DeepSpeed config", translated=loaded.translation is not None)
+        path, shown = _resolve(deepspeed_path, base_dir, at, "DeepSpeed config", translated=loaded.translation is not None,
+                               root=files.root)
         files.files["deepspeed"] = shown
         if ds_from_accelerate is not None and os.path.realpath(ds_from_accelerate) != os.path.realpath(path):
             files.problems.append(Problem(
@@ -298,28 +314,27 @@ def _display(path: str | Path, base_dir: Path) -> str:
         return str(path)
 
 
-def _resolve(written: str, base_dir: Path, at: KeyPath, what: str, *, translated: bool) -> tuple[Path, str]:
-    """The file a recipe key names, relative to the recipe file; refused where a symbolic link takes it out
-    of the folder the path names (a link that escapes), or where it is missing (for another tool's config,
-    which its tool resolves from the folder it is launched in, a warning)."""
+def _resolve(written: str, base_dir: Path, at: KeyPath, what: str, *, translated: bool,
+             root: Path | None) -> tuple[Path, str]:
+    """The file a recipe key names, relative to the folder of the file naming it. Not read (a warning: the
+    sharding it sets is not checked) where its real path, links followed, lies outside `root` (recipe_root),
+    or where it is missing from another tool's config, which its tool resolves from the folder it is launched in."""
     shown = shorten(written)
     if "\0" in written:
         raise _Refused(Problem(at, f"the {what} path '{shown}' contains a NUL byte", "remove the NUL byte from the path"))
     path = Path(written) if os.path.isabs(written) else base_dir / written
-    lexical = Path(os.path.normpath(path))
     try:
         real = Path(os.path.realpath(path))
     except (OSError, ValueError) as exc:
         raise _Refused(Problem(at, f"the {what} '{shown}' cannot be resolved: {shorten(exc, 120)}",
                                f"point {_dotted(at)} at a {what} file")) from None
-    if real != lexical:
-        inside = Path(os.path.realpath(base_dir)) if _under(lexical, Path(os.path.normpath(base_dir))) else \
-            Path(os.path.realpath(lexical.parent))
-        if not _under(real, inside):
-            raise _Refused(Problem(
-                at, f"the {what} '{shown}' is a symbolic link that leads out of {_display(inside, base_dir) or '.'} "
-                f"(to {shorten(real)}); it is not read",
-                f"write the path of the real file in {_dotted(at)}, or copy the file next to the recipe"))
+    if root is not None and not _under(real, root):
+        link = " is a symbolic link that leads" if os.path.islink(path) else " lies"
+        raise _Refused(Problem(
+            at, f"the {what} '{shown}'{link} outside {_root_name(root)}; it is not read, and the sharding it sets is "
+            "not checked (recipe-checks reads files inside the recipe's git repository only, or inside its folder when "
+            "it is in none)",
+            f"keep the {what} in the repository and write its path relative to the recipe", severity="warning"))
     if not real.exists() and translated:
         raise _Refused(Problem(
             at, f"the {what} '{shown}' is not next to this config; it is not read, and the sharding it sets is not "
@@ -327,6 +342,10 @@ def _resolve(written: str, base_dir: Path, at: KeyPath, what: str, *, translated
             "copy the file next to the config (or write the path relative to it), or check the sharding by hand",
             severity="warning"))
     return path, shown
+
+
+def _root_name(root: Path) -> str:
+    return "the recipe's repository" if os.path.lexists(root / ".git") else "the recipe's folder"
 
 
 def _under(path: Path, root: Path) -> bool:
@@ -435,6 +454,10 @@ def _deepspeed(data: dict[str, Any], text: str, shown: str, at: KeyPath, files: 
     def problem(message: str, help: str, *keys: str, severity: str = "error") -> None:
         files.problems.append(Problem(at, message, help, place(*keys) if keys else FilePlace(shown, 0, ""), severity))
 
+    if data and not any(key in _DS_TOP_KEYS for key in data):  # quote nothing of a file that is no DeepSpeed config
+        raise _Refused(Problem(at, f"the file {shown} is not a DeepSpeed config: none of its {len(data)} top-level keys "
+                               "is one DeepSpeed reads; it is not read further, and nothing of it is shown",
+                               f"point {_dotted(at)} at the DeepSpeed JSON of the run", FilePlace(shown, 0, "")))
     for key in data:
         if key not in _DS_TOP_KEYS:
             from recipe_checks.suggest import did_you_mean
@@ -604,6 +627,10 @@ def _accelerate(data: dict[str, Any], loaded: LoadedRecipe, shown: str, at: KeyP
     def refuse(message: str, help: str, *keys: str) -> None:
         raise _Refused(Problem(at, message, help, place(*keys) if keys else FilePlace(shown, 0, "")))
 
+    if data and not any(key in _ACCELERATE_KEYS for key in data):  # quote nothing of a file that is no accelerate config
+        refuse(f"the file {shown} is not an accelerate config: none of its {len(data)} top-level keys is one accelerate "
+               "reads; it is not read further, and nothing of it is shown",
+               f"point {_dotted(at)} at the file `accelerate config` wrote")
     for key in data:
         if key not in _ACCELERATE_KEYS:
             from recipe_checks.suggest import did_you_mean
@@ -736,7 +763,8 @@ def _accelerate_deepspeed(config: Any, place, problem, refuse, files: Distribute
                 problem(f"{place('deepspeed_config', key)}: {key} is ignored beside deepspeed_config_file "
                         "(accelerate takes the DeepSpeed config's own)", f"remove {key}; set it in the DeepSpeed config",
                         "deepspeed_config", key, severity="warning")
-        path, _ = _resolve(config_file, folder, ("distributed", "accelerate_config"), "DeepSpeed config", translated=False)
+        path, _ = _resolve(config_file, folder, ("distributed", "accelerate_config"), "DeepSpeed config", translated=False,
+                           root=files.root)
         return str(path)
     stage = config.get("zero_stage", 2)  # DeepSpeedPlugin: ACCELERATE_DEEPSPEED_ZERO_STAGE defaults to 2
     if isinstance(stage, bool) or stage not in _STAGES:
