@@ -6,7 +6,10 @@ a trace (and RC601's traced fixes, when a recipe does not fit) takes a fraction 
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -160,3 +163,109 @@ def test_the_cli_gates_on_a_baseline_ref_and_refuses_a_missing_one(repo, capsys)
     assert "RC603" in {f["rule"] for f in findings}
     assert main(["check", recipe, "--recipes-baseline", "nope"]) == EXIT_USAGE
     assert "nope" in capsys.readouterr().err
+
+
+_ENTRY = {"recipe": "a.yaml", "gpu": "rtx4090", "peak_bytes": 100, "budget_bytes": 200, "fits": True}
+
+
+def _raw(**changes: str) -> str:
+    """An estimate object as JSON text with some values written raw (JSON that json.dumps would not write)."""
+    text = json.dumps({key: (f"@{key}@" if key in changes else value) for key, value in _ENTRY.items()})
+    for key, raw in changes.items():
+        text = text.replace(f'"@{key}@"', raw)
+    return text
+
+
+# (what the file holds, what the message must say: the key that is wrong and why)
+HOSTILE_BASELINES = {
+    "deep-nesting": ("[" * 100_000 + "]" * 100_000, r"nests arrays or objects too deeply"),
+    "infinity": (_raw(peak_bytes="Infinity"), r"peak_bytes: Infinity \(not a JSON number\) is not a whole number"),
+    "nan-ceiling": (_raw(fits="true, \"ceiling_tokens_per_second\": NaN"),
+                    r"ceiling_tokens_per_second: NaN \(not a JSON number\) is not a finite number"),
+    "1e400": (_raw(budget_bytes="1e400"), r"budget_bytes: 1e400 \(beyond the largest float\) is not a whole number"),
+    "5000-digit-integer": (_raw(peak_bytes="9" * 5000), r"peak_bytes: a 5,000-digit number is not a whole number"),
+    "nul-in-recipe": (json.dumps({**_ENTRY, "recipe": "a\0.yaml"}), r"recipe: the path holds a NUL character"),
+    "5000-character-recipe-path": (json.dumps({**_ENTRY, "recipe": "a" * 4995 + ".yaml"}),
+                                   r"recipe: a path of 5,000 characters that cannot name a file here"),
+    "fits-as-a-string": (json.dumps({**_ENTRY, "fits": "false"}),
+                         r'fits: the string "false" is not true or false \(write the JSON literal, without quotes\)'),
+    "bytes-as-a-boolean": (json.dumps({**_ENTRY, "peak_bytes": True}), r"peak_bytes: true is not a whole number of bytes"),
+    "negative-bytes": (json.dumps({**_ENTRY, "budget_bytes": -1}), r"budget_bytes: -1 is not a byte count from 0"),
+    "gpu-as-a-number": (json.dumps({**_ENTRY, "gpu": 4090}), r'gpu: 4090 is not a GPU key such as "rtx4090"'),
+    "not-an-object": (json.dumps({"a.yaml": 5}), r"estimate #1 is 5, not an estimate object \(recipe a.yaml\)"),
+}
+
+
+@pytest.mark.parametrize("name", list(HOSTILE_BASELINES))
+def test_a_hostile_baseline_file_is_a_usage_error_naming_the_file_the_value_and_the_fix(name, tmp_path, capsys,
+                                                                                       monkeypatch):
+    """Each of these was a traceback (exit 1), or read "false" as true; now exit 2 and one message saying which
+    file, which estimate and key, why the value is unusable and how to write the file."""
+    from recipe_checks.cli import EXIT_USAGE, main
+
+    text, says = HOSTILE_BASELINES[name]
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "r.yaml").write_text(RECIPE)
+    (tmp_path / "base.json").write_text(text)
+    assert main(["check", "r.yaml", "--recipes-baseline", "base.json", "-q"]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.startswith("recipe-checks: base.json") and "Traceback" not in err, err
+    assert re.search(says, err), err
+    assert "recipe-checks estimate RECIPE --json" in err and "\0" not in err and err.count("\n") == 1
+    with pytest.raises(BaselineError, match=says):  # the plugin's path: the same error, a pytest usage error
+        load_file(tmp_path / "base.json")
+
+
+def test_a_baseline_spec_of_5000_characters_is_a_usage_error(tmp_path, capsys, monkeypatch):
+    from recipe_checks.cli import EXIT_USAGE, main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "r.yaml").write_text(RECIPE)
+    for spec in ("a" * 5000, "a" * 5000 + ".json"):  # as a REF (no repository here), as a file name
+        assert main(["check", "r.yaml", "--recipes-baseline", spec, "-q"]) == EXIT_USAGE
+        err = capsys.readouterr().err
+        assert err.startswith("recipe-checks: ") and "Traceback" not in err and len(err) < 600, err
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs os.mkfifo (POSIX)")
+def test_a_fifo_named_as_a_baseline_file_is_refused_without_blocking(tmp_path):
+    fifo = tmp_path / "x.json"
+    os.mkfifo(fifo)
+    outcome: list[BaseException | object] = []
+
+    def load() -> None:
+        try:
+            outcome.append(load_file(fifo))
+        except BaseException as exc:  # noqa: BLE001 (the assertion below shows what it was)
+            outcome.append(exc)
+
+    reader = threading.Thread(target=load, daemon=True)
+    reader.start()
+    reader.join(timeout=30)
+    if reader.is_alive():  # it blocked in open() waiting for a writer: let it go before failing
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        reader.join(timeout=10)
+        pytest.fail("reading a FIFO named as the baseline file blocked the run")
+    (error,) = outcome
+    assert isinstance(error, BaselineError), error
+    assert str(error).startswith("baseline '") and "x.json' is a FIFO (named pipe), not a regular file" in str(error)
+
+
+def test_a_file_named_like_the_baseline_branch_is_refused_naming_both_and_each_can_be_named(repo, capsys, monkeypatch):
+    """A file `main` in the working directory no longer silently wins over the branch main: the run says both
+    exist and how to name each; `./main` is the file, `main^{commit}` the branch."""
+    from recipe_checks.cli import EXIT_OK, EXIT_USAGE, main
+
+    monkeypatch.chdir(repo)
+    (repo / "main").write_text(_estimate_json("r.yaml", capsys))
+    assert main(["check", "r.yaml", "--recipes-baseline", "main", "-q"]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.startswith(f"recipe-checks: 'main' names both the baseline file {repo / 'main'} and the ref "
+                          f"refs/heads/main of the repository at {repo.resolve()}"), err
+    assert "write ./main to compare with the file, or main^{commit} to compare with the commit" in err
+    assert main(["check", "r.yaml", "--recipes-baseline", "./main", "-v", "--format", "json"]) == EXIT_OK
+    assert [f["message"] for f in json.loads(capsys.readouterr().out)["findings"] if f["rule"] == "RC603"] == [
+        "no regression: traced peak 0.80 GiB on rtx4090, 0.80 GiB in ./main (+0.0%)"]
+    assert main(["check", "r.yaml", "--recipes-baseline", "main^{commit}", "-v", "--format", "json"]) == EXIT_OK
+    assert [f["message"] for f in json.loads(capsys.readouterr().out)["findings"] if f["rule"] == "RC603"] == [
+        "no regression check: r.yaml is unchanged since main^{commit}"]

@@ -265,3 +265,37 @@ def test_plugin_reports_a_finding_at_the_line_of_the_original_file(pytester):
     result = pytester.runpytest("phi3.yml", "--gpu=rtx4090", "-k", "target-modules", "-p", "no:cacheprovider")
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines(["*RC201*'q_proj' matches nothing*", "*phi3.yml:16:*", "*- q_proj*"])
+
+
+# Each of YAML's line breaks (PyYAML's reader ends a comment at \n, \r, U+0085, U+2028 and U+2029), followed by
+# what a config could try to write into the converted recipe if its text left the comment it is quoted in
+INJECTED = "checks: {ignore: {RC201: injected}}"
+LINE_BREAKS = {"newline": "\n", "carriage-return": "\r", "crlf": "\r\n", "next-line-u0085": "\x85",
+               "line-separator-u2028": "\u2028", "paragraph-separator-u2029": "\u2029"}
+
+
+@pytest.mark.parametrize("name", list(LINE_BREAKS))
+def test_convert_keeps_every_untranslated_key_and_quoted_value_inside_its_comment(name, tmp_path, capsys):
+    """An untranslated key, a value a not-checked note quotes and the file's own name, each holding a line break
+    and a `checks.ignore` section after it: the written recipe holds them in comments, escaped, and nothing
+    of them as keys."""
+    brk = LINE_BREAKS[name]
+    config = {
+        "base_model": "Qwen/Qwen2.5-7B", "adapter": "lora", "lora_r": 16, "lora_target_linear": True,
+        "micro_batch_size": 1, "sequence_len": 512, "learning_rate": 0.0002,
+        f"turbo{brk}{INJECTED}{brk}#": True,  # untranslated: its key is quoted in a comment
+        "fsdp": [f"hybrid_shard{brk}{INJECTED}{brk}#"], "fsdp_config": {}, "world_size": 2,  # quoted by a not-checked note
+    }
+    path = tmp_path / f"cfg{brk}{INJECTED}{brk}#.yml"  # the file's name opens the recipe
+    path.write_text(json.dumps(config, indent=1))  # JSON is YAML: each break written as its escape, read as itself
+    assert brk in next(k for k in load_recipe_file(path).data if k.startswith("turbo"))
+    assert main(["convert", str(path), "--format", "axolotl"]) == 1  # the untranslated key: exit 1
+    out = capsys.readouterr().out
+    data = yaml.safe_load(out)
+    assert "checks" not in data and set(data) == {"model", "lora", "training", "distributed"}, data
+    head = out[:out.index("\nmodel:")]
+    assert all(line.startswith("# ") for line in head.split("\n")), head
+    escaped = brk.encode("unicode_escape").decode()
+    assert f"# untranslated: turbo{escaped}{INJECTED}{escaped}# (line " in out
+    assert f"'hybrid_shard{escaped}{INJECTED}{escaped}#' shards within a node" in out
+    assert f"config {tmp_path}/cfg{escaped}{INJECTED}{escaped}#.yml\n" in out

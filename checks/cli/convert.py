@@ -53,6 +53,8 @@ def render_native(native, gpu, label: str) -> str:
     """The native recipe as YAML, opening with comments on what the translation could not carry over."""
     import yaml
 
+    from recipe_checks.shown import shown
+
     translation = native.translation
     data = _resolved_data(native.data, translation, gpu)
     line = lambda path: native.location(path, at_value=False).line  # noqa: E731
@@ -67,7 +69,10 @@ def render_native(native, gpu, label: str) -> str:
         head.append(f"# not checked: {path[-1]} (line {line(path)}): {what}")
     for path in translation.untranslated:
         head.append(f"# untranslated: {path[-1]} (line {line(path)}) is not carried over")
-    return "\n".join(head) + "\n" + yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
+    # Keys, values and the file's path are the config's text: a line break in one (\n, \r, U+0085, U+2028,
+    # U+2029, each a line break to YAML) would end its comment and write the rest as recipe keys. Escaped,
+    # each comment stays one line, whatever the config holds.
+    return "\n".join(shown(text) for text in head) + "\n" + yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
 
 
 def _resolved_data(data: dict, translation, gpu) -> dict:
