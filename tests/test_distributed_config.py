@@ -131,6 +131,27 @@ def test_the_batch_equation_gives_or_checks_the_world_size(files):
     assert "2 x 4 x 4" not in finding.message and "8 x 4 = 32" in finding.message and "world size to 8" in finding.help
 
 
+def test_world_size_launcher_leaves_the_gpu_count_to_the_launcher_as_a_warning_not_an_error(files):
+    """What `recipe-checks convert` writes for a config whose launcher is told the number of GPUs: the sharding is
+    checked without a world size (RC111, a warning); a file that states the number replaces it; a GPU count
+    written beside it, or a quoted number, is an error."""
+    root = files(**{"ds.json": ds(zero_optimization={"stage": 3}), "r.yaml": recipe("deepspeed: ds.json\nworld_size: launcher\n")})
+    state, findings = check(root / "r.yaml")
+    d = state.recipe.distributed
+    assert (d.strategy, d.world_size, d.size_known) == ("zero3", "launcher", False)
+    [note] = only(findings, "RC111")
+    assert note.severity.value == "warning" and "number of GPUs to the launcher" in note.message
+    assert state.source_line(note.location.line).strip() == "world_size: launcher"
+    assert not {f.rule_id for f in findings if f.severity.value == "error"}, findings
+    files(**{"ds.json": ds(train_batch_size=64, train_micro_batch_size_per_gpu=2, zero_optimization={"stage": 3})})
+    state, findings = check(root / "r.yaml")  # 64 = 2 x 4 x 8: the file states it
+    assert state.recipe.distributed.world_size == 8 and not ids(findings) & {"RC111", "RC801", "RC103"}, findings
+    for written in ("world_size: launcher\ngpus_per_node: 8\n", "world_size: '8'\n", "world_size: auto\n"):
+        files(**{"r.yaml": recipe(f"deepspeed: ds.json\n{written}")})
+        _, findings = check(root / "r.yaml")
+        assert "RC103" in ids(findings) and "RC111" not in ids(findings), (written, findings)
+
+
 def test_batch_sizes_that_differ_from_training_are_refused_as_the_trainer_refuses_them(files):
     root = files(**{"ds.json": ds(train_micro_batch_size_per_gpu=4, gradient_accumulation_steps=4),
                     "r.yaml": recipe("deepspeed: ds.json\nworld_size: 2\n")})

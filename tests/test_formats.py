@@ -220,9 +220,9 @@ def test_convert_prints_a_native_recipe_that_checks_the_same(name, tmp_path, cap
     state, converted = _check(native, gpu)
     assert state.loaded.translation is None
     format_only = {"RC110", "RC111", "RC112", "RC113"}  # the notes of a translation, written as comments
-    # a config that shards without saying on how many GPUs: a native recipe must say it (the schema, RC103)
+    # a config that shards without saying on how many GPUs: the recipe says `world_size: launcher`, its own RC111
     unstated = any(what.startswith(GPUS_NOT_STATED) for _, what in original_state.loaded.translation.not_checked)
-    assert {f.rule_id for f in converted} == {f.rule_id for f in original} - format_only | ({"RC103"} if unstated else set())
+    assert {f.rule_id for f in converted} == {f.rule_id for f in original} - format_only | ({"RC111"} if unstated else set())
     if name == "axolotl-qwen2.5-lora-typo.yml":
         assert "# untranslated: lora_alfa (line 11)" in out
 
@@ -299,3 +299,29 @@ def test_convert_keeps_every_untranslated_key_and_quoted_value_inside_its_commen
     assert f"# untranslated: turbo{escaped}{INJECTED}{escaped}# (line " in out
     assert f"'hybrid_shard{escaped}{INJECTED}{escaped}#' shards within a node" in out
     assert f"config {tmp_path}/cfg{escaped}{INJECTED}{escaped}#.yml\n" in out
+
+
+@pytest.mark.parametrize("name", ["llamafactory-llama3-full-ds3.yaml", "axolotl-llama3-fft-zero3.yml"])
+def test_converting_a_config_that_leaves_the_gpu_count_to_the_launcher_keeps_its_note_a_note(name, tmp_path, capsys):
+    """The original's "number of GPUs not stated" is an RC111 warning; the converted recipe was an RC103 error
+    ("give the number of GPUs"), since only a translation could leave it out. It now says `world_size: launcher`
+    and gets the same warning, at that line, and no error the original does not have."""
+    assert main(["convert", str(FORMATS_DIR / name), "--gpu", "rtx4090"]) == 0
+    out = capsys.readouterr().out
+    assert yaml.safe_load(out)["distributed"]["world_size"] == "launcher"
+    shutil.copytree(FORMATS_DIR, tmp_path / "formats")  # the DeepSpeed config it names, relative to it
+    native = tmp_path / "formats" / "native.yaml"
+    native.write_text(out)
+    _, original = _check(FORMATS_DIR / name, "rtx4090")
+    _, converted = _check(native, "rtx4090")
+
+    def gpu_count(findings):
+        return [(f.rule_id, f.severity.value) for f in findings if "number of GPUs" in f.message]
+
+    assert gpu_count(original) == [("RC111", "warning")]
+    assert gpu_count(converted) == [("RC111", "warning")]
+    [note] = [f for f in converted if "number of GPUs" in f.message]
+    assert note.location.line == out.split("\n").index("  world_size: launcher") + 1
+    assert {f.rule_id for f in converted if f.severity.value == "error"} <= {f.rule_id for f in original}
+    assert main(["check", str(native), "--gpu", "rtx4090", "-q"]) == main(["check", str(FORMATS_DIR / name), "--gpu",
+                                                                              "rtx4090", "-q"]) == 0

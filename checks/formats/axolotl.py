@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from recipe_checks.formats import Builder, NativeRecipe, gpus_not_stated
+from recipe_checks.recipe import LAUNCHER
 
 SOURCE = ("Axolotl main after v0.13.0 (src/axolotl/utils/schemas: config.py, peft.py at 00564c8, training.py at "
           "002a637; utils/config normalize_config); its multi-GPU keys as of v0.18.0-9 (067b021: schemas/config.py "
@@ -273,6 +274,7 @@ def _distributed(b: Builder, out: NativeRecipe) -> None:
     else:
         return
     if world is None:
+        out.set(("distributed", "world_size"), LAUNCHER, origin)
         how = "add `world_size: N` to the config (Axolotl overwrites it from the launcher's WORLD_SIZE: the run is the same)"
         b.translation.not_checked.append(((origin,), gpus_not_stated(how)))
 

@@ -8,6 +8,7 @@ every other key is a transformers.TrainingArguments field (Seq2SeqTrainingArgume
 from __future__ import annotations
 
 from recipe_checks.formats import Builder, NativeRecipe, gpus_not_stated
+from recipe_checks.recipe import LAUNCHER
 
 SOURCE = ("LLaMA-Factory main (src/llamafactory/hparams: finetuning_args.py, model_args.py, data_args.py); `deepspeed` "
           "is TrainingArguments.deepspeed, a DeepSpeed JSON the HF integration reads")
@@ -162,6 +163,7 @@ def _deepspeed(b: Builder, out: NativeRecipe) -> None:
     path = b.take("deepspeed")
     if isinstance(path, str):
         out.set(("distributed", "deepspeed"), path, "deepspeed")
+        out.set(("distributed", "world_size"), LAUNCHER, "deepspeed")  # FORCE_TORCHRUN / NPROC_PER_NODE say it
         how = ("give numbers for train_batch_size and train_micro_batch_size_per_gpu in the DeepSpeed config, or check "
                "the native recipe (`recipe-checks convert`) with distributed.world_size: N")
         b.translation.not_checked.append((("deepspeed",), gpus_not_stated(how)))

@@ -26,6 +26,7 @@ from recipe_checks.limits import (
     read_bounded,
     shorten,
 )
+from recipe_checks.recipe import LAUNCHER
 from recipe_checks.recipe.load import KeyPath, LoadedRecipe, RecipeLoadError, load_text
 
 SOURCE_DEEPSPEED = (
@@ -236,8 +237,8 @@ def _merge(section: dict[str, Any], files: DistributedFiles, loaded: LoadedRecip
             node = child
         else:
             written = node.get(path[-1], _ABSENT)
-            if written is _ABSENT:
-                node[path[-1]] = setting.value
+            if written is _ABSENT or (path == ("world_size",) and written == LAUNCHER):
+                node[path[-1]] = setting.value  # a file that states the number of GPUs says what the launcher is told
             elif written != setting.value:
                 contradicted.add(path[0])
                 shown = ".".join(("distributed", *path))
@@ -589,7 +590,7 @@ def _ds_batch(data: dict[str, Any], place, problem, files: DistributedFiles, tra
             continue
         files.batch[key] = Setting(value, place(key))
     total = files.batch.get("train_batch_size")
-    if total is None or any(k in section for k in ("world_size", "gpus_per_node")):
+    if total is None or section.get("world_size", LAUNCHER) != LAUNCHER or "gpus_per_node" in section:
         return
     # "auto" values are the Trainer's: micro = per_device_train_batch_size, accumulation = its own
     micro = files.batch.get("train_micro_batch_size_per_gpu")

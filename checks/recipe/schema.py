@@ -26,6 +26,7 @@ from pydantic import (
 )
 
 from recipe_checks import limits
+from recipe_checks.recipe import LAUNCHER
 from recipe_checks.recipe.library import Keyword, checkpoint_keywords, liger_keywords
 from recipe_checks.regex_safety import describe_problem, lora_pattern_problems
 
@@ -371,7 +372,8 @@ STRATEGIES = ("ddp", "fsdp", "zero1", "zero2", "zero3")
 
 class Distributed(_Section):
     """How the recipe runs on several GPUs: data parallel (ddp), torch's FSDP2 (fsdp), or DeepSpeed's ZeRO
-    stages (zero1, zero2, zero3). The world size is `world_size`, or `nodes` x `gpus_per_node`.
+    stages (zero1, zero2, zero3). The world size is `world_size`, or `nodes` x `gpus_per_node`; `world_size:
+    launcher` leaves it to the launcher (not checked: RC111).
 
     `deepspeed` (a DeepSpeed JSON) and `accelerate_config` (an `accelerate config` YAML), paths relative to
     the recipe file, are read into these fields before validation (recipe_checks.recipe.distributed_files; see
@@ -379,7 +381,7 @@ class Distributed(_Section):
     field the recipe also writes and the file contradicts is a finding (RC801), not a silent win."""
 
     strategy: Literal[STRATEGIES]  # type: ignore[valid-type]
-    world_size: int | None = Field(None, ge=1, le=limits.MAX_WORLD_SIZE)
+    world_size: Annotated[int, Field(ge=1, le=limits.MAX_WORLD_SIZE)] | Literal["launcher"] | None = None
     nodes: int | None = Field(None, ge=1, le=limits.MAX_WORLD_SIZE)
     gpus_per_node: int | None = Field(None, ge=1, le=64)
     fsdp: Fsdp | None = None
@@ -398,8 +400,12 @@ class Distributed(_Section):
             named = [f"{key} {value}" for key, value in (("deepspeed", self.deepspeed),
                                                          ("accelerate_config", self.accelerate_config)) if value]
             said = f" ({' and '.join(named)} does not give it)" if named else ""
-            raise ValueError(f"give the number of GPUs: world_size, or nodes and gpus_per_node{said}")
-        if self.world_size is not None and self.gpus_per_node is not None:
+            raise ValueError(f"give the number of GPUs: world_size, or nodes and gpus_per_node{said}; where the "
+                             f"launcher decides it, world_size: {LAUNCHER} (the sharding is then not checked)")
+        if self.world_size == LAUNCHER and self.gpus_per_node is not None:
+            raise ValueError(f"world_size: {LAUNCHER} leaves the number of GPUs to the launcher, and gpus_per_node "
+                             f"{self.gpus_per_node} states it: keep one")
+        if isinstance(self.world_size, int) and self.gpus_per_node is not None:
             computed = (self.nodes or 1) * self.gpus_per_node
             if computed != self.world_size:
                 raise ValueError(f"world_size {self.world_size} is not nodes x gpus_per_node = {computed}: "
@@ -417,13 +423,13 @@ class Distributed(_Section):
 
     @property
     def size_known(self) -> bool:
-        """Whether the number of GPUs is stated (another tool's config may not state it; see RC111)."""
-        return self.world_size is not None or self.gpus_per_node is not None
+        """Whether the number of GPUs is stated (not where it is the launcher's; see RC111)."""
+        return isinstance(self.world_size, int) or self.gpus_per_node is not None
 
     @property
     def size(self) -> int:
         """The number of ranks (GPUs) in all (1 where it is not stated: see size_known)."""
-        if self.world_size is not None:
+        if isinstance(self.world_size, int):
             return self.world_size
         return (self.nodes or 1) * (self.gpus_per_node or 1)
 
@@ -432,7 +438,7 @@ class Distributed(_Section):
         """The nodes (hosts) the ranks run on."""
         if self.nodes is not None:
             return self.nodes
-        if self.gpus_per_node is not None and self.world_size is not None:
+        if self.gpus_per_node is not None and isinstance(self.world_size, int):
             return max(1, self.world_size // self.gpus_per_node)
         return 1
 
