@@ -25,7 +25,10 @@ ANNOTATIONS_PER_STEP = {Severity.ERROR: 10, Severity.WARNING: 10}
 SUMMARY_MAX_BYTES = 900 * 1024
 SUMMARY_MAX_FINDINGS = 200
 
-ICONS = {"passed": "✅", "failed": "❌", "skipped": "⏭️"}
+ICONS = {"passed": "✅", "failed": "❌", "skipped": "⏭️", "crashed": "💥"}
+# pytest-xdist reports an item whose worker process died under it with this phase (xdist.dsession.handle_crashitem):
+# the item's own call report never comes, so its setup report, passed, must not stand for its verdict.
+CRASH_PHASE = "???"
 # RC601's message, fitting or not: "peak 5.1 GiB of the 22.8 GiB budget ..." / "peak 30.2 GiB does not fit the 22.8 GiB budget"
 _VRAM = re.compile(r"peak (?P<peak>[\d.]+) GiB (?:of the|does not fit the) (?P<budget>[\d.]+) GiB budget")
 
@@ -103,7 +106,11 @@ class RunRecord:
 
     def add(self, nodeid: str, when: str, outcome: str, payload: dict) -> None:
         record = self.items.setdefault(nodeid, ItemRecord(payload["path"], payload["check"], payload["gpu"]))
-        if outcome == "failed" or (outcome == "skipped" and record.outcome != "failed"):
+        if when == CRASH_PHASE:
+            record.outcome = "crashed"
+        elif record.outcome == "crashed":
+            pass
+        elif outcome == "failed" or (outcome == "skipped" and record.outcome != "failed"):
             record.outcome = outcome
         if when == "call":
             record.findings = [finding_from_dict(d) for d in payload["findings"]]
@@ -111,14 +118,34 @@ class RunRecord:
 
     def pytest_runtest_logreport(self, report) -> None:  # a pytest hook: this object is registered as a plugin
         payload = getattr(report, "recipe_checks", None)
+        if payload is None and report.when == CRASH_PHASE:  # made by the controller, which has no item to ask
+            payload = self._crash_payload(report.nodeid)
         if payload is not None:
             self.add(report.nodeid, report.when, report.outcome, payload)
+
+    def _crash_payload(self, nodeid: str) -> dict | None:
+        """A crashed item's payload from its node id (`path::check` or `path::check[gpu]`, recipe_checks.collect),
+        when its worker died before it reported anything; None for an item that is not a recipe check."""
+        if nodeid in self.items:
+            record = self.items[nodeid]
+            return item_payload(record.path, record.check, record.gpu, None)
+        path, _, name = nodeid.rpartition("::")
+        match = re.fullmatch(r"(?P<check>[^\[\]]+)(?:\[(?P<gpu>[^\]]+)\])?", name)
+        if not path.endswith((".yaml", ".yml")) or match is None or match["check"] not in (*CHECKS, IGNORES_CHECK):
+            return None
+        return item_payload(path, match["check"], match["gpu"], None)
+
+    def crashed(self) -> list[str]:
+        """The node ids of the items whose pytest-xdist worker died while running them: they have no verdict."""
+        return [nodeid for nodeid, record in self.items.items() if record.outcome == "crashed"]
 
     def findings(self) -> list[Finding]:
         return [f for record in self.items.values() for f in record.findings]
 
-    def summary(self, *, unchanged: list[str] | tuple[str, ...] = (), ref: str | None = None, annotated: int = 0) -> str:
-        """The markdown job summary: one row per recipe, one column per check, and the traced peak."""
+    def summary(self, *, unchanged: list[str] | tuple[str, ...] = (), ref: str | None = None, annotated: int = 0,
+                warnings: list[str] | tuple[str, ...] = ()) -> str:
+        """The markdown job summary: one row per recipe, one column per check, and the traced peak; `warnings`
+        about the run itself (a GPU profile a user file redefined) under the counts."""
         order = {check: i for i, check in enumerate((*CHECKS, IGNORES_CHECK))}  # pytest's item order, not
         checks = sorted({r.check for r in self.items.values()}, key=lambda c: order.get(c, len(order)))  # xdist's
         by_recipe: dict[str, list[ItemRecord]] = {}
@@ -130,6 +157,7 @@ class RunRecord:
                      f"{n} {o}" for o, n in counts.items() if n) + "."]
         if unchanged:
             lines.append(f"{len(unchanged)} recipe(s) unchanged since {ref}, not checked.")
+        lines += [f"\n> ⚠️ {_md(warning)}" for warning in warnings]
         lines += ["", "| recipe | " + " | ".join(checks) + " | traced peak / budget |",
                   "|---|" + "---|" * len(checks) + "---|"]
         for path, records in sorted(by_recipe.items()):
@@ -143,6 +171,11 @@ class RunRecord:
                 + (f" ({r.gpu})" if r.gpu else "") for r in records if r.vram
             )
             lines.append(f"| {_code(path)} | " + " | ".join(cells) + f" | {vram or '–'} |")
+        crashed = self.crashed()
+        if crashed:
+            lines += ["", f"### Crashed ({len(crashed)})", ""]
+            lines += [f"- 💥 {_code(nodeid)}: its pytest-xdist worker crashed while running it; the check has no "
+                      "verdict; run it alone, without -n, to see the crash" for nodeid in crashed]
         findings = [f for f in self.findings() if f.severity is Severity.ERROR] + [
             f for f in self.findings() if f.severity is Severity.WARNING]
         if findings:
@@ -163,6 +196,8 @@ class RunRecord:
 def _cell(record: ItemRecord, several: bool) -> str:
     rules = sorted({f.rule_id for f in record.findings if record.outcome == "failed"})
     text = ICONS[record.outcome] + (f" {record.gpu}" if several and record.gpu else "")
+    if record.outcome == "crashed":
+        return text + " crashed"
     return text + (f" {', '.join(rules)}" if rules else "")
 
 

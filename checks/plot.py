@@ -47,9 +47,24 @@ def _fix_label(fix) -> str:
     return "\n+ ".join(textwrap.fill(name.split(" (", 1)[0], 16) for name in names)
 
 
+# The figure shows text from the user (the recipe's file name, GPU profile keys from --gpu-profiles) and no
+# formula: every text object is drawn literally. A '$' pair would start matplotlib's mathtext, which raises on
+# `x$\sqrt{$.yaml`, and usetex would hand the name to a LaTeX process.
+LITERAL_TEXT = {"text.parse_math": False, "text.usetex": False}
+
+
 def plot_estimate(path: str | Path, result, *, recipe, recipe_name: str, gpu, catalog) -> None:
     """Write the figure of one Estimate (recipe_checks.memory.estimate) of `recipe` to `path` as a PNG."""
     require_matplotlib()
+    from matplotlib import rc_context
+
+    # Text objects read these settings when they are made, and tick labels are made while the figure is
+    # drawn, so the whole figure, its saving included, is made under them.
+    with rc_context(LITERAL_TEXT):
+        _draw_estimate(path, result, recipe=recipe, recipe_name=recipe_name, gpu=gpu, catalog=catalog)
+
+
+def _draw_estimate(path: str | Path, result, *, recipe, recipe_name: str, gpu, catalog) -> None:
     from matplotlib.figure import Figure
 
     from recipe_checks.memory.estimate import budget_for

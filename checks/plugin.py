@@ -6,6 +6,7 @@ Collection nodes live in recipe_checks.collect, the checks in recipe_checks.rule
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -201,6 +202,7 @@ _WORKER_KEY = pytest.StashKey[bool]()
 
 
 _CACHE_KEY = pytest.StashKey[RunTally]()  # the result cache's hits and misses in this run
+_NOT_SEARCHED_KEY = pytest.StashKey[list[str]]()  # why directories were left out of collection (discover.py)
 _RUN_KEY = pytest.StashKey[annotate.RunRecord]()  # the items' outcomes, for annotations and the job summary
 
 
@@ -261,6 +263,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         f"recipe-checks: {versions}",
         f"recipe-checks: result cache: {cache_dir if cache_dir else 'off'}",
         *([_GPU_CLASH_LINE] if config.stash.get(_GPU_CLASH, False) else []),
+        *(f"recipe-checks: WARNING: {note}" for note in session.catalog.override_notes()),
         *(f"recipe-checks: WARNING: {warning}" for warning in version_warnings()),
     ]
 
@@ -291,6 +294,24 @@ def _searched(config: pytest.Config, file_path: Path) -> bool | None:
     if any(config.getoption(name) for name in _RECIPE_OPTIONS):
         return None
     return False
+
+
+@pytest.hookimpl(trylast=True)  # after pytest's own (--ignore, norecursedirs): what it leaves out needs no note
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """Where the plugin searches for recipes, pytest's collection stops at directories it cannot walk: deeper
+    than recipe_checks.discover.MAX_DEPTH (pytest recurses once a level: a RecursionError ends the whole run) and
+    directory links that loop. Each is said in the terminal summary."""
+    if not _asks_for_recipes(config) or not collection_path.is_dir():
+        return None
+    from recipe_checks.discover import collection_cutoff
+
+    here = config.invocation_params.dir
+    roots = [Path(os.path.abspath(here / arg.split("::")[0])) for arg in config.args]
+    reason = collection_cutoff(collection_path, roots)
+    if reason is None:
+        return None
+    config.stash.setdefault(_NOT_SEARCHED_KEY, []).append(reason)
+    return True
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector):
@@ -357,6 +378,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
             "deselected": recipe_session.deselected,
             "unchanged": recipe_session.unchanged,
             "cache": config.stash[_CACHE_KEY].counts(),
+            "not_searched": config.stash.get(_NOT_SEARCHED_KEY, []),
         }
     elif recipe_session is not None and recipe_session.unchanged and session.exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:
         session.exitstatus = pytest.ExitCode.OK  # no recipe changed: nothing to check is a pass, not an empty run
@@ -381,6 +403,7 @@ def pytest_testnodedown(node, error) -> None:
     if recipe_session.from_worker:
         return
     recipe_session.from_worker = True
+    node.config.stash[_NOT_SEARCHED_KEY] = output.get("not_searched", [])  # every worker collects the same
     recipe_session.not_for_this_gpu.update(output["not_for_this_gpu"])
     recipe_session.unchanged = output["unchanged"]
     if output["deselected"]:
@@ -395,6 +418,17 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         _report_changes(terminalreporter, session)
     if session.not_for_this_gpu:
         _report_other_gpus(terminalreporter, session)
+    not_searched = config.stash.get(_NOT_SEARCHED_KEY, [])
+    if not_searched:
+        terminalreporter.write_sep("-", "recipe-checks: directories not searched")
+        for reason in not_searched[:10]:
+            terminalreporter.write_line(f"WARNING: {reason}")
+        if len(not_searched) > 10:
+            terminalreporter.write_line(f"... and {len(not_searched) - 10} more")
+    if session.catalog.override_notes() and _asks_for_recipes(config):  # at the end too: -q hides the header
+        terminalreporter.write_sep("-", "recipe-checks: GPU profiles redefined")
+        for note in session.catalog.override_notes():
+            terminalreporter.write_line(f"WARNING: {note}")
     _report_cache(terminalreporter, config.stash[_CACHE_KEY])
     run = config.stash.get(_RUN_KEY, None)
     if run is not None and (run.items or session.unchanged):  # a run that left every recipe out says so too
@@ -403,7 +437,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
             terminalreporter.write_line(line)
         changes = session.changes
         annotate.write_summary(run.summary(unchanged=session.unchanged, ref=changes.ref if changes else None,
-                                           annotated=sum(not line.startswith("::notice") for line in lines)))
+                                           annotated=sum(not line.startswith("::notice") for line in lines),
+                                           warnings=session.catalog.override_notes()))
 
 
 def _report_cache(terminalreporter, cache: RunTally) -> None:

@@ -152,3 +152,58 @@ def test_under_xdist_the_controller_annotates_and_summarises_what_the_workers_fo
     assert "1 recipe(s) unchanged since HEAD, not checked." in summary and "`good.yaml`" not in summary
     assert "| `bad.yaml` | ✅ | ❌ RC201 | – |" in summary
     assert "| `typo.yaml` | ❌ RC102 |" in summary
+
+
+# A conftest for pytester runs: the target-modules check of crash.yaml ends its worker process, as a segfault in
+# a native library (torch, bitsandbytes) would, before the worker reports the check's outcome.
+_CRASHING_CONFTEST = """\
+import os
+
+import recipe_checks.collect
+
+_run_check = recipe_checks.collect.run_check
+
+
+def _crashing_run_check(state, check, gpu):
+    if check == "target-modules" and state.path == "crash.yaml":
+        os._exit(3)
+    return _run_check(state, check, gpu)
+
+
+recipe_checks.collect.run_check = _crashing_run_check
+"""
+
+
+@pytest.mark.slow  # starts worker processes that import the checks: seconds on a shared 2-core machine
+def test_under_xdist_a_check_whose_worker_crashed_is_summarised_as_failed_never_passed(pytester, github):
+    pytest.importorskip("xdist")
+    pytester.makeconftest(_CRASHING_CONFTEST)
+    pytester.makefile(".yaml", good=SMALL, crash=SMALL)
+    result = pytester.runpytest("-n", "2", "-p", "xdist", ".", "-k", "schema or target", "-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(["*worker 'gw*' crashed while running 'crash.yaml::target-modules'*"])
+    summary = github.read_text(encoding="utf-8")
+    assert "| `good.yaml` | ✅ | ✅ | – |" in summary
+    assert "| `crash.yaml` | ✅ | 💥 crashed | – |" in summary, summary
+    assert "1 crashed" in summary and "3 passed" in summary
+    assert ("- 💥 `crash.yaml::target-modules`: its pytest-xdist worker crashed while running it; the check has no "
+            "verdict") in summary
+
+
+def _crash_report(nodeid: str) -> pytest.TestReport:
+    """The report pytest-xdist's controller makes for an item whose worker died (xdist.dsession.handle_crashitem)."""
+    path = nodeid.split("::")[0]
+    return pytest.TestReport(nodeid=nodeid, location=(path, None, path), keywords={}, outcome="failed",
+                             longrepr=f"worker 'gw0' crashed while running {nodeid!r}", when="???")
+
+
+def test_a_check_whose_worker_died_before_it_reported_anything_is_summarised_as_crashed():
+    run = RunRecord()
+    run.pytest_runtest_logreport(_crash_report("recipes/a.yaml::vram[t4]"))  # died in setup: no payload came
+    run.pytest_runtest_logreport(_crash_report("tests/test_host.py::test_memory"))  # the host's: not ours
+    assert list(run.items) == ["recipes/a.yaml::vram[t4]"]
+    record = run.items["recipes/a.yaml::vram[t4]"]
+    assert (record.path, record.check, record.gpu, record.outcome) == ("recipes/a.yaml", "vram", "t4", "crashed")
+    text = run.summary()
+    assert "1 recipe(s), 1 check(s): 1 crashed." in text
+    assert "| `recipes/a.yaml` | 💥 crashed | – |" in text

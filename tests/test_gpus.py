@@ -194,3 +194,83 @@ def test_the_plugin_takes_an_ambiguous_gpu_option_and_runs_what_its_profiles_sha
         "*help: name one of them in --gpu: v100-16gb or v100-32gb*",
     ])
     result.assert_outcomes(failed=2)
+
+
+# A user file that redefines the shipped rtx4090 with 1000 GB: every memory check against rtx4090 would pass.
+HUGE_RTX4090 = """\
+rtx4090:
+  name: NVIDIA GeForce RTX 4090
+  architecture: ada
+  compute_capability: "8.9"
+  memory_gb: 1000
+  bf16: true
+  fp8: true
+  dense_bf16_tflops: 165.2
+  dense_fp16_tflops: 165.2
+  memory_bandwidth_gbs: 1008
+  sources: [https://example.com/my-4090]
+"""
+HUGE_NOTE = ("GPU profile 'rtx4090' in {file} replaces the shipped profile of that name (NVIDIA GeForce RTX 4090): "
+             "memory 24.0 GiB -> 1000.0 GiB; every check against 'rtx4090' uses {file}'s figures. To add a card "
+             "beside 'rtx4090' instead, give the profile a name of its own")
+
+
+def test_a_user_file_that_redefines_a_shipped_profile_is_recorded_with_what_it_changes(tmp_path):
+    mine = tmp_path / "mine.yaml"
+    mine.write_text(HUGE_RTX4090)
+    catalog = GpuCatalog.load((str(mine),))
+    assert catalog.get("rtx4090").memory_gb == 1000  # allowed: a user may correct a shipped figure ...
+    assert catalog.override_notes() == [HUGE_NOTE.format(file=mine)]  # ... but the run says so
+    assert catalog.get("GeForce RTX 4090").memory_gb == 1000  # the shipped spellings still name the card
+
+
+def test_a_user_profile_named_like_a_shipped_alias_is_recorded_and_a_copy_or_a_new_card_is_not(tmp_path, catalog):
+    alias = tmp_path / "alias.yaml"
+    alias.write_text(HUGE_RTX4090.replace("rtx4090:", "'4090':"))  # '4090': an alias of the shipped rtx4090
+    (note,) = GpuCatalog.load((str(alias),)).override_notes()
+    assert note.startswith(f"GPU profile '4090' in {alias} takes the name '4090', an alias of the shipped profile "
+                           "'rtx4090' (NVIDIA GeForce RTX 4090): memory 24.0 GiB -> 1000.0 GiB;")
+    shipped = catalog.get("rtx4090").model_dump(exclude={"key", "aliases", "name"})
+    import yaml
+
+    copy = tmp_path / "copy.yaml"
+    copy.write_text(yaml.safe_dump({"RTX-4090": {"name": "my 4090", **shipped}}))
+    assert GpuCatalog.load((str(copy),)).override_notes() == []  # the same figures: no check reads otherwise
+    new = tmp_path / "new.yaml"
+    new.write_text(HUGE_RTX4090.replace("rtx4090:", "rtx4090-1tb:"))
+    assert GpuCatalog.load((str(new),)).override_notes() == []
+
+
+def test_the_check_command_warns_that_a_profile_file_redefines_a_shipped_gpu(tmp_path, capsys):
+    from recipe_checks.cli import main
+
+    mine = tmp_path / "mine.yaml"
+    mine.write_text(HUGE_RTX4090)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(MIXED.replace("GPU", "rtx4090"))
+    assert main(["check", str(recipe), "--gpu-profiles", str(mine), "-q"]) == 0
+    assert f"recipe-checks: warning: {HUGE_NOTE.format(file=mine)}" in capsys.readouterr().err.splitlines()
+
+
+def test_the_plugin_says_a_profile_file_redefines_a_shipped_gpu_in_header_summary_and_job_summary(
+        pytester, monkeypatch, tmp_path):
+    monkeypatch.setenv("GITHUB_ACTIONS", "true")
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(tmp_path / "summary.md"))
+    pytester.makefile(".yaml", r=MIXED.replace("GPU", "rtx4090"), mine=HUGE_RTX4090)
+    note = HUGE_NOTE.format(file="mine.yaml")
+    result = pytester.runpytest("r.yaml", "--gpu-profiles=mine.yaml", "-k", "schema", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines([f"recipe-checks: WARNING: {note}", "*recipe-checks: GPU profiles redefined*",
+                                 f"WARNING: {note}"])
+    quiet = pytester.runpytest("r.yaml", "--gpu-profiles=mine.yaml", "-k", "schema", "-q", "-p", "no:cacheprovider")
+    quiet.stdout.fnmatch_lines(["*recipe-checks: GPU profiles redefined*", f"WARNING: {note}"])  # no header under -q
+    assert "> ⚠️ GPU profile 'rtx4090' in mine.yaml replaces the shipped profile" in (
+        tmp_path / "summary.md").read_text(encoding="utf-8")
+
+
+def test_gpus_with_a_profiles_file_that_cannot_be_read_is_a_usage_error_not_a_traceback(tmp_path, capsys):
+    from recipe_checks.cli import EXIT_USAGE, main
+
+    assert main(["gpus", "--gpu-profiles", str(tmp_path / "missing.yaml")]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "missing.yaml: cannot read GPU profiles" in err and "Traceback" not in err

@@ -397,6 +397,104 @@ def test_the_regexes_peft_documents_are_accepted(pattern):
     assert unsafe_regex_reason(pattern) is None
 
 
+# --- directory trees discovery cannot walk whole -----------------------------------------------------------------
+
+DEEP_LEVELS = 1500  # Python's recursion limit is 1000: a recursive walk, pathlib's rglob or pytest's, ends in RecursionError
+
+
+@pytest.fixture
+def deep_tree(tmp_path):
+    """recipes/ with a valid recipe on top and one DEEP_LEVELS directories down; removed bottom-up afterwards
+    (shutil.rmtree, which pytest's tmp_path cleanup uses, recurses too)."""
+    root = tmp_path / "recipes"
+    root.mkdir()
+    (root / "top.yaml").write_text(VALID)
+    for level in range(1, DEEP_LEVELS + 1):  # Path.mkdir(parents=True) and os.makedirs recurse too
+        os.mkdir(root.joinpath(*["d"] * level))
+    bottom = root.joinpath(*["d"] * DEEP_LEVELS)
+    (bottom / "deep.yaml").write_text(VALID)
+    yield root
+    (bottom / "deep.yaml").unlink()
+    for level in range(DEEP_LEVELS, 0, -1):
+        root.joinpath(*["d"] * level).rmdir()
+
+
+def test_a_directory_1500_levels_deep_is_cut_off_with_a_note_and_the_other_recipes_are_checked(deep_tree, capsys):
+    from recipe_checks.cli import main
+    from recipe_checks.discover import MAX_DEPTH
+
+    code = main(["check", str(deep_tree), "--format", "json", "--select", "RC1"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert list(json.loads(captured.out)["recipes"]) == [str(deep_tree / "top.yaml")]
+    first = deep_tree.joinpath(*["d"] * (MAX_DEPTH + 1))
+    assert (f"recipe-checks: warning: 1 directory under {deep_tree} not searched: more than {MAX_DEPTH} levels deep "
+            f"(the first: {first}); a recipe there is not checked: name its file to check it, or move it up the "
+            "tree") in captured.err.splitlines()
+    assert "Traceback" not in captured.err
+
+
+def test_discovery_finds_a_recipe_max_depth_levels_down_and_cuts_the_level_below(tmp_path):
+    from recipe_checks.discover import MAX_DEPTH, recipe_candidates
+
+    deepest = tmp_path.joinpath(*["d"] * MAX_DEPTH)
+    (deepest / "e").mkdir(parents=True)
+    (deepest / "in.yaml").write_text(VALID)
+    (deepest / "e" / "out.yaml").write_text(VALID)
+    found, notes = recipe_candidates(tmp_path)
+    assert found == [deepest / "in.yaml"]
+    assert len(notes) == 1 and notes[0].startswith(f"1 directory under {tmp_path} not searched: more than {MAX_DEPTH}")
+
+
+def test_discovery_ends_in_a_tree_with_directory_links_that_loop(tmp_path):
+    from recipe_checks.discover import discover_recipes
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "r.yaml").write_text(VALID)
+    os.symlink("..", tmp_path / "a" / "up")  # to its parent
+    os.symlink("../b", tmp_path / "a" / "to-b")  # a -> b -> a
+    os.symlink("../a", tmp_path / "b" / "to-a")
+    os.symlink("self", tmp_path / "a" / "self")  # a link to itself
+    assert list(discover_recipes([str(tmp_path)])) == [tmp_path / "a" / "r.yaml"]
+
+
+def test_pytest_collects_a_tree_1500_levels_deep_up_to_the_cut_and_says_so(deep_tree, pytester):
+    from recipe_checks.discover import MAX_DEPTH
+
+    result = pytester.runpytest(str(deep_tree), "-k", "schema", "-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str()[-3000:]
+    result.assert_outcomes(passed=1)
+    first = deep_tree.joinpath(*["d"] * (MAX_DEPTH + 1))
+    result.stdout.fnmatch_lines(["*recipe-checks: directories not searched*",
+                                 (f"WARNING: {first}: not searched: more than {MAX_DEPTH} directory levels deep; a "
+                                  "recipe there is not checked: name its file to check it, or move it up the tree")])
+    assert "INTERNALERROR" not in result.stdout.str()
+
+
+def test_pytest_collects_a_recipe_under_a_looping_directory_link_once(pytester):
+    (pytester.path / "recipes" / "sub").mkdir(parents=True)
+    (pytester.path / "recipes" / "sub" / "r.yaml").write_text(VALID)
+    os.symlink("..", pytester.path / "recipes" / "sub" / "up")  # pytest follows it until ELOOP: 40 copies
+    result = pytester.runpytest("recipes", "-k", "schema", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    link, target = pytester.path / "recipes" / "sub" / "up", (pytester.path / "recipes").resolve()
+    result.stdout.fnmatch_lines(["*recipe-checks: directories not searched*",
+                                 f"WARNING: {link}: not searched: a directory link to {target}, which holds it (a loop)*"])
+
+
+
+@pytest.mark.slow  # starts worker processes: seconds on a shared 2-core machine
+def test_under_xdist_the_controller_says_which_directories_the_workers_did_not_search(pytester):
+    pytest.importorskip("xdist")
+    (pytester.path / "recipes" / "sub").mkdir(parents=True)
+    (pytester.path / "recipes" / "sub" / "r.yaml").write_text(VALID)
+    os.symlink("..", pytester.path / "recipes" / "sub" / "up")
+    result = pytester.runpytest("-n", "2", "-p", "xdist", "recipes", "-k", "schema", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)  # the controller collects nothing: the note comes from a worker
+    result.stdout.fnmatch_lines(["*recipe-checks: directories not searched*",
+                                 f"WARNING: {pytester.path / 'recipes' / 'sub' / 'up'}: not searched: *(a loop)*"])
+
 # --- per-process time and memory (slow tier) ------------------------------------------------------
 
 # The libraries a case needs, imported once by the fork server: each case then runs in a process of its

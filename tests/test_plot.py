@@ -95,3 +95,29 @@ def test_neighbours_are_the_next_smaller_and_larger_cards_that_train_in_the_prec
     assert "k80" not in [p.key for p in neighbours(catalog, rtx4060, "bfloat16")]
     assert [p.key for p in neighbours(catalog, catalog.get("h200"), "bfloat16")][-1] != "h200"
     assert len(neighbours(catalog, catalog.get("h200"), "bfloat16")) == 1  # the largest card has no larger one
+
+
+def test_a_file_name_with_dollar_signs_is_drawn_literally_not_as_mathtext(tmp_path, capsys, monkeypatch):
+    from matplotlib.figure import Figure
+    from matplotlib.text import Text
+
+    saved = []
+    savefig = Figure.savefig
+
+    def keep(figure, *args, **kwargs):  # the figure as written, to read its texts back
+        savefig(figure, *args, **kwargs)
+        saved.append(figure)
+
+    monkeypatch.setattr(Figure, "savefig", keep)
+    name = "x$\\sqrt{$.yaml"  # mathtext raised on it: ParseSyntaxException, a traceback out of `estimate --plot`
+    path = tmp_path / name
+    path.write_text(RECIPE)
+    png = tmp_path / "dollar.png"
+    assert main(["estimate", str(path), "--plot", str(png)]) == 0
+    assert f"plot: {png}" in capsys.readouterr().out
+    _assert_png(png)
+    (figure,) = saved
+    texts = [t for t in figure.findobj(Text) if t.get_text()]
+    assert texts and all(not t.get_parse_math() and not t.get_usetex() for t in texts)  # tick labels too
+    title = figure.axes[0].get_title()
+    assert title.startswith(f"{name} on rtx4060 ")

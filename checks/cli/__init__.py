@@ -48,6 +48,11 @@ def main(argv: list[str] | None = None) -> int:
         bitsandbytes_without_hub_kernel()
         for warning in version_warnings():
             print(f"recipe-checks: warning: {warning}", file=sys.stderr)
+    if getattr(args, "gpu_profiles", None):  # every command that reads --gpu-profiles says what a file redefined
+        from recipe_checks.gpus import override_notes
+
+        for note in override_notes(tuple(args.gpu_profiles)):
+            print(f"recipe-checks: warning: {note}", file=sys.stderr)
     from recipe_checks.network import offline
 
     try:

@@ -108,11 +108,14 @@ def recipes_to_check(paths: list[str]) -> list[Path]:
         raise UsageError(f"no such file or directory: {', '.join(missing)}")
     recipes: dict[Path, None] = {}
     empty: list[str] = []
+    not_searched: list[str] = []
     for raw in paths:
-        found = list(discover_recipes([raw])) if os.path.isdir(raw) else [Path(raw)]
+        found = list(discover_recipes([raw], not_searched=not_searched)) if os.path.isdir(raw) else [Path(raw)]
         if not found:
             empty.append(raw)
         recipes.update(dict.fromkeys(found))
+    for note in not_searched:  # the recipes found are checked all the same
+        print(f"recipe-checks: warning: {note}", file=sys.stderr)
     if empty:
         raise UsageError(f"no recipe under {', '.join(empty)}: a recipe is a *.yaml or *.yml file with a "
                          "top-level 'model' key (hidden directories are not searched); name a file to check it anyway")

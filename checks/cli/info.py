@@ -49,9 +49,13 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
 
 def _cmd_gpus(args: argparse.Namespace) -> int:
-    from recipe_checks.gpus import GIB, GpuCatalog
+    from recipe_checks.gpus import GIB, GpuCatalog, GpuProfileError
 
-    catalog = GpuCatalog.load(tuple(args.gpu_profiles))
+    try:
+        catalog = GpuCatalog.load(tuple(args.gpu_profiles))
+    except GpuProfileError as exc:  # a usage error, as `check` and `estimate` report it
+        print(f"recipe-checks: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     print(f"{'name':<16}{'GPU':<34}{'GiB':>6}{'CC':>6}{'bf16':>6}{'fp8':>5}{'bf16 TFLOP/s':>14}{'GB/s':>7}")
     for p in catalog:
         tflops = f"{p.dense_bf16_tflops:g}" if p.dense_bf16_tflops else "-"

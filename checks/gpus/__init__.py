@@ -6,6 +6,7 @@ Checks always run against the profile of the GPU a recipe targets, never against
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -13,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from recipe_checks.gpus.names import boundary_prefixes, related_suggestions
+from recipe_checks.shown import shown
 from recipe_checks.suggest import normalize_name
 
 PROFILES_FILE = Path(__file__).with_name("profiles.yaml")
@@ -149,6 +151,52 @@ class GpuProfileError(ValueError):
     """A profiles file that does not validate: a packaging bug or a bad user-supplied file."""
 
 
+SHIPPED = "shipped"  # where a profile comes from, when no user file gave it
+
+# What a redefinition changes, as the notes word it: the figures the checks read.
+_COMPARED = (
+    ("vendor", lambda p: p.vendor),
+    ("architecture", lambda p: p.architecture),
+    ("memory", lambda p: f"{p.memory_bytes / GIB:.1f} GiB"),
+    ("compute capability", lambda p: p.compute_capability),
+    ("bf16", lambda p: "yes" if p.bf16 else "no"),
+    ("fp8", lambda p: "yes" if p.fp8 else "no"),
+    ("bf16 TFLOP/s", lambda p: f"{p.dense_bf16_tflops:g}" if p.dense_bf16_tflops else "unknown"),
+    ("fp16 TFLOP/s", lambda p: f"{p.dense_fp16_tflops:g}" if p.dense_fp16_tflops else "unknown"),
+    ("bandwidth", lambda p: f"{p.memory_bandwidth_gbs:g} GB/s" if p.memory_bandwidth_gbs else "unknown"),
+)
+
+
+@dataclass(frozen=True)
+class ProfileOverride:
+    """A user profile file's entry that takes a GPU name already defined: a shipped profile's key or alias,
+    or a profile of an earlier file. The checks of that name then read the file's figures, so it is said."""
+
+    file: str  # the user file whose entry wins
+    name: str  # the name taken, as the file spells its key
+    replaced: GpuProfile
+    replaced_from: str  # SHIPPED or the earlier file's path
+    by: GpuProfile
+    alias: bool = False  # the name was an alias of the replaced profile, whose own key still names it
+
+    @property
+    def changes(self) -> list[str]:
+        """What the checks read differently under the name ('memory 24.0 GiB -> 931.3 GiB'); none: a copy."""
+        return [f"{what} {old} -> {new}" for what, figure in _COMPARED
+                if (old := figure(self.replaced)) != (new := figure(self.by))]
+
+    def note(self) -> str:
+        """One line: which name, what it meant, what it means now, and how to keep the shipped profile."""
+        changed = self.changes
+        origin = "the shipped" if self.replaced_from == SHIPPED else f"{shown(self.replaced_from)}'s"
+        taken = (f"takes the name '{shown(self.name)}', an alias of {origin} profile '{shown(self.replaced.key)}'"
+                 if self.alias else f"replaces {origin} profile of that name")
+        return (f"GPU profile '{shown(self.name)}' in {shown(self.file)} {taken} ({shown(self.replaced.name)}): "
+                f"{', '.join(changed) if changed else 'the same figures'}; every check against "
+                f"'{shown(self.name)}' uses {shown(self.file)}'s figures. To add a card beside "
+                f"'{shown(self.name)}' instead, give the profile a name of its own")
+
+
 def _load(path: Path) -> dict[str, GpuProfile]:
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -168,8 +216,9 @@ def _load(path: Path) -> dict[str, GpuProfile]:
 class GpuCatalog:
     """The known GPUs: the shipped profiles plus any the user adds, looked up by forgiving name."""
 
-    def __init__(self, profiles: dict[str, GpuProfile]) -> None:
+    def __init__(self, profiles: dict[str, GpuProfile], overrides: tuple[ProfileOverride, ...] = ()) -> None:
         self._profiles = profiles
+        self.overrides = overrides  # the names a user file took from the shipped or an earlier file's profiles
         self._index: dict[str, str] = {}
         self._prefixes: dict[str, set[str]] = {}  # a normalized prefix at a separator -> the profiles it starts
         self._spellings: list[tuple[str, str, float]] = []  # (key or alias, key, memory GB): for suggestions
@@ -184,10 +233,34 @@ class GpuCatalog:
 
     @classmethod
     def load(cls, extra_files: tuple[str, ...] = ()) -> GpuCatalog:
+        """The shipped profiles, then each user file's in order: a later definition of a name wins, and is
+        recorded in `overrides` (a user may correct a shipped figure, but the run must say it did)."""
         profiles = dict(_shipped_profiles())
+        origin = dict.fromkeys(profiles, SHIPPED)
+        overrides: list[ProfileOverride] = []
         for extra in extra_files:
-            profiles.update(_load(Path(extra)))
-        return cls(profiles)
+            before, came_from = dict(profiles), dict(origin)  # what each name the file takes meant until then
+            aliases = {normalize_name(a): k for k, p in before.items() for a in p.aliases}
+            for norm_key, profile in _load(Path(extra)).items():
+                if norm_key in before:
+                    replaced = before[norm_key]
+                    overrides.append(ProfileOverride(extra, profile.key, replaced, came_from[norm_key], profile))
+                    # the card's other spellings ('geforce rtx 4090') still name it: a recipe that used one
+                    # must not turn into an unknown GPU because its figures were corrected
+                    profile = profile.model_copy(update={"aliases": tuple(dict.fromkeys(
+                        (*profile.aliases, *replaced.aliases)))})
+                elif norm_key in aliases:  # the catalog's index puts a key before an alias: the name changes card
+                    owner = aliases[norm_key]
+                    overrides.append(ProfileOverride(extra, profile.key, before[owner], came_from[owner], profile,
+                                                     alias=True))
+                profiles[norm_key] = profile
+                origin[norm_key] = extra
+        return cls(profiles, tuple(overrides))
+
+    def override_notes(self) -> list[str]:
+        """The notes a run prints about GPU names a user file redefined with other figures (a copy of the
+        profile it replaces changes no check: no note)."""
+        return [override.note() for override in self.overrides if override.changes]
 
     @property
     def names(self) -> list[str]:
@@ -222,3 +295,12 @@ class GpuCatalog:
 @functools.cache
 def _shipped_profiles() -> dict[str, GpuProfile]:
     return _load(PROFILES_FILE)
+
+
+def override_notes(extra_files: tuple[str, ...]) -> list[str]:
+    """The catalog's override notes for these user files; none where a file does not load (the command that
+    loads it says why, as a usage error)."""
+    try:
+        return GpuCatalog.load(extra_files).override_notes() if extra_files else []
+    except GpuProfileError:
+        return []
