@@ -30,6 +30,14 @@ _ATTENTION_FLAGS = {"flash_attention": "flash_attention_2", "sdp_attention": "sd
                     "flex_attention": "flex_attention"}
 _NATIVE_ATTENTION = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
 
+DEFAULT_OPTIMIZER = "adamw_torch_fused"  # HyperparametersConfig.optimizer's default
+# Axolotl's CustomSupportedOptimizers (utils/schemas/enums.py, main after v0.18.0): optimizers Axolotl builds
+# itself, valid in its configs though transformers' OptimizerNames lacks them
+AXOLOTL_OPTIMIZERS = frozenset({
+    "optimi_adamw", "ao_adamw_4bit", "ao_adamw_8bit", "ao_adamw_fp8", "adopt_adamw", "came_pytorch", "muon", "dion",
+    "flash_adamw", "flash_adam", "flash_sgd", "flash_sgdw", "flash_lion",
+})
+
 # Keys understood and irrelevant to a step's memory and correctness: data, prompts, logging, saving, eval.
 IGNORED = (
     "datasets", "test_datasets", "dataset_prepared_path", "val_set_size", "output_dir", "chat_template",
@@ -178,7 +186,11 @@ def _lora(b: Builder, out: NativeRecipe) -> None:
         if modules:
             b.resolved("lora_target_linear", "every linear layer (lora_target_modules are a subset of them)")
     elif modules is not None:
-        out.set(("lora", "target_modules"), [modules] if isinstance(modules, str) else modules, "lora_target_modules")
+        # as written: Axolotl hands cfg.lora_target_modules to LoraConfig unchanged (loaders/adapter.py
+        # _build_peft_lora_config: target_modules=cfg.lora_target_modules or []; it wraps a string in a list only
+        # to join it with lora_target_linear's names): a string is a regex peft full-matches (RC201 checks it as
+        # one), a list is names peft matches as module-name suffixes
+        out.set(("lora", "target_modules"), modules, "lora_target_modules")
     out.set(("lora", "task_type"), "CAUSAL_LM")
 
 
@@ -202,7 +214,7 @@ def _training(b: Builder, out: NativeRecipe) -> None:
         steps = max(1, batch // max(1, b.get("micro_batch_size", 1)))
         out.set(("training", "gradient_accumulation_steps"), steps, "batch_size")
         b.resolved("batch_size", f"gradient_accumulation_steps {steps} (batch_size / micro_batch_size)")
-    out.copy(b, ("training", "optim"), "optimizer", "adamw_torch_fused")
+    _optimizer(b, out)
     scheduler = b.get("lr_scheduler", "cosine")
     b.take("lr_scheduler")
     if scheduler in ("one_cycle", "rex"):
@@ -218,6 +230,19 @@ def _training(b: Builder, out: NativeRecipe) -> None:
         out.set(("training", "gradient_checkpointing"), True if checkpointing in ("unsloth", "offload", "offload_disk") else checkpointing,
                 "gradient_checkpointing")
     _training_precision(b, out)
+
+
+def _optimizer(b: Builder, out: NativeRecipe) -> None:
+    """HyperparametersConfig.optimizer: a transformers OptimizerNames value (RC302 checks it) or one of Axolotl's
+    own, which its trainer builder makes itself (core/builders/base.py) and the traced step cannot: not checked."""
+    optimizer = b.take("optimizer")
+    if isinstance(optimizer, str) and optimizer in AXOLOTL_OPTIMIZERS:
+        out.set(("training", "optim"), DEFAULT_OPTIMIZER, "optimizer")
+        b.translation.not_checked.append((("optimizer",), f"Axolotl's own optimizer '{optimizer}' is not modelled: "
+                                          f"checked as {DEFAULT_OPTIMIZER}, Axolotl's default (AdamW's two states "
+                                          "per trained parameter)"))
+        return
+    out.copy(b, ("training", "optim"), "optimizer", DEFAULT_OPTIMIZER)
 
 
 def _training_precision(b: Builder, out: NativeRecipe) -> None:
