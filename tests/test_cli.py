@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from recipe_checks.cli import EXIT_FINDINGS, EXIT_OK, EXIT_USAGE, main
+from recipe_checks.models.resolve import resolve_model_config
 from recipe_checks.recipe.jsonschema import recipe_json_schema
 from tests.conftest import GOOD_RECIPE, RECIPES, REPO
 
@@ -109,9 +110,12 @@ def test_check_reports_a_misspelt_gpu_under_gpu_selection(write, capsys):
 
 
 def test_estimate_takes_the_same_options_as_check(write, capsys):
+    # Llama's config with an auto_map: under trust_remote_code transformers would run the repository's code
+    llama = resolve_model_config("meta-llama/Llama-3.1-8B").config
+    write("remote/config.json", json.dumps({**llama, "auto_map": {"AutoModelForCausalLM": "modeling_x.XForCausalLM"}}))
     remote = GOOD_RECIPE.replace("model: meta-llama/Llama-3.1-8B",
-                                 "model: {id: meta-llama/Llama-3.1-8B, trust_remote_code: true}")
-    path = write("remote.yaml", remote)
+                                 "model: {id: meta-llama/Llama-3.1-8B, config: config.json, trust_remote_code: true}")
+    path = write("remote/remote.yaml", remote)
     assert main(["estimate", str(path), "--no-fixes"]) == EXIT_USAGE
     assert "RC107" in capsys.readouterr().err
     assert main(["estimate", str(path), "--no-fixes", "--recipes-trust-remote-code", "--json"]) == EXIT_OK

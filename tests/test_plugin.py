@@ -275,9 +275,17 @@ def test_the_host_projects_own_gpu_marker_is_left_alone(pytester):
 
 
 def test_trust_remote_code_needs_the_opt_in_flag(pytester):
+    import json
+
+    from recipe_checks.models.resolve import resolve_model_config
+
+    # Llama's config with an auto_map: under trust_remote_code transformers would run the repository's code
+    llama = resolve_model_config("meta-llama/Llama-3.1-8B").config
+    (pytester.path / "config.json").write_text(json.dumps({**llama, "auto_map": {"AutoConfig": "configuration_x.XConfig"}}))
     pytester.makefile(
         ".yaml",
-        remote=GOOD_RECIPE.replace("model: meta-llama/Llama-3.1-8B", "model: {id: meta-llama/Llama-3.1-8B, trust_remote_code: true}"),
+        remote=GOOD_RECIPE.replace("model: meta-llama/Llama-3.1-8B",
+                                   "model: {id: meta-llama/Llama-3.1-8B, config: config.json, trust_remote_code: true}"),
     )
     refused = pytester.runpytest(".", "-p", "no:cacheprovider")
     refused.stdout.fnmatch_lines(["RC107 the recipe asks to run the model repository's code*"])

@@ -159,3 +159,82 @@ def test_nested_keyword_mappings_fail_with_rc102_and_rc103_at_their_keys(tmp_pat
     assert "preserve_rng_state" in found[f"{mapping}.foo"].help
     assert "mapping of Liger kernel flags" in found["training.liger_kernel_config"].message
 
+
+
+# -- RC107: trust_remote_code is an error only where transformers would really run repository code ----------
+
+def _rc107(tmp_path, model: str, config: dict | None = None, **options):
+    """The RC107 findings for GOOD_RECIPE with `model` (a flow mapping), and the recipe's state."""
+    import json
+
+    from recipe_checks.engine import check_recipe
+    from recipe_checks.gpus import GpuCatalog
+    from recipe_checks.options import Options
+    from tests.conftest import GOOD_RECIPE
+
+    if config is not None:
+        (tmp_path / "config.json").write_text(json.dumps(config))
+    path = tmp_path / "recipe.yaml"
+    path.write_text(GOOD_RECIPE.replace("model: meta-llama/Llama-3.1-8B", f"model: {model}"))
+    state, results = check_recipe(path, Options(**options), GpuCatalog.load(()), traced=False)
+    assert not [r.error for r in results if r.error is not None]
+    return state, [f for r in results for f in r.findings if f.rule_id == "RC107"]
+
+
+@pytest.mark.parametrize("hub_id", ["meta-llama/Meta-Llama-3-8B", "Qwen/Qwen2.5-7B", "mistralai/Mixtral-8x7B-v0.1"])
+def test_trust_remote_code_on_a_config_without_auto_map_is_only_an_info_that_it_has_no_effect(tmp_path, hub_id):
+    _, found = _rc107(tmp_path, f"{{id: {hub_id}, trust_remote_code: true}}")
+    assert [(f.severity.value, f.key) for f in found] == [("info", "model.trust_remote_code")], found
+    assert found[0].message.startswith("trust_remote_code has no effect")
+    assert "no auto_map" in found[0].message
+
+
+def test_trust_remote_code_on_phi3_whose_config_has_an_auto_map_fails_with_rc107(tmp_path):
+    _, found = _rc107(tmp_path, "{id: microsoft/Phi-3-mini-4k-instruct, trust_remote_code: true}")
+    assert [f.severity.value for f in found] == ["error"], found
+    assert "auto_map names the repository's code (AutoConfig -> configuration_phi3.Phi3Config" in found[0].message
+
+
+QWEN_7B_LIKE = {  # Qwen/Qwen-7B's config.json, cut down: a model_type transformers does not ship, and an auto_map
+    "model_type": "qwen", "architectures": ["QWenLMHeadModel"], "hidden_size": 64, "num_hidden_layers": 2,
+    "auto_map": {"AutoConfig": "configuration_qwen.QWenConfig", "AutoModelForCausalLM": "modeling_qwen.QWenLMHeadModel"},
+}
+MPT_7B_LIKE = {  # mosaicml/mpt-7b's config.json, cut down: transformers ships mpt, but the auto_map runs the repo's
+    "model_type": "mpt", "architectures": ["MPTForCausalLM"], "d_model": 64, "n_heads": 4, "n_layers": 2,
+    "vocab_size": 128, "max_seq_len": 64,
+    "auto_map": {"AutoConfig": "configuration_mpt.MPTConfig", "AutoModelForCausalLM": "modeling_mpt.MPTForCausalLM"},
+}
+
+
+@pytest.mark.parametrize(("config", "named"), [
+    (QWEN_7B_LIKE, "AutoConfig -> configuration_qwen.QWenConfig"),
+    (MPT_7B_LIKE, "AutoConfig -> configuration_mpt.MPTConfig"),
+    ({"model_type": "my_remote_arch", "hidden_size": 64}, "model_type 'my_remote_arch' is not one transformers ships"),
+], ids=["qwen-7b", "mpt-7b", "unknown-model-type"])
+def test_trust_remote_code_where_repository_code_would_run_fails_with_rc107(tmp_path, config, named):
+    _, found = _rc107(tmp_path, "{id: some-org/remote, config: config.json, trust_remote_code: true}", config)
+    errors = [f for f in found if f.severity.value == "error"]
+    assert len(errors) == 1 and errors[0].key == "model.trust_remote_code", found
+    assert errors[0].message.startswith("the recipe asks to run the model repository's code")
+    assert named in errors[0].message
+
+
+def test_trust_remote_code_on_a_model_not_resolvable_offline_is_not_reported_by_rc107(tmp_path):
+    _, found = _rc107(tmp_path, "{id: some-org/not-bundled-anywhere-7b, trust_remote_code: true}")
+    assert found == []
+
+
+def test_an_auto_map_without_trust_remote_code_is_no_finding(tmp_path):
+    _, found = _rc107(tmp_path, "microsoft/Phi-3-mini-4k-instruct")
+    assert found == []  # transformers builds its own phi3 class then, as recipe-checks does
+
+
+def test_with_the_opt_in_an_auto_map_model_is_still_built_from_transformers_own_class(tmp_path):
+    import sys
+
+    state, found = _rc107(tmp_path, "{id: microsoft/Phi-3-mini-4k-instruct, trust_remote_code: true}",
+                          trust_remote_code=True)
+    assert [f.severity.value for f in found] == ["info"] and "no remote code was run" in found[0].message
+    model = state.meta_model()
+    assert type(model).__module__.startswith("transformers.models.phi3.")
+    assert not [name for name in sys.modules if name.startswith("transformers_modules")]

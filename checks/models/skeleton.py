@@ -33,6 +33,30 @@ class ModelBuildError(RuntimeError):
         self.rule_id = rule_id
 
 
+def remote_code_in(config: dict) -> str | None:
+    """What repository code transformers would run for this config.json under trust_remote_code, or None.
+
+    transformers runs a repository's Python only through the config's `auto_map` (AutoConfig,
+    AutoModelFor..., AutoTokenizer), or for a model_type it does not ship. Any auto_map entry counts,
+    not only the auto class a recipe's task names: a trainer loads config, tokenizer and model through
+    their own auto classes, and each of them follows its entry.
+    """
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    if is_diffusers_config(config):
+        return None  # diffusers components are built from their class name, never through auto_map
+    auto_map = config.get("auto_map")
+    if auto_map:
+        entries = list(auto_map.items()) if isinstance(auto_map, dict) else [("auto_map", auto_map)]
+        named = ", ".join(f"{shorten(name, 60)} -> {shorten(target, 80)}" for name, target in entries[:2])
+        more = f" and {len(entries) - 2} more" if len(entries) > 2 else ""
+        return f"its config.json's auto_map names the repository's code ({named}{more})"
+    model_type = config.get("model_type")
+    if isinstance(model_type, str) and model_type not in CONFIG_MAPPING:
+        return f"its model_type '{shorten(model_type, 60)}' is not one transformers ships"
+    return None
+
+
 def build_config(resolved: ResolvedModel, *, trust_remote_code: bool = False):
     """The transformers config object for a resolved config.json."""
     from transformers import AutoConfig
