@@ -27,6 +27,15 @@ MAX_KEY_CHARS = 256
 # Ids, paths, module names and regexes are short; a 1 MiB string makes did-you-mean and regex
 # matching slow and findings unreadable.
 MAX_STRING_CHARS = 4096
+# Free text that tools pass to the tokenizer or the model and no check reads: a chat template (current models'
+# run to 10-20 KiB; alignment-handbook's SmolLM3 SFT config holds one of 4,558 characters) or a system prompt.
+# Such a value may be this long; a longer one is cut to it, not refused, since nothing reads it. The file
+# limit bounds them all together.
+MAX_TEXT_CHARS = 64 * 1024
+FREE_TEXT_KEYS = frozenset({
+    "chat_template", "chat_template_jinja", "system_prompt", "default_system", "default_system_message",
+    "system_message",
+})
 
 # --- values -------------------------------------------------------------------------------------
 # Lists of names or indexes (target_modules, layers_to_transform, modules_to_save, ...): 80 layers

@@ -42,7 +42,8 @@ CASES = [
      [("RC111", "sample_packing", "sample_packing: true"), ("RC111", "deepspeed", "deepspeed: deepspeed_configs")]),
     ("axolotl-qwen2.5-lora-typo.yml", "rtx4090", {"RC110"}, [("RC110", "lora_alfa", "lora_alfa: 32")]),
     ("axolotl-without-base-model.yml", "rtx4090", {"RC112"}, [("RC112", "base_model_config", "base_model_config:")]),
-    ("llamafactory-llama3-lora-sft.yaml", "rtx4090", {"RC107"}, [("RC107", "trust_remote_code", "trust_remote_code: true")]),
+    # trust_remote_code on Llama 3 (no auto_map): transformers runs no repository code, so RC107 is only an info
+    ("llamafactory-llama3-lora-sft.yaml", "rtx4090", set(), [("RC107", "trust_remote_code", "trust_remote_code: true")]),
     ("llamafactory-qwen2.5-qlora-t4.yaml", "t4", {"RC301", "RC401", "RC404"},
      [("RC401", "bf16", "bf16: true"), ("RC404", "bf16", "bf16: true")]),
     ("llamafactory-llama3-full-ds3.yaml", "rtx4090", {"RC111"}, [("RC111", "deepspeed", "deepspeed: examples/")]),
@@ -325,3 +326,85 @@ def test_converting_a_config_that_leaves_the_gpu_count_to_the_launcher_keeps_its
     assert {f.rule_id for f in converted if f.severity.value == "error"} <= {f.rule_id for f in original}
     assert main(["check", str(native), "--gpu", "rtx4090", "-q"]) == main(["check", str(FORMATS_DIR / name), "--gpu",
                                                                               "rtx4090", "-q"]) == 0
+
+
+# --- numbers as each tool reads them, and long free text -------------------------------------------------------------
+
+LLAMAFACTORY_2E_5 = """\
+model_name_or_path: HuggingFaceTB/SmolLM2-135M
+stage: sft
+finetuning_type: lora
+lora_target: all
+per_device_train_batch_size: 1
+learning_rate: {lr}
+cutoff_len: 256
+bf16: true
+"""
+TRL_2E_5 = """\
+model_name_or_path: HuggingFaceTB/SmolLM2-135M
+use_peft: true
+lora_r: 8
+per_device_train_batch_size: 1
+learning_rate: {lr}
+max_length: 256
+"""
+
+
+@pytest.mark.parametrize(("template", "fmt"), [(LLAMAFACTORY_2E_5, "llamafactory"), (TRL_2E_5, "trl")])
+def test_a_learning_rate_of_2e_5_is_the_float_its_tool_reads_not_rc103(template, fmt, tmp_path):
+    """LLaMA-Factory loads its YAML with OmegaConf (YAML 1.2: `2e-5` is a float); TRL with PyYAML (a string), which
+    argparse then converts with the field's type, float('2e-5'). PyYAML alone made it a string: RC103."""
+    path = tmp_path / "cfg.yaml"
+    path.write_text(template.format(lr="2e-5"))
+    native, error = read_as_native(load_recipe_file(path))
+    assert error is None and native.translation.format == fmt
+    lr = native.data["training"]["learning_rate"]
+    assert lr == 2e-05 and type(lr) is float
+    _, findings = _check(path, "rtx4090")
+    assert "RC103" not in {f.rule_id for f in findings}, findings
+
+
+@pytest.mark.parametrize("written", ["1E+3", ".5e-3", "-2e-5"])
+def test_llamafactory_reads_each_yaml_1_2_float_form_as_a_float(written, tmp_path):
+    path = tmp_path / "cfg.yaml"
+    path.write_text(LLAMAFACTORY_2E_5.format(lr="2e-5") + f"weight_decay: {written}\n")
+    native, _ = read_as_native(load_recipe_file(path))
+    assert native.data["training"]["weight_decay"] == float(written)
+
+
+@pytest.mark.parametrize(("template", "written", "still"), [
+    (LLAMAFACTORY_2E_5, "'2e-5'", "2e-5"),  # quoted: a string to OmegaConf too, passed on unconverted
+    (TRL_2E_5, "fast", "fast"),  # float('fast') fails in TRL as well
+])
+def test_a_string_the_tool_does_not_read_as_a_number_is_still_rc103(template, written, still, tmp_path):
+    path = tmp_path / "cfg.yaml"
+    path.write_text(template.format(lr=written))
+    native, _ = read_as_native(load_recipe_file(path))
+    assert native.data["training"]["learning_rate"] == still
+    _, findings = _check(path, "rtx4090")
+    assert any(f.rule_id == "RC103" and f.key == "learning_rate" for f in findings), findings
+
+
+def test_a_trl_int_field_written_1e3_stays_a_string_as_trl_fails_on_it(tmp_path):
+    path = tmp_path / "cfg.yaml"
+    path.write_text(TRL_2E_5.format(lr="2e-5") + "max_steps: 1e3\n")
+    native, _ = read_as_native(load_recipe_file(path))
+    assert native.data["training"]["max_steps"] == "1e3"  # int('1e3') raises in TrlParser
+
+
+def test_a_native_recipe_still_reads_2e_5_as_a_string():
+    from recipe_checks.recipe.load import load_text
+
+    assert load_text("model: a\ntraining:\n  learning_rate: 2e-5\n", "r.yaml").data["training"]["learning_rate"] == "2e-5"
+
+
+def test_a_trl_config_with_a_20000_character_chat_template_is_checked(tmp_path):
+    """alignment-handbook's SmolLM3 SFT config and open-r1's config_distill.yaml hold chat templates past the
+    4,096 characters a value the checks read may have: the whole file was refused with RC101."""
+    template = "{% for message in messages %}{{ message['content'] }}{% endfor %}" * 320
+    assert len(template) > 20_000
+    path = tmp_path / "sft.yaml"
+    path.write_text(TRL_2E_5.format(lr="2.0e-5") + f"chat_template: {json.dumps(template)}\n")
+    state, findings = _check(path, "rtx4090")
+    assert "RC101" not in {f.rule_id for f in findings}, findings
+    assert state.recipe is not None and state.loaded.translation.format == "trl"

@@ -573,3 +573,19 @@ def _measure_all() -> None:
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--measure"]:
         _measure_all()
+
+
+def test_a_chat_template_past_the_text_limit_is_cut_and_the_file_still_bounded(tmp_path):
+    """Free text no check reads (a chat template) is allowed up to MAX_TEXT_CHARS and cut past it, so a 1 MiB
+    template does not refuse the file; every other limit still holds (the alias bomb below is refused)."""
+    from recipe_checks.limits import MAX_TEXT_CHARS
+    from recipe_checks.recipe.load import load_recipe_file
+
+    path = tmp_path / "r.yaml"
+    path.write_text(VALID + f"chat_template: {'y' * 1_000_000}\n")
+    assert len(load_recipe_file(path).data["chat_template"]) == MAX_TEXT_CHARS
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(VALID + "a: &a [" + ",".join(["x"] * 10) + "]\n" + "".join(
+        f"{c}: &{c} [" + ",".join([f"*{p}"] * 10) + "]\n" for p, c in zip("abcdefgh", "bcdefghi")) + "chat_template: *i\n")
+    outcome = run_case(Case("bomb", frozenset({"RC101"}), "generated", lambda t: bomb), tmp_path)
+    assert "RC101" in outcome["ids"]

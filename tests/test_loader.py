@@ -204,3 +204,21 @@ def test_any_checkpoint_arguments_of_their_documented_types_validate(kwargs):
     result = _validate(text)
     assert result.ok, (result.unknown_keys, result.invalid_values)
     assert result.recipe.training.gradient_checkpointing_kwargs == kwargs
+
+
+def test_a_long_chat_template_loads_and_a_longer_one_is_cut_not_refused():
+    from recipe_checks.limits import MAX_STRING_CHARS, MAX_TEXT_CHARS
+
+    for length, kept in ((20_000, 20_000), (MAX_TEXT_CHARS + 5_000, MAX_TEXT_CHARS)):
+        loaded = load_text(f"model: a\nchat_template: {'x' * length}\n", "r.yaml")
+        assert len(loaded.data["chat_template"]) == kept
+    with pytest.raises(RecipeLoadError) as info:  # a value the checks read keeps its limit
+        load_text(f"model: a\ntraining:\n  optim: {'x' * (MAX_STRING_CHARS + 1)}\n", "r.yaml")
+    assert info.value.finding.rule_id == "RC101"
+
+
+def test_an_alias_of_a_long_chat_template_under_a_read_key_is_still_refused():
+    text = f"model: a\nchat_template: &t {'x' * 10_000}\ntraining:\n  optim: *t\n"
+    with pytest.raises(RecipeLoadError) as info:
+        load_text(text, "r.yaml")
+    assert info.value.finding.rule_id == "RC101"

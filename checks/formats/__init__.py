@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from recipe_checks.recipe.load import KeyPath, LoadedRecipe
+from recipe_checks.recipe.load import PYYAML, KeyPath, LoadedRecipe, load_text
 
 if TYPE_CHECKING:
     from recipe_checks.gpus import GpuProfile
@@ -213,6 +213,7 @@ def translate(loaded: LoadedRecipe, fmt: str) -> LoadedRecipe:
     from recipe_checks.formats import axolotl, llamafactory, trl
 
     module = {"axolotl": axolotl, "llamafactory": llamafactory, "trl": trl}[fmt]
+    loaded = as_the_tool_reads(loaded, module)
     translation = Translation(format=fmt, source=module.SOURCE)
     builder = Builder(loaded.data, translation)
     native = NativeRecipe(translation)
@@ -221,6 +222,26 @@ def translate(loaded: LoadedRecipe, fmt: str) -> LoadedRecipe:
         if key not in builder.used and value is not None:
             translation.untranslated.append((key,))
     return _with_spans(loaded, native.data, translation)
+
+
+def as_the_tool_reads(loaded: LoadedRecipe, module: Any) -> LoadedRecipe:
+    """The config's values as its tool reads them, numbers above all. First the YAML, through the loader the tool
+    uses (the format module's YAML_READING: LLaMA-Factory's OmegaConf reads `2e-5` as a float, PyYAML as a string);
+    then the conversions its argument parser makes (PARSED_TYPES: TRL's argparse converts a string with the type of
+    its dataclass field, float('2e-5')). A string the tool cannot convert stays a string: RC103 reports it, as the
+    tool would fail on it. Safe loading and the limits on input are the same for every format."""
+    reading = getattr(module, "YAML_READING", PYYAML)
+    if reading != PYYAML:
+        loaded = load_text(loaded.text, loaded.path, reading)
+    types = getattr(module, "PARSED_TYPES", {})
+    converted = {}
+    for key, value in loaded.data.items():
+        if isinstance(value, str) and key in types:
+            try:
+                converted[key] = types[key](value)
+            except ValueError:
+                pass
+    return replace(loaded, data={**loaded.data, **converted}) if converted else loaded
 
 
 def _with_spans(loaded: LoadedRecipe, data: dict[str, Any], translation: Translation) -> LoadedRecipe:

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 from recipe_checks.formats import Builder, NativeRecipe, gpus_not_stated
 from recipe_checks.recipe import LAUNCHER
+from recipe_checks.recipe.load import OMEGACONF
 
 SOURCE = ("LLaMA-Factory main (src/llamafactory/hparams: finetuning_args.py, model_args.py, data_args.py); `deepspeed` "
           "is TrainingArguments.deepspeed, a DeepSpeed JSON the HF integration reads")
+# hparams/parser.py read_args loads the YAML with OmegaConf.load: `learning_rate: 2e-5` is a float (YAML 1.2), where
+# PyYAML reads a string; parse_dict then passes the values to the dataclasses unconverted.
+YAML_READING = OMEGACONF
 REQUIRED = frozenset({"model_name_or_path"})
 SIGNATURE = frozenset({
     "finetuning_type", "lora_rank", "lora_target", "quantization_bit", "cutoff_len", "stage", "template",

@@ -10,6 +10,17 @@ from __future__ import annotations
 from recipe_checks.formats import Builder, NativeRecipe
 
 SOURCE = "TRL main (trl/trainer/model_config.py ModelConfig, sft_config.py SFTConfig, scripts/sft.py)"
+# TrlParser.parse_args_and_config reads the YAML with yaml.safe_load (PyYAML: `2e-5` is a string) and makes each
+# value the default of its argparse option; argparse converts a string default with the option's type, which
+# HfArgumentParser sets to the dataclass field's type: float('2e-5') for learning_rate, int('8') for a batch size
+# (an unconvertible string, int('1e3'), stops the run). The types are those of transformers 5's TrainingArguments
+# (warmup_steps is a float there), SFTConfig and ModelConfig, for the keys translated as numbers.
+PARSED_TYPES = {
+    **dict.fromkeys(("learning_rate", "num_train_epochs", "warmup_steps", "weight_decay", "max_grad_norm",
+                     "adam_beta1", "adam_beta2", "adam_epsilon", "lora_dropout"), float),
+    **dict.fromkeys(("per_device_train_batch_size", "gradient_accumulation_steps", "max_steps", "seed", "max_length",
+                     "lora_r", "lora_alpha"), int),
+}
 REQUIRED = frozenset({"model_name_or_path"})
 SIGNATURE = frozenset({
     "use_peft", "lora_r", "lora_target_modules", "lora_task_type", "max_length", "dataset_name", "packing",

@@ -15,9 +15,11 @@ import yaml
 
 from recipe_checks.findings import Finding, Location
 from recipe_checks.limits import (
+    FREE_TEXT_KEYS,
     MAX_KEY_CHARS,
     MAX_RECIPE_BYTES,
     MAX_STRING_CHARS,
+    MAX_TEXT_CHARS,
     MAX_YAML_DEPTH,
     MAX_YAML_NODES,
     InputRefused,
@@ -114,6 +116,33 @@ class _BoundedLoader(yaml.SafeLoader):
             self._depth -= 1
 
 
+# How a tool's YAML loader reads a plain scalar; recipe_checks.formats names the one each format's tool uses.
+# PyYAML's safe loading follows YAML 1.1, where `2e-5` (no dot) is a string: recipes, TRL (yaml.safe_load), Axolotl.
+PYYAML = "pyyaml"
+# OmegaConf.load (LLaMA-Factory's read_args): SafeLoader plus YAML 1.2's floats (`2e-5`, `1E+3`, `.5e-3`) and no
+# timestamps (omegaconf/_utils.py get_yaml_loader, 2.3). Safe loading all the same: only the resolver differs.
+OMEGACONF = "omegaconf"
+_YAML_1_2_FLOAT = re.compile(r"""^(?:
+     [-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |\.[0-9_]+(?:[eE][-+][0-9]+)?
+    |[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+\.[0-9_]*
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""", re.X)
+
+
+class _OmegaConfLoader(_BoundedLoader):
+    """_BoundedLoader resolving plain scalars as OmegaConf.load does."""
+
+
+_OmegaConfLoader.add_implicit_resolver("tag:yaml.org,2002:float", _YAML_1_2_FLOAT, list("-+0123456789."))
+_OmegaConfLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in _OmegaConfLoader.yaml_implicit_resolvers.items()
+}
+_LOADERS = {PYYAML: _BoundedLoader, OMEGACONF: _OmegaConfLoader}
+
+
 def _too_deep() -> tuple[str, str]:
     return (
         f"the recipe nests deeper than {MAX_YAML_DEPTH} levels",
@@ -125,46 +154,52 @@ def _measure(root: yaml.Node) -> None:
     """Refuse, before anything is constructed, a document that expands past the limits: aliases and
     merge keys are counted as often as they are used (a "billion laughs" file is 1 KiB of text and
     10^9 nodes), an alias inside its own anchor is a recursive structure, and over-long keys and
-    strings are refused at their line."""
+    strings are refused at their line. Free text no check reads (FREE_TEXT_KEYS: chat templates, system
+    prompts) may be longer, and past MAX_TEXT_CHARS is cut instead of refusing the file."""
     sizes: dict[int, int] = {}
     on_path: set[int] = set()
 
-    def size(node: yaml.Node, depth: int, is_key: bool = False) -> int:
+    def size(node: yaml.Node, depth: int, is_key: bool = False, free_text: bool = False) -> int:
         if depth > MAX_YAML_DEPTH:
             raise _InputLimit(*_too_deep(), node.start_mark)
-        ident = id(node)
-        if ident in sizes:
-            return sizes[ident]
-        if isinstance(node, yaml.ScalarNode):
-            limit, what = (MAX_KEY_CHARS, "key") if is_key else (MAX_STRING_CHARS, "value")
+        if isinstance(node, yaml.ScalarNode):  # checked at each use: an alias may put it under another key
+            if free_text and len(node.value) > MAX_TEXT_CHARS:
+                node.value = node.value[:MAX_TEXT_CHARS]  # never read: cut, so that no value holds more
+            limit, what = (MAX_KEY_CHARS, "key") if is_key else (MAX_TEXT_CHARS if free_text else MAX_STRING_CHARS, "value")
             if len(node.value) > limit:
                 raise _InputLimit(
                     f"a {what} of {len(node.value):,} characters ('{shorten(node.value, 40)}'), more than the {limit:,} "
                     f"a recipe {what} may have",
-                    "recipe keys are argument names and values are short ids, paths and numbers: shorten it",
+                    "recipe keys are argument names and values are short ids, paths and numbers: shorten it "
+                    f"(free text under {', '.join(sorted(FREE_TEXT_KEYS))} may run to {MAX_TEXT_CHARS:,} characters)",
                     node.start_mark,
                 )
-            total = 1
-        else:
-            if ident in on_path:
+            return 1
+        ident = id(node)
+        if ident in sizes:
+            return sizes[ident]
+        if ident in on_path:
+            raise _InputLimit(
+                "an alias refers to the collection it is part of: the recipe is a recursive structure",
+                "replace the alias (*name) inside its own anchor (&name) with the values themselves",
+                node.start_mark,
+            )
+        on_path.add(ident)
+        total = 1
+        children = node.value if isinstance(node, yaml.SequenceNode) else [c for pair in node.value for c in pair]
+        mapping = isinstance(node, yaml.MappingNode)
+        for i, child in enumerate(children):
+            text_value = (mapping and i % 2 == 1 and isinstance(children[i - 1], yaml.ScalarNode)
+                          and children[i - 1].value in FREE_TEXT_KEYS)
+            total += size(child, depth + 1, is_key=mapping and i % 2 == 0, free_text=text_value)
+            if total > MAX_YAML_NODES:
                 raise _InputLimit(
-                    "an alias refers to the collection it is part of: the recipe is a recursive structure",
-                    "replace the alias (*name) inside its own anchor (&name) with the values themselves",
+                    f"the recipe expands to more than {MAX_YAML_NODES:,} YAML nodes once its aliases (*name) "
+                    "and merge keys (<<) are expanded",
+                    "a recipe has a few hundred values; write the values out instead of repeating aliases of aliases",
                     node.start_mark,
                 )
-            on_path.add(ident)
-            total = 1
-            children = node.value if isinstance(node, yaml.SequenceNode) else [c for pair in node.value for c in pair]
-            for i, child in enumerate(children):
-                total += size(child, depth + 1, is_key=isinstance(node, yaml.MappingNode) and i % 2 == 0)
-                if total > MAX_YAML_NODES:
-                    raise _InputLimit(
-                        f"the recipe expands to more than {MAX_YAML_NODES:,} YAML nodes once its aliases (*name) "
-                        "and merge keys (<<) are expanded",
-                        "a recipe has a few hundred values; write the values out instead of repeating aliases of aliases",
-                        node.start_mark,
-                    )
-            on_path.discard(ident)
+        on_path.discard(ident)
         sizes[ident] = total
         return total
 
@@ -227,10 +262,12 @@ def looks_like_recipe(text: str, marker_key: str = "model") -> bool:
     return marker_key in keys or detect(keys) in FORMATS
 
 
-def load_text(text: str, path: str) -> LoadedRecipe:
+def load_text(text: str, path: str, yaml_reading: str = PYYAML) -> LoadedRecipe:
+    """The file's text loaded with safe loading, bounded; `yaml_reading` (PYYAML, OMEGACONF): how plain
+    scalars are read, as the tool that reads the file does."""
     loader = None
     try:
-        loader = _BoundedLoader(text)  # the reader rejects control characters here already
+        loader = _LOADERS[yaml_reading](text)  # the reader rejects control characters here already
         node = loader.get_single_node()
         if node is None:
             raise RecipeLoadError(_not_a_mapping(path, "the file is empty"))
