@@ -262,7 +262,7 @@ def test_sarif_is_valid_2_1_0_with_rules_results_and_relative_locations(write, c
     assert [r["id"] for r in rules] == [r.id for r in all_rules()]
     rc301 = rules[[r["id"] for r in rules].index("RC301")]
     assert rc301["name"] == "qlora-paged-optimizer" and rc301["defaultConfiguration"] == {"level": "error"}
-    assert rc301["shortDescription"]["text"].startswith("A recipe that loads the base model in 4 or 8 bits")
+    assert rc301["shortDescription"]["text"].startswith("A recipe that loads the base model in 4 bits")
     assert "## Why it matters" in rc301["help"]["markdown"]
     assert [(r["ruleId"], r["level"]) for r in run["results"]] == [("RC402", "error"), ("RC406", "warning"),
                                                                    ("RC301", "error")]

@@ -238,3 +238,28 @@ def test_with_the_opt_in_an_auto_map_model_is_still_built_from_transformers_own_
     model = state.meta_model()
     assert type(model).__module__.startswith("transformers.models.phi3.")
     assert not [name for name in sys.modules if name.startswith("transformers_modules")]
+
+
+def test_rc301_is_qloras_rule_a_4bit_base_and_not_lora_on_an_8bit_base(tmp_path):
+    """LoRA on an LLM.int8 base with an unpaged optimizer is not QLoRA: no RC301 (29 of 423 public configs got it,
+    called "QLoRA"); the same recipe on a 4-bit base still gets it."""
+    from recipe_checks.engine import check_recipe
+    from recipe_checks.gpus import GpuCatalog
+    from recipe_checks.options import Options
+
+    text = """\
+model: meta-llama/Llama-3.1-8B
+quantization:
+  {quantization}
+lora: {{r: 16, lora_alpha: 32, target_modules: [q_proj, v_proj], task_type: CAUSAL_LM}}
+training: {{per_device_train_batch_size: 1, learning_rate: 2.0e-4, bf16: true, optim: adafactor}}
+hardware: {{gpu: a10g}}
+"""
+    found = {}
+    for name, quantization in (("8bit", "load_in_8bit: true"), ("4bit", "{load_in_4bit: true, bnb_4bit_quant_type: nf4}")):
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(text.format(quantization=quantization), encoding="utf-8")
+        _, results = check_recipe(path, Options(), GpuCatalog.load(()), traced=False)
+        found[name] = {f.rule_id for r in results for f in r.findings}
+    assert "RC301" not in found["8bit"]
+    assert "RC301" in found["4bit"]

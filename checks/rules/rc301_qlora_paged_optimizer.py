@@ -10,8 +10,9 @@ from recipe_checks.rules.base import Rule
 class QloraPagedOptimizer(Rule):
     """
     ## What it checks
-    A recipe that loads the base model in 4 or 8 bits and trains LoRA adapters (QLoRA) sets
+    A recipe that loads the base model in 4 bits and trains LoRA adapters (QLoRA) sets
     `training.optim` to a paged optimizer (paged_adamw_8bit, paged_adamw_32bit, paged_lion_8bit, ...).
+    LoRA on an 8-bit (LLM.int8) base is not QLoRA and is not held to it.
 
     ## Why it matters
     QLoRA fits a large model in a small GPU with little margin; gradient checkpointing makes memory
@@ -39,8 +40,9 @@ class QloraPagedOptimizer(Rule):
 
     def run(self, ctx):
         recipe = ctx.recipe
-        if recipe.method not in (Method.QLORA, Method.QDORA):
-            return
+        quantization = recipe.quantization
+        if recipe.method not in (Method.QLORA, Method.QDORA) or quantization is None or not quantization.load_in_4bit:
+            return  # QLoRA's rule: a 4-bit base (an 8-bit one is LoRA on LLM.int8, which the QLoRA paper does not cover)
         optim = recipe.training.optim
         if optim.startswith("paged_"):
             return
