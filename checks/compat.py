@@ -312,6 +312,24 @@ def pytest_option_names(parser) -> set[str]:
     return {name for group in groups for option in group.options for name in option.names()}
 
 
+
+def pytest_ini(args: list[str], invocation_dir) -> tuple[Any, dict[str, Any]]:
+    """The configuration file pytest would read for `pytest ARGS` run in `invocation_dir` (pytest.ini,
+    pyproject.toml's [tool.pytest.ini_options], tox.ini, setup.cfg: pytest's own search, first match wins) and its
+    raw values (a string, or a list of strings from pyproject.toml): (path or None, {name: value}).
+    `_pytest.config.findpaths` (get_dirs_from_args, get_common_ancestor, locate_config): pytest 8.0-9.2; 9.x
+    wraps each value in a ConfigValue and returns a fourth item, both read here. No public accessor: a pytest
+    Config would load every plugin of the environment to answer."""
+    from _pytest.config import findpaths
+
+    try:
+        ancestor = findpaths.get_common_ancestor(invocation_dir, findpaths.get_dirs_from_args(args))
+        found = findpaths.locate_config(invocation_dir, [ancestor])
+    except AttributeError:
+        raise _missing("_pytest.config.findpaths.locate_config") from None
+    path, values = found[1], found[2] or {}
+    return path, {name: getattr(value, "value", value) for name, value in values.items()}
+
 # -- bitsandbytes' import-time hub kernel (written against bitsandbytes 0.50) ------------------------------
 _BNB_CPU_OPS = "bitsandbytes.backends.cpu.ops"
 

@@ -48,6 +48,20 @@ def main(argv: list[str] | None = None) -> int:
         bitsandbytes_without_hub_kernel()
         for warning in version_warnings():
             print(f"recipe-checks: warning: {warning}", file=sys.stderr)
+    if hasattr(args, "isolated"):  # check and estimate read the project's settings as the pytest plugin does
+        from recipe_checks.cli.common import read_project_settings
+        from recipe_checks.project import ProjectConfigError
+
+        try:
+            read_project_settings(args, getattr(args, "paths", None) or [args.recipe])
+        except ProjectConfigError as exc:
+            print(f"recipe-checks: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        from recipe_checks.project import describe
+
+        said = describe(args.project)
+        if said and not getattr(args, "quiet", False):  # settings the command line did not show: said once
+            print(f"recipe-checks: {said}", file=sys.stderr)
     if getattr(args, "gpu_profiles", None):  # every command that reads --gpu-profiles says what a file redefined
         from recipe_checks.gpus import override_notes
 

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from recipe_checks.cli.common import EXIT_FINDINGS, EXIT_OK, EXIT_USAGE, UsageError, lexists, options_from_args
+from recipe_checks.cli.common import add_isolated, EXIT_FINDINGS, EXIT_OK, EXIT_USAGE, UsageError, lexists, options_from_args
 from recipe_checks.options import add_cache_options, add_ci_options, add_options
 from recipe_checks.report import FORMATS
 
@@ -28,6 +28,7 @@ def register(sub) -> None:
     add_options(check.add_argument)
     add_ci_options(check.add_argument, cli=True)
     add_cache_options(check.add_argument, cli=True)
+    add_isolated(check.add_argument)
     check.add_argument("--format", choices=tuple(FORMATS), default="text",
                        help="text for people; json for tools; github for workflow annotations; sarif for code "
                             "scanning (SARIF 2.1.0); junit for CI test views (one testcase per recipe x check)")

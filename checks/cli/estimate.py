@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from recipe_checks import progress, result_cache
-from recipe_checks.cli.common import EXIT_FINDINGS, EXIT_OK, EXIT_USAGE, UsageError, options_from_args
+from recipe_checks.cli.common import add_isolated, EXIT_FINDINGS, EXIT_OK, EXIT_USAGE, UsageError, options_from_args
 from recipe_checks.options import add_cache_options, add_options
 
 
@@ -18,6 +18,7 @@ def register(sub) -> None:
     est.add_argument("recipe", help="a recipe file")
     add_options(est.add_argument)  # the same flags as `check` (one --gpu: default, the recipe's first)
     add_cache_options(est.add_argument, cli=True)
+    add_isolated(est.add_argument)
     est.add_argument("--json", action="store_true", help="print one JSON object")
     est.add_argument("--dataset-tokens", type=int, default=0, help="tokens per epoch, for hours per epoch")
     est.add_argument("--no-fixes", action="store_true", help="do not trace the fixes when it does not fit")
