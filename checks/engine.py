@@ -58,6 +58,9 @@ def _skip_reason(state: RecipeState, check: str, gpu: str | None) -> str | None:
     if check == "schema":
         return None
     if state.loaded is None:
+        error = state.load_error
+        if error is not None and error.rule_id == "RC112" and not error.is_error:  # another kind of file, no recipe
+            return f"not checked: {state.path} is not a recipe: {error.message}"
         return f"not checked: {state.path} could not be read as a recipe (see {state.path}::schema)"
     if check in GPU_CHECKS:
         if gpu is None:

@@ -50,6 +50,8 @@ CASES = [
     ("llamafactory-llama3-dpo.yaml", "rtx4090", {"RC111"}, [("RC111", "stage", "stage: dpo")]),
     ("trl-sft-qwen2.5-lora.yaml", "rtx4090", set(), []),
     ("trl-sft-4bit-without-peft.yaml", "rtx4090", {"RC501"}, [("RC501", "load_in_4bit", "load_in_4bit: true")]),
+    # TRL's dataset mixture (`datasets:`, `streaming`, `test_split_size`) is data: no RC102, no RC110
+    ("trl-sft-datasets-mixture.yaml", "rtx4090", set(), []),
 ]
 
 

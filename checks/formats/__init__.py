@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from recipe_checks.recipe.load import PYYAML, KeyPath, LoadedRecipe, load_text
 
 if TYPE_CHECKING:
+    from recipe_checks.findings import Finding
     from recipe_checks.gpus import GpuProfile
     from recipe_checks.recipe.schema import Recipe
 
@@ -275,6 +276,10 @@ def read_as_native(loaded: LoadedRecipe, forced: str | None = None) -> tuple[Loa
     recognised. A translation never raises: a failure is that finding too."""
     from recipe_checks.findings import Finding
 
+    if forced in (None, "auto"):
+        note = other_kind_note(loaded)
+        if note is not None:
+            return None, note
     fmt = forced if forced not in (None, "auto") else detect(loaded.data)
     if fmt == "native":
         return loaded, None
@@ -303,4 +308,25 @@ def read_as_native(loaded: LoadedRecipe, forced: str | None = None) -> tuple[Loa
         why="a config that is not recognised would be checked as nothing at all",
         help=f"add {' or '.join(sorted(required))} (the model), or force the format with "
              f"--recipes-format={tool}; a native recipe starts with 'model:'",
+    )
+
+
+def other_kind_note(loaded: LoadedRecipe) -> Finding | None:
+    """The one RC112 note of a file that is a config of another kind, no recipe (recipe_checks.formats.kinds): what
+    it is, the keys that say so, and how it is checked instead. An info for a launcher's file (accelerate,
+    DeepSpeed: checked through the recipe that names it), a warning for a training config recipe-checks does not
+    read yet (its run is not checked); never an error, as nothing is wrong with the file. None: no such kind."""
+    from recipe_checks.findings import Finding, Severity
+    from recipe_checks.formats.kinds import classify
+
+    kind = classify(loaded.data)
+    if kind is None:
+        return None
+    first = tuple(kind.evidence[0].split("."))
+    shown_keys = ", ".join(kind.evidence[:4]) + (", ..." if len(kind.evidence) > 4 else "")
+    return Finding(
+        "RC112", f"{kind.description} ({shown_keys}): {kind.verdict}", loaded.location(first, at_value=False),
+        severity=Severity.WARNING if kind.not_checked else Severity.INFO, check="schema", key=kind.evidence[0],
+        why="a file that is not a recipe would otherwise be checked as one: every key of it reported unknown",
+        help=kind.help,
     )

@@ -26,7 +26,14 @@ SIGNATURE = frozenset({
     "use_peft", "lora_r", "lora_target_modules", "lora_task_type", "max_length", "dataset_name", "packing",
     "use_bnb_nested_quant", "dataset_text_field", "dataset_train_split", "lora_modules_to_save", "dtype",
     "torch_dtype", "completion_only_loss", "assistant_only_loss", "padding_free", "dataset_config",
+    "datasets", "dataset_mixture",
 })
+# The dataset mixture TrlParser reads beside the model and training arguments: trl/scripts/utils.py
+# DatasetMixtureConfig (`datasets:` a list of {path, name, data_dir, data_files, split, columns}, `streaming`,
+# `test_split_size`), the form TRL's docs give for `trl sft --config`; alignment-handbook's recipes write the same
+# under `dataset_mixture:` (its ScriptArguments: {datasets: [{id, config, split, columns, weight}], seed,
+# test_split_size}). Data only: neither changes a step's memory, whose rows are max_length tokens.
+DATASET_MIXTURE = ("datasets", "streaming", "test_split_size", "dataset_mixture")
 
 IGNORED = (
     "dataset_name", "dataset_config", "dataset_train_split", "dataset_test_split", "dataset_text_field",
@@ -59,7 +66,7 @@ _LORA_DEFAULTS = {"lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.05}
 
 
 def translate(b: Builder, out: NativeRecipe) -> None:
-    b.ignore(IGNORED)
+    b.ignore((*IGNORED, *DATASET_MIXTURE))
     out.set(("model", "id"), b.take("model_name_or_path"), "model_name_or_path")
     out.copy_section(b, "model", {"model_revision": "revision", "trust_remote_code": "trust_remote_code",
                                   "attn_implementation": "attn_implementation"})

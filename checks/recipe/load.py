@@ -255,11 +255,13 @@ def _key_value(key_node: yaml.Node) -> Any:
 
 def looks_like_recipe(text: str, marker_key: str = "model") -> bool:
     """Whether a YAML text has a top-level ``marker_key``, or the top-level keys of a config of another
-    tool recipe-checks reads (recipe_checks.formats), without trusting it to parse."""
+    tool recipe-checks reads (recipe_checks.formats), without trusting it to parse; and is no config of a
+    kind that is not a recipe (a torchtune config's `model:` builds a `_component_`: recipe_checks.formats.kinds)."""
     from recipe_checks.formats import FORMATS, detect
+    from recipe_checks.formats.kinds import other_kind
 
     keys = [m.group("key") for m in _TOP_LEVEL_KEY.finditer(text)]
-    return marker_key in keys or detect(keys) in FORMATS
+    return (marker_key in keys or detect(keys) in FORMATS) and other_kind(text) is None
 
 
 def load_text(text: str, path: str, yaml_reading: str = PYYAML) -> LoadedRecipe:

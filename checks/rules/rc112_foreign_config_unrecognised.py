@@ -12,6 +12,10 @@ class ForeignConfigUnrecognised(Rule):
     (three or more) is recognised as one: it has the key that names the model (`base_model` for Axolotl,
     `model_name_or_path` for LLaMA-Factory and TRL) and a key only that tool uses. A file forced to a
     format (`--recipes-format`) that cannot be translated is reported here too.
+    A config of a kind that is no recipe (recipe_checks.formats.kinds: an accelerate or DeepSpeed config, a
+    torchtune, ai-toolkit or LLaMA-Factory v1 config), named on the command line, gets one note saying what it
+    is and how it is checked instead: an info for accelerate and DeepSpeed (checked through the recipe that
+    names them), a warning for the training configs not read yet. A directory search leaves such files out.
 
     ## Why it matters
     A config that is neither a recipe nor a recognised config would be checked as nothing at all: a
