@@ -23,10 +23,12 @@ MAX_DEPTH = 100
 
 
 def discover_recipes(paths: list[str], marker_key: str = "model",
-                     not_searched: list[str] | None = None) -> Iterator[Path]:
+                     not_searched: list[str] | None = None,
+                     not_recipes: list[tuple[Path, str]] | None = None) -> Iterator[Path]:
     """Files named explicitly are recipes whatever they hold; directories are searched recursively, up to
     MAX_DEPTH levels, hidden directories and directory symlinks left out (a link cannot loop the walk). Each
-    part of a tree that was not searched (too deep, unreadable) adds a note to `not_searched` when given."""
+    part of a tree that was not searched (too deep, unreadable) adds a note to `not_searched` when given, and
+    each YAML file left out for a reason worth saying (`not_a_recipe`) a (path, reason) to `not_recipes`."""
     for raw in paths:
         path = Path(raw)
         if path.exists() and not path.is_dir():  # a FIFO or a device too: its check says why it is not read
@@ -36,8 +38,11 @@ def discover_recipes(paths: list[str], marker_key: str = "model",
         if not_searched is not None:
             not_searched.extend(notes)
         for candidate in candidates:
-            if is_recipe_file(candidate, marker_key):
+            recipe, reason = classify(candidate, marker_key)
+            if recipe:
                 yield candidate
+            elif reason is not None and not_recipes is not None:
+                not_recipes.append((candidate, reason))
 
 
 def recipe_candidates(root: Path) -> tuple[list[Path], list[str]]:
@@ -111,18 +116,44 @@ def is_recipe_file(path: Path, marker_key: str = "model") -> bool:
     """Whether a file found in a directory is a recipe: read as a recipe is read (BOMs, UTF-16), or,
     when that is refused (too large, binary), sniffed in its first bytes, so the refusal is reported
     for a file that looks like a recipe instead of the file vanishing from the run."""
+    return classify(path, marker_key)[0]
+
+
+def classify(path: Path, marker_key: str = "model") -> tuple[bool, str | None]:
+    """Whether a YAML file found in a directory is a recipe (`is_recipe_file`), and when it is not, why, where that
+    is worth a line of the report (None for the project's other YAML files): an empty file, a file that is not
+    text, a file that cannot be read."""
     try:
-        return looks_like_recipe(read_recipe_text(path), marker_key)
-    except RecipeLoadError:
-        pass
+        text = read_recipe_text(path)
+    except RecipeLoadError as exc:
+        refused = exc.finding.message
+    else:
+        if looks_like_recipe(text, marker_key):
+            return True, None
+        return False, not_a_recipe(text)
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    except (OSError, ValueError):
-        return False
+    except (OSError, ValueError) as exc:
+        return False, f"cannot be read: {getattr(exc, 'strerror', None) or exc}"
     try:
         head = os.read(fd, MAX_RECIPE_BYTES)
-    except OSError:
-        return False
+    except OSError as exc:
+        return False, f"cannot be read: {exc.strerror or exc}"
     finally:
         os.close(fd)
-    return looks_like_recipe(head.decode("utf-8", errors="replace"), marker_key)
+    if looks_like_recipe(head.decode("utf-8", errors="replace"), marker_key):
+        return True, None
+    if not head:
+        return False, "an empty file"
+    return False, f"cannot be read: {refused.removeprefix('the recipe cannot be read: ')}"
+
+
+def not_a_recipe(text: str) -> str | None:
+    """Why readable YAML text is no recipe, where that is worth saying (None: some other YAML of the project):
+    empty, comments only, or the config of another kind (an accelerate or torchtune config: formats.kinds)."""
+    from recipe_checks.formats.kinds import classify as other_kind
+
+    if not text.strip() or all(not line.strip() or line.lstrip().startswith("#") for line in text.splitlines()):
+        return "an empty file" if not text.strip() else "comments only"
+    kind = other_kind(text)
+    return f"{kind.description}, {kind.verdict}" if kind is not None else None

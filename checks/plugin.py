@@ -18,7 +18,8 @@ from recipe_checks.collect import SESSION_KEY, RecipeFile, RecipeItem, RecipeSes
 from recipe_checks.gpus import GpuCatalog, GpuProfileError, UnknownGpuError
 from recipe_checks.options import (GPU_HELP, Options, add_cache_options, add_ci_options, add_options, parse_ignore_lines,
                             split_names)
-from recipe_checks.discover import is_recipe_file
+from recipe_checks.discover import classify
+from recipe_checks.shown import shown
 from recipe_checks.result_cache import RunTally, cache_directory
 
 
@@ -203,6 +204,8 @@ _WORKER_KEY = pytest.StashKey[bool]()
 
 _CACHE_KEY = pytest.StashKey[RunTally]()  # the result cache's hits and misses in this run
 _NOT_SEARCHED_KEY = pytest.StashKey[list[str]]()  # why directories were left out of collection (discover.py)
+_NOT_RECIPES_KEY = pytest.StashKey[list[str]]()  # YAML files searched and left out, where that is worth saying
+_RECIPES_COLLECTED_KEY = pytest.StashKey[bool]()  # this process collected a recipe file: a run that checks recipes
 _RUN_KEY = pytest.StashKey[annotate.RunRecord]()  # the items' outcomes, for annotations and the job summary
 
 
@@ -320,8 +323,13 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector):
     searched = _searched(parent.config, file_path)
     if searched is False:
         return None
-    if searched is None and not is_recipe_file(file_path, parent.config.getini("recipe_checks_key")):
-        return None
+    if searched is None:
+        recipe, why = classify(file_path, parent.config.getini("recipe_checks_key"))
+        if not recipe:
+            if why is not None:  # empty, not text: said in the summary of a run that checks recipes
+                parent.config.stash.setdefault(_NOT_RECIPES_KEY, []).append(f"{shown(str(file_path))}: skipped: {why}")
+            return None
+    parent.config.stash[_RECIPES_COLLECTED_KEY] = True
     return RecipeFile.from_parent(parent, path=file_path)
 
 
@@ -379,6 +387,8 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
             "unchanged": recipe_session.unchanged,
             "cache": config.stash[_CACHE_KEY].counts(),
             "not_searched": config.stash.get(_NOT_SEARCHED_KEY, []),
+            "not_recipes": (config.stash.get(_NOT_RECIPES_KEY, [])
+                            if config.stash.get(_RECIPES_COLLECTED_KEY, False) else []),
         }
     elif recipe_session is not None and recipe_session.unchanged and session.exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:
         session.exitstatus = pytest.ExitCode.OK  # no recipe changed: nothing to check is a pass, not an empty run
@@ -404,6 +414,9 @@ def pytest_testnodedown(node, error) -> None:
         return
     recipe_session.from_worker = True
     node.config.stash[_NOT_SEARCHED_KEY] = output.get("not_searched", [])  # every worker collects the same
+    if output.get("not_recipes"):
+        node.config.stash[_NOT_RECIPES_KEY] = output["not_recipes"]
+        node.config.stash[_RECIPES_COLLECTED_KEY] = True
     recipe_session.not_for_this_gpu.update(output["not_for_this_gpu"])
     recipe_session.unchanged = output["unchanged"]
     if output["deselected"]:
@@ -425,12 +438,19 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
             terminalreporter.write_line(f"WARNING: {reason}")
         if len(not_searched) > 10:
             terminalreporter.write_line(f"... and {len(not_searched) - 10} more")
+    not_recipes = config.stash.get(_NOT_RECIPES_KEY, [])
+    run = config.stash.get(_RUN_KEY, None)
+    if not_recipes and config.stash.get(_RECIPES_COLLECTED_KEY, False):  # a run that checks recipes: a host's is not
+        terminalreporter.write_sep("-", "recipe-checks: YAML files skipped, not recipes")
+        for line in not_recipes[:10]:
+            terminalreporter.write_line(line)
+        if len(not_recipes) > 10:
+            terminalreporter.write_line(f"... and {len(not_recipes) - 10} more")
     if session.catalog.override_notes() and _asks_for_recipes(config):  # at the end too: -q hides the header
         terminalreporter.write_sep("-", "recipe-checks: GPU profiles redefined")
         for note in session.catalog.override_notes():
             terminalreporter.write_line(f"WARNING: {note}")
     _report_cache(terminalreporter, config.stash[_CACHE_KEY])
-    run = config.stash.get(_RUN_KEY, None)
     if run is not None and (run.items or session.unchanged):  # a run that left every recipe out says so too
         lines = annotate.annotation_lines(run.findings())
         for line in lines:  # workflow commands: read by the runner from the step's log, one a line

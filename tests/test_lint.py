@@ -185,8 +185,8 @@ def test_text_reads_like_ruff_location_first_then_excerpt_and_help(write, capsys
         "   |          ^^^^^^^^^^^",
     ]
     assert any(line.startswith("help: set training.optim: paged_adamw_8bit") for line in out)
-    assert out[-1] == ("1 recipe(s) checked: FAILED (1 error); static checks only, "
-                       "--with-vram adds the traced VRAM budget")
+    assert out[-1] == ("1 recipe(s) checked: FAILED (1 error); 4 checks not run; static checks only, "
+                       "--with-vram adds the traced VRAM budget")  # --select RC301 leaves 4 checks no rule
 
 
 def test_quiet_keeps_the_findings_and_drops_the_summary(write, capsys):
@@ -444,3 +444,76 @@ def test_the_report_goes_to_the_output_file_and_an_unwritable_one_is_a_usage_err
     assert capsys.readouterr().out == "" and _rules(json.loads(target.read_text())) == ["RC402", "RC406", "RC301"]
     assert main(["check", str(path), "-o", str(tmp_path / "no" / "such" / "dir" / "r.txt")]) == EXIT_USAGE
     assert "cannot write the report to" in capsys.readouterr().err
+
+
+# --- checks that did not run: said in every format ----------------------------------------------------
+
+NO_GPU = GOOD_RECIPE.replace("hardware:\n  gpu: rtx4090\n", "")
+NO_GPU_REASON = "names no target GPU; set hardware.gpu in the recipe or pass --gpu=NAME"
+
+
+def test_every_format_says_which_checks_did_not_run_and_why(write, capsys, monkeypatch, tmp_path):
+    path = write("nogpu.yaml", NO_GPU)
+    assert main(["check", str(path)]) == EXIT_OK  # not a failure: nothing was found; but not silent either
+    out = capsys.readouterr().out
+    assert f"not run: precision, optimizer, throughput of {path}: not checked: {path} {NO_GPU_REASON}" in out
+    assert out.rstrip().splitlines()[-1].startswith("1 recipe(s) checked: ok; 3 checks not run;")
+
+    code, report = _json(capsys, str(path))
+    outcomes = {c["check"]: (c["outcome"], c["skipped"]) for c in report["checks"]}
+    assert {check for check, (outcome, _) in outcomes.items() if outcome == "passed"} == {
+        "schema", "target-modules", "quantization"}
+    assert outcomes["precision"] == ("skipped", f"not checked: {path} {NO_GPU_REASON}")
+    assert report["checks_not_run"] == 3
+
+    assert main(["check", str(path), "--format", "github"]) == EXIT_OK
+    assert capsys.readouterr().out.splitlines() == [
+        f"::notice file={path},title=recipe-checks%3A not run::precision, optimizer, throughput: not checked: {path} "
+        f"{NO_GPU_REASON}"]
+
+    monkeypatch.chdir(tmp_path)
+    log = _sarif(capsys, str(path))
+    _validate_sarif(log)
+    notes = [n["message"]["text"] for n in log["runs"][0]["invocations"][0]["toolExecutionNotifications"]]
+    assert notes == [f"{path}::{check}: not checked: {path} {NO_GPU_REASON}" for check in
+                     ("precision", "optimizer", "throughput")]
+
+    main(["check", str(path), "--format", "junit"])
+    suite = ET.fromstring(capsys.readouterr().out).find("testsuite")
+    skipped = {c.get("name"): c.find("skipped").get("message") for c in suite.iter("testcase")
+               if c.find("skipped") is not None}
+    assert skipped == {check: f"not checked: {path} {NO_GPU_REASON}" for check in ("precision", "optimizer", "throughput")}
+
+
+def test_a_check_whose_rules_select_leaves_out_is_not_run_not_passed(write, capsys):
+    path = write("good.yaml", GOOD_RECIPE)
+    code, report = _json(capsys, str(path), "--select", "RC301")
+    assert code == EXIT_OK
+    outcomes = {c["check"]: c["outcome"] for c in report["checks"]}
+    assert outcomes == {"schema": "passed", "target-modules": "skipped", "quantization": "skipped",
+                        "precision": "skipped", "optimizer": "passed", "throughput": "skipped"}
+    assert main(["check", str(path), "--select", "RC301"]) == EXIT_OK
+    assert (f"not run: target-modules, quantization, precision, throughput of {path}: --select/--ignore leave out "
+            "each of its rules") in capsys.readouterr().out
+
+
+def test_empty_and_binary_yaml_files_a_search_finds_are_said_to_be_skipped(tmp_path, capsys):
+    (tmp_path / "r.yaml").write_text(GOOD_RECIPE)
+    (tmp_path / "empty.yaml").write_text("")
+    (tmp_path / "comments.yaml").write_text("# a recipe, one day\n")
+    (tmp_path / "binary.yaml").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe")
+    (tmp_path / "workflow.yaml").write_text("jobs:\n  test: {runs-on: ubuntu-latest}\n")  # another tool's YAML
+    assert main(["check", str(tmp_path)]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert f"{tmp_path / 'empty.yaml'}: skipped: an empty file" in out
+    assert f"{tmp_path / 'comments.yaml'}: skipped: comments only" in out
+    assert f"{tmp_path / 'binary.yaml'}: skipped: cannot be read: it is not UTF-8 text" in out
+    assert "workflow.yaml" not in out
+    assert "1 recipe(s) checked: ok; 3 YAML files skipped, not recipes;" in out
+    code, report = _json(capsys, str(tmp_path))
+    assert [(Path(f["path"]).name, f["reason"]) for f in report["not_recipes"]][:2] == [
+        ("binary.yaml", "cannot be read: it is not UTF-8 text: byte 0x89 at offset 0 cannot be decoded"),
+        ("comments.yaml", "comments only")]
+    (tmp_path / "r.yaml").unlink()
+    assert main(["check", str(tmp_path)]) == EXIT_USAGE  # nothing to check: said with what was found
+    assert f"({tmp_path / 'binary.yaml'}: cannot be read" in capsys.readouterr().err

@@ -121,6 +121,22 @@ def test_malformed_yaml_is_a_finding_and_other_recipes_are_still_checked(pyteste
     assert "Traceback" not in result.stdout.str()
 
 
+def test_empty_and_binary_yaml_files_are_said_to_be_skipped_in_a_run_that_checks_recipes(pytester):
+    pytester.makefile(".yaml", good=GOOD_RECIPE)
+    pytester.makefile(".yaml", empty="")
+    (pytester.path / "binary.yaml").write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff")
+    result = pytester.runpytest(".", "-p", "no:cacheprovider", "-k", "schema")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*recipe-checks: YAML files skipped, not recipes*",
+                                 f"{pytester.path / 'binary.yaml'}: skipped: cannot be read: it is not UTF-8 text*",
+                                 f"{pytester.path / 'empty.yaml'}: skipped: an empty file"])
+    (pytester.path / "good.yaml").unlink()  # a host project's run that checks no recipe: nothing of ours to say
+    pytester.makepyfile(test_host="def test_host():\n    pass\n")
+    result = pytester.runpytest(".", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    assert "not recipes" not in result.stdout.str()
+
+
 @pytest.mark.parametrize(
     ("replace", "by", "rule"),
     [

@@ -60,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
         catalog = GpuCatalog.load(tuple(args.gpu_profiles))
         options = options_from_args(args, catalog)
         selection = RuleSelection.parse(args.select, args.ignore, all_rules())
-        recipes = recipes_to_check(args.paths)
+        not_recipes: list[tuple[str, str]] = []
+        recipes = recipes_to_check(args.paths, not_recipes)
         recipes, unchanged, why_all = changed_only(recipes, args, options, catalog)
         if options.baseline:
             check_baseline(options.baseline, Path(args.paths[0]))
@@ -73,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
     traced = (args.with_vram or bool(options.baseline)) and any(r.check in TRACED_CHECKS for r in rules)
     report = RunReport(rules=rules, target_gpus=options.gpus, strict=options.strict, verbose=args.verbose,
                        quiet=args.quiet, with_vram=traced, version=version(),
-                       changed_since=args.recipes_changed_since, unchanged=unchanged, every_recipe_because=why_all)
+                       changed_since=args.recipes_changed_since, unchanged=unchanged, every_recipe_because=why_all,
+                       not_recipes=not_recipes)
     for path in _progress(recipes, quiet=args.quiet):
         report.recipes.append(check_one(path, options, catalog, selection, traced=traced, verbose=args.verbose))
     report.seconds = time.perf_counter() - started
@@ -95,12 +97,13 @@ def run(args: argparse.Namespace) -> int:
     return verdict
 
 
-def recipes_to_check(paths: list[str]) -> list[Path]:
+def recipes_to_check(paths: list[str], not_recipes: list[tuple[str, str]] | None = None) -> list[Path]:
     """The recipes this run checks, in order, each once: the one place that decides it.
 
     A file named on the command line is a recipe whatever it holds (what is wrong with it is its
     finding, RC101 for a file that cannot be read); a directory is searched as pytest collects. A path
-    that does not exist, or a directory with no recipe under it, is a usage error (exit 2).
+    that does not exist, or a directory with no recipe under it, is a usage error (exit 2). The YAML files a
+    search leaves out for a reason worth saying (empty, not text: `discover.classify`) go to `not_recipes`.
     """
     from recipe_checks.discover import discover_recipes
 
@@ -110,16 +113,21 @@ def recipes_to_check(paths: list[str]) -> list[Path]:
     recipes: dict[Path, None] = {}
     empty: list[str] = []
     not_searched: list[str] = []
+    left_out: list[tuple[Path, str]] = []
     for raw in paths:
-        found = list(discover_recipes([raw], not_searched=not_searched)) if os.path.isdir(raw) else [Path(raw)]
+        found = (list(discover_recipes([raw], not_searched=not_searched, not_recipes=left_out)) if os.path.isdir(raw)
+                 else [Path(raw)])
         if not found:
             empty.append(raw)
         recipes.update(dict.fromkeys(found))
     for note in not_searched:  # the recipes found are checked all the same
         print(f"recipe-checks: warning: {note}", file=sys.stderr)
     if empty:
-        raise UsageError(f"no recipe under {', '.join(empty)}: a recipe is a *.yaml or *.yml file with a "
+        seen = f" ({'; '.join(f'{p}: {why}' for p, why in left_out[:3])})" if left_out else ""
+        raise UsageError(f"no recipe under {', '.join(empty)}{seen}: a recipe is a *.yaml or *.yml file with a "
                          "top-level 'model' key (hidden directories are not searched); name a file to check it anyway")
+    if not_recipes is not None:
+        not_recipes.extend((str(p), why) for p, why in dict.fromkeys(left_out))
     return list(recipes)
 
 
@@ -162,7 +170,8 @@ def check_one(path: Path, options, catalog, selection, *, traced: bool, verbose:
     several = len({r.gpu for r in results if r.gpu is not None}) > 1  # the plugin's item names
     for result in results:
         name = f"{result.check}[{result.gpu}]" if several and result.gpu is not None else result.check
-        check = CheckReport(result.check, name, result.gpu, skipped=result.skipped, waiting=list(result.waiting))
+        skipped = result.skipped or _unselected(result.check, selection)
+        check = CheckReport(result.check, name, result.gpu, skipped=skipped, waiting=list(result.waiting))
         recipe.checks.append(check)
         if result.error is not None:
             check.error = f"{type(result.error).__name__}: {result.error}"
@@ -174,6 +183,17 @@ def check_one(path: Path, options, catalog, selection, *, traced: bool, verbose:
             line = finding.location.line
             recipe.source_lines.setdefault(line, state.source_line(line))
     return recipe
+
+
+def _unselected(check: str, selection) -> str | None:
+    """Why a check whose rules --select/--ignore all leave out did not run (None: one of them is selected).
+    The schema check reads the file for every other check and is never left out."""
+    from recipe_checks.rules import rules_for
+
+    rules = rules_for(check)
+    if check == "schema" or not rules or any(selection.selects(r.id) for r in rules):
+        return None
+    return "not run: --select/--ignore leave out each of its rules"
 
 
 def _progress(recipes: list[Path], *, quiet: bool):

@@ -16,4 +16,12 @@ def render(report: RunReport) -> str:
         message = (f"not checked: declares {', '.join(recipe.other_gpus or [])}, not "
                    f"{', '.join(report.target_gpus)} (use --recipes-all-gpus)")
         lines.append(workflow_command("notice", message, file=recipe.path, title="recipe-checks"))
+    by_recipe: dict[tuple[str, str], list[str]] = {}  # one notice a recipe and reason (GitHub caps annotations)
+    for recipe, check in report.not_run():
+        by_recipe.setdefault((recipe.path, check.skipped or ""), []).append(check.name)
+    for (path, reason), names in by_recipe.items():
+        lines.append(workflow_command("notice", f"{', '.join(names)}: {reason}", file=path,
+                                      title="recipe-checks: not run"))
+    lines += [workflow_command("notice", f"skipped: {why}", file=path, title="recipe-checks: not a recipe")
+              for path, why in report.not_recipes]
     return "\n".join(lines)

@@ -22,6 +22,8 @@ def render(report: RunReport) -> str:
         "checks": [{"path": r.path, "check": c.check, "name": c.name, "gpu": c.gpu, "outcome": c.outcome,
                     "skipped": c.skipped} for r in report.recipes for c in r.checks],
         "summary": report.counts(),
+        "checks_not_run": len(report.not_run()),  # each in "checks" with outcome "skipped" and its reason
+        "not_recipes": [{"path": path, "reason": why} for path, why in report.not_recipes],  # YAML files left out
         "with_vram": report.with_vram,
         "rules": [r.id for r in report.rules],
         "changed_since": report.changed_since,

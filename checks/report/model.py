@@ -66,6 +66,7 @@ class RunReport:
     changed_since: str | None = None  # --changed-since REF
     unchanged: list[str] = field(default_factory=list)  # recipes left out: the same as at REF
     every_recipe_because: str | None = None  # a file that decides the checks changed since REF
+    not_recipes: list[tuple[str, str]] = field(default_factory=list)  # YAML files a search left out, and why
 
     def findings(self) -> Iterator[tuple[RecipeReport, CheckReport, Finding]]:
         for recipe in self.recipes:
@@ -92,6 +93,25 @@ class RunReport:
     @property
     def failed(self) -> bool:
         return any(r.error is not None or any(c.failed or c.error for c in r.checks) for r in self.recipes)
+
+    def not_run(self) -> list[tuple[RecipeReport, CheckReport]]:
+        """Every check of a checked recipe that did not run (no target GPU, a failing prerequisite, an unreadable
+        recipe, none of its rules selected), each with its reason in `skipped`."""
+        return [(r, c) for r in self.checked for c in r.checks if c.skipped and c.error is None]
+
+    def not_run_groups(self) -> list[tuple[str, list[str], list[str]]]:
+        """The checks that did not run, one group per reason (the recipe's own path left out of it, so that one
+        reason of many recipes is one group): (the reason as the first recipe's report says it, the check names,
+        the recipes), in the order first met."""
+        groups: dict[str, tuple[str, list[str], list[str]]] = {}
+        for recipe, check in self.not_run():
+            reason = check.skipped or ""
+            said, names, paths = groups.setdefault(reason.replace(recipe.path, "\0"), (reason, [], []))
+            if check.name not in names:
+                names.append(check.name)
+            if recipe.path not in paths:
+                paths.append(recipe.path)
+        return list(groups.values())
 
     def counts(self) -> dict[str, int]:
         counts = {s.value: 0 for s in Severity}

@@ -33,6 +33,10 @@ def render(report: RunReport, root: Path | None = None) -> str:
                                                     f"{', '.join(recipe.other_gpus or [])}, not "
                                                     f"{', '.join(report.target_gpus)}"}}
                       for recipe in report.not_checked]
+    notifications += [{"level": "note", "message": {"text": f"{recipe.path}::{check.name}: {check.skipped}"}}
+                      for recipe, check in report.not_run()]
+    notifications += [{"level": "note", "message": {"text": f"{path}: skipped, not a recipe: {why}"}}
+                      for path, why in report.not_recipes]
     invocation = {"executionSuccessful": not any(True for _ in report.internal_errors())}
     if notifications:
         invocation["toolExecutionNotifications"] = notifications

@@ -20,8 +20,20 @@ def render(report: RunReport) -> str:
         others = other_gpus_lines([(r.path, r.other_gpus or []) for r in report.not_checked], report.target_gpus)
         changed = (changed_line(report.changed_since, report.every_recipe_because, len(report.unchanged))
                    if report.changed_since is not None else "")
-        blocks.extend(filter(None, ["\n".join(others), changed, summary_line(report)]))
+        not_run = "\n".join(not_run_lines(report)) if not report.verbose else ""  # --verbose lists each above
+        files = "\n".join(f"{path}: skipped: {why}" for path, why in report.not_recipes[:10])
+        files += f"\n... and {len(report.not_recipes) - 10} more" if len(report.not_recipes) > 10 else ""
+        blocks.extend(filter(None, ["\n".join(others), changed, not_run, files, summary_line(report)]))
     return "\n\n".join(blocks)
+
+
+def not_run_lines(report: RunReport) -> list[str]:
+    """One line per reason checks did not run: which checks, of which recipes (--verbose: one line a check)."""
+    lines = []
+    for reason, names, paths in report.not_run_groups():
+        recipes = paths[0] if len(paths) == 1 else f"{len(paths)} recipes ({paths[0]}, ...)"
+        lines.append(f"not run: {', '.join(names)} of {recipes}: {reason.removeprefix('not run: ')}")
+    return lines
 
 
 def summary_line(report: RunReport) -> str:
@@ -32,5 +44,10 @@ def summary_line(report: RunReport) -> str:
         found = ", ".join(filter(None, [found, f"{internal} internal error(s), see stderr"]))
     others = f", {len(report.not_checked)} for other GPUs not checked" if report.not_checked else ""
     traced = "" if report.with_vram else "; static checks only, --with-vram adds the traced VRAM budget"
+    not_run = len(report.not_run())
+    not_run = f"; {not_run} check{'s' if not_run != 1 else ''} not run" if not_run else ""
     verdict = "FAILED" if report.failed else "ok"
-    return f"{len(report.checked)} recipe(s) checked{others}: {verdict}{f' ({found})' if found else ''}{traced}"
+    files = len(report.not_recipes)
+    files = f"; {files} YAML file{'s' if files != 1 else ''} skipped, not recipes" if files else ""
+    return (f"{len(report.checked)} recipe(s) checked{others}: {verdict}{f' ({found})' if found else ''}{not_run}"
+            f"{files}{traced}")
