@@ -191,6 +191,43 @@ def attn_implementation(config) -> str | None:
     return config._attn_implementation
 
 
+def supports_sdpa(model_type: str, architectures: list | None = None) -> bool:
+    """Whether transformers' model class for this model_type has an sdpa attention path (`_supports_sdpa`, a class
+    attribute transformers 5.20-5.24 reads in `_check_and_adjust_attn_implementation`; no public accessor). Unknown
+    model types and classes count as supporting it: the build then says what transformers says."""
+    import transformers
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    names = [*(architectures or []), MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type)]
+    for name in filter(None, names):
+        cls = getattr(transformers, name, None) if isinstance(name, str) else None
+        if cls is not None:
+            return bool(getattr(cls, "_supports_sdpa", True))
+    return True
+
+
+# A flash attention kernel keeps no attention matrix: the output and its log-sum-exp, as sdpa's fused kernels do.
+# Where a model has no sdpa path (Gemma 2: transformers refuses sdpa for its soft-capping), the trace stands in for
+# flash attention with this function, registered through transformers' public AttentionInterface (5.20-5.24) under
+# a name of its own (a name with "flash" in it is taken for a hub kernel), with flash attention's mask function:
+# sdpa's kernel on the same shapes, causal, no mask materialised. Memory only: it is never run for its numbers.
+FLASH_STAND_IN = "recipe_checks_fused_attention"
+
+
+def register_flash_stand_in() -> str:
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+
+    def fused(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+        return sdpa_attention_forward(module, query, key, value, None, dropout=dropout, scaling=scaling, is_causal=True)
+
+    if FLASH_STAND_IN not in AttentionInterface._global_mapping:
+        AttentionInterface.register(FLASH_STAND_IN, fused)
+        AttentionMaskInterface.register(FLASH_STAND_IN, ALL_MASK_ATTENTION_FUNCTIONS["flash_attention_2"])
+    return FLASH_STAND_IN
+
+
 def experts_implementation(config) -> str | None:
     """The experts implementation a built MoE model runs (config._experts_implementation, transformers 5.x;
     no public getter): 'grouped_mm' by default, 'eager', 'batched_mm', ..."""

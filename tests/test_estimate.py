@@ -280,3 +280,36 @@ def test_the_vram_check_shows_the_weights_message_and_the_combination(write, mon
     assert finding.help.startswith("the model's weights alone take 10.0 GiB, more than the 7.6 GiB budget")
     combination = next(part for part in finding.help.split("; ") if " + " in part)
     assert "fits)" in combination  # "QLoRA (4-bit NF4 base) + ...: peak ... (saves ..., fits)"
+
+
+def _small(model_type: str, architecture: str, **extra):
+    from recipe_checks.models.resolve import ResolvedModel
+
+    return ResolvedModel(f"small-{model_type}", {
+        "model_type": model_type, "architectures": [architecture], "hidden_size": 256, "intermediate_size": 512,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 64,
+        "vocab_size": 1024, "max_position_embeddings": 2048, **extra}, "test")
+
+
+def test_flash_attention_on_a_model_without_sdpa_is_traced_with_a_fused_stand_in_not_refused():
+    """Gemma 2 has no sdpa path in transformers, the stand-in for flash attention elsewhere: its flash attention
+    recipes were RC601 errors ("cannot be traced"). The stand-in is sdpa's kernel under a name of its own: on a
+    model with both, it traces exactly what sdpa does."""
+    from recipe_checks.memory.step import StepSettings, trace_training_step
+
+    settings = StepSettings(micro_batch=2, seq_len=128, precision="bfloat16", weights_dtype="bfloat16",
+                            optim="adamw_torch", attn_implementation="sdpa")
+    llama = _small("llama", "LlamaForCausalLM")
+    sdpa = trace_training_step(llama, settings).timeline
+    stand_in = trace_training_step(llama, dataclasses.replace(settings, attn_implementation=compat.FLASH_STAND_IN))
+    assert (stand_in.timeline.peak_bytes, stand_in.timeline.breakdown) == (sdpa.peak_bytes, sdpa.breakdown)
+
+    recipe = validate(load_text(GOOD_RECIPE.replace("model: meta-llama/Llama-3.1-8B",
+                                                    "model: {id: google/gemma-2-9b, attn_implementation: "
+                                                    "flash_attention_2}"), "r.yaml")).recipe
+    gemma = _small("gemma2", "Gemma2ForCausalLM", query_pre_attn_scalar=64, sliding_window=64)
+    chosen = settings_from_recipe(recipe, gemma.config)
+    assert chosen.attn_implementation == compat.FLASH_STAND_IN
+    assert any("transformers has no sdpa path for this model" in note for note in chosen.notes)
+    assert trace_training_step(gemma, chosen).timeline.peak_bytes > 0  # traced, where it raised before
+    assert settings_from_recipe(recipe, _small("llama", "LlamaForCausalLM").config).attn_implementation == "sdpa"

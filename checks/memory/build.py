@@ -90,6 +90,8 @@ def build_step_model(resolved, settings: StepSettings, task_type: str = "CAUSAL_
     weights_dtype = getattr(torch, settings.weights_dtype)
     quantized = 0
     notes = []
+    if settings.attn_implementation == compat.FLASH_STAND_IN:
+        compat.register_flash_stand_in()
     with quiet(), torch.device(device if real else "meta"):
         model = auto_class.from_config(config, dtype=weights_dtype, attn_implementation=settings.attn_implementation)
         attention = compat.attn_implementation(model.config)

@@ -64,8 +64,15 @@ def settings_from_recipe(recipe, config: dict) -> StepSettings:
             notes.append("weights load in float32: neither model.torch_dtype nor the config names a dtype")
     attn = recipe.model.attn_implementation
     if attn in ("flash_attention_2", "flash_attention_3"):
-        notes.append(f"{attn} is traced as sdpa: both keep no attention matrix, only the output and log-sum-exp")
-        attn = "sdpa"
+        from recipe_checks import compat
+
+        if compat.supports_sdpa(config.get("model_type", ""), config.get("architectures")):
+            notes.append(f"{attn} is traced as sdpa: both keep no attention matrix, only the output and log-sum-exp")
+            attn = "sdpa"
+        else:  # Gemma 2: transformers has no sdpa path for it; sdpa's kernel stands in under a name of its own
+            notes.append(f"{attn} is traced as a fused kernel that keeps no attention matrix, only the output and "
+                         "log-sum-exp (sdpa's, standing in: transformers has no sdpa path for this model)")
+            attn = compat.FLASH_STAND_IN
     lora = ()
     if recipe.lora is not None:
         from recipe_checks.recipe.validate import library_kwargs
