@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from recipe_checks.formats.known_keys import removed_training_argument
 from recipe_checks.recipe.library import library_class_name
 from recipe_checks.rules.base import Rule
 from recipe_checks.suggest import did_you_mean
@@ -15,6 +16,8 @@ class UnknownKey(Rule):
     peft.LoraConfig, transformers.TrainingArguments and transformers.BitsAndBytesConfig in the
     installed versions; inside `training.gradient_checkpointing_kwargs` the arguments of
     torch.utils.checkpoint.checkpoint, inside `training.liger_kernel_config` Liger's kernel flags.
+    A `training` key that transformers removed (`warmup_ratio`, `evaluation_strategy`, `no_cuda`, ...:
+    checks/data/training_args_removed.yaml) is named so, with its replacement (`warmup_steps: 0.1`).
 
     ## Why it matters
     A misspelt key is silently dropped by many loaders: `lora_alfa: 32` leaves lora_alpha at its
@@ -41,6 +44,19 @@ class UnknownKey(Rule):
         for unknown in validation.unknown_keys:
             *parent, key = unknown.key_path
             where = ".".join(str(p) for p in parent) or "the top level"
+            removed = removed_training_argument(str(key)) if tuple(parent) == ("training",) else None
+            if removed is not None:  # not a typo: a field transformers dropped, with its replacement
+                section = ctx.loaded.data.get("training")
+                value = section.get(key) if isinstance(section, dict) else None
+                yield self.finding(
+                    ctx,
+                    f"'{key}' in training was {removed.says(value, note=False)}",
+                    unknown.key_path,
+                    at_value=False,
+                    why="the installed transformers' TrainingArguments has no such field: the run fails on it",
+                    help=f"{removed.advice(value)}; training takes the arguments of {library_class_name('training')}",
+                )
+                continue
             hint = did_you_mean(str(key), unknown.known, cutoff=0.7)
             if len(parent) == 1 and parent[0] in ("lora", "training", "quantization"):
                 takes = f"{parent[0]} takes the arguments of {library_class_name(parent[0])}"
