@@ -13,9 +13,11 @@ from recipe_checks import check_cache, result_cache
 from recipe_checks.context import RecipeContext, RecipeState
 from recipe_checks.compat import CompatError
 from recipe_checks.findings import Finding, Location, Severity
+from recipe_checks.formats import untraced_step
 from recipe_checks.gpus import GpuCatalog, GpuFamily, NeedsExactCard, UnknownGpuError
 from recipe_checks.options import Options
-from recipe_checks.rules import CHECKS, CUDA_CHECKS, GPU_CHECKS, IGNORES_CHECK, PREREQUISITES, RUN_CHECKS, TRACED_CHECKS, rules_for
+from recipe_checks.rules import (CHECKS, CUDA_CHECKS, GPU_CHECKS, IGNORES_CHECK, PREREQUISITES, RUN_CHECKS, TRACED_CHECKS,
+                                  all_rules, rules_for)
 from recipe_checks.rules.base import CannotJudge, NotRun, Rule
 
 
@@ -70,6 +72,9 @@ def _skip_reason(state: RecipeState, check: str, gpu: str | None) -> str | None:
             )
         if isinstance(state.gpu_profile(gpu), UnknownGpuError):
             return f"not checked: '{gpu}' is not a known GPU (see {state.path}::schema)"
+    untraced = untraced_step(state, check)  # a trainer without a step in the recipe model (TRL GRPO, KTO, ...)
+    if untraced is not None:
+        return untraced
     first = PREREQUISITES.get(check)
     if first is not None and run_check(state, first, gpu).failed():
         return f"not run: {state.path}::{first} fails, and {check} would fail for the same reason"
@@ -104,10 +109,14 @@ def _rule_blocked(state: RecipeState, rule: type[Rule]) -> str | None:
 
 
 def _static_errors(state: RecipeState, gpu: str | None, besides: str) -> list[str]:
-    """The static checks (not traced) that report errors: the explanation a failed trace points at."""
+    """The static checks (not traced) whose errors say the step cannot be built or started as written
+    (`Rule.stops_the_step`): the explanation a failed trace or real step points at. A policy error (RC301's
+    non-paged optimizer) changes nothing the step builds and is never pointed at."""
+    stopping = {r.id for r in all_rules() if r.stops_the_step}
     return [
         f"{state.path}::{c}" for c in CHECKS
-        if c != besides and c not in TRACED_CHECKS | RUN_CHECKS and run_check(state, c, gpu).errors
+        if c != besides and c not in TRACED_CHECKS | RUN_CHECKS
+        and any(f.rule_id in stopping for f in run_check(state, c, gpu).errors)
     ]
 
 

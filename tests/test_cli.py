@@ -127,8 +127,26 @@ def test_estimate_shows_the_static_findings_when_the_step_cannot_be_built(write,
     path = write("foreign.yaml", GOOD_RECIPE.replace("[q_proj, k_proj, v_proj, o_proj]", "[query_key_value]"))
     assert main(["estimate", str(path), "--no-fixes"]) == EXIT_USAGE
     err = capsys.readouterr().err
+    assert err.startswith("recipe-checks: the training step cannot be traced: ")  # the real cause first
+    assert "the recipe's 1 error(s) below stop the step as written and may be why" in err
     assert "RC201 target module 'query_key_value' matches nothing in LlamaForCausalLM" in err
-    assert "cannot be traced until the 1 error(s) above are fixed" in err
+
+
+def test_a_policy_finding_never_stops_the_trace_nor_is_blamed_for_a_failing_one(write, capsys, monkeypatch):
+    from recipe_checks.memory import estimate as engine
+    from recipe_checks.memory.errors import TraceError
+
+    path = write("unpaged.yaml", GOOD_RECIPE.replace("paged_adamw_8bit", "adamw_torch"))  # RC301: policy
+    assert main(["estimate", str(path), "--no-fixes", "--json"]) == EXIT_OK  # traced all the same
+    assert [f["rule"] for f in json.loads(capsys.readouterr().out)["static_errors"]] == ["RC301"]
+
+    def fails(*args, **kwargs):
+        raise TraceError("peft: Target module ModuleList() is not supported")
+
+    monkeypatch.setattr(engine, "estimate", fails)
+    assert main(["estimate", str(path), "--no-fixes"]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err == "recipe-checks: the training step cannot be traced: peft: Target module ModuleList() is not supported\n"
 
 
 def test_one_unreadable_recipe_does_not_stop_the_batch(write, tmp_path, capsys):

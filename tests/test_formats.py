@@ -42,16 +42,29 @@ CASES = [
      [("RC111", "sample_packing", "sample_packing: true"), ("RC111", "deepspeed", "deepspeed: deepspeed_configs")]),
     ("axolotl-qwen2.5-lora-typo.yml", "rtx4090", {"RC110"}, [("RC110", "lora_alfa", "lora_alfa: 32")]),
     ("axolotl-without-base-model.yml", "rtx4090", {"RC112"}, [("RC112", "base_model_config", "base_model_config:")]),
-    # trust_remote_code on Llama 3 (no auto_map): transformers runs no repository code, so RC107 is only an info
-    ("llamafactory-llama3-lora-sft.yaml", "rtx4090", set(), [("RC107", "trust_remote_code", "trust_remote_code: true")]),
-    ("llamafactory-qwen2.5-qlora-t4.yaml", "t4", {"RC301", "RC401", "RC404"},
-     [("RC401", "bf16", "bf16: true"), ("RC404", "bf16", "bf16: true")]),
-    ("llamafactory-llama3-full-ds3.yaml", "rtx4090", {"RC111"}, [("RC111", "deepspeed", "deepspeed: examples/")]),
-    ("llamafactory-llama3-dpo.yaml", "rtx4090", {"RC111"}, [("RC111", "stage", "stage: dpo")]),
+    # trust_remote_code on Llama 3 (no auto_map): transformers runs no repository code, so RC107 is only an info.
+    # LLaMA-Factory's examples still write warmup_ratio, which transformers 5's TrainingArguments lacks and
+    # LLaMA-Factory hands it: RC110 says to write warmup_steps (overwrite_output_dir is LLaMA-Factory's own field)
+    ("llamafactory-llama3-lora-sft.yaml", "rtx4090", {"RC110"},
+     [("RC107", "trust_remote_code", "trust_remote_code: true"), ("RC110", "warmup_ratio", "warmup_ratio: 0.1")]),
+    ("llamafactory-qwen2.5-qlora-t4.yaml", "t4", {"RC110", "RC301", "RC401", "RC404"},
+     [("RC401", "bf16", "bf16: true"), ("RC404", "bf16", "bf16: true"), ("RC110", "warmup_ratio", "warmup_ratio: 0.1")]),
+    ("llamafactory-llama3-full-ds3.yaml", "rtx4090", {"RC110", "RC111"},
+     [("RC111", "deepspeed", "deepspeed: examples/"), ("RC110", "warmup_ratio", "warmup_ratio: 0.1")]),
+    ("llamafactory-llama3-dpo.yaml", "rtx4090", {"RC110", "RC111"},
+     [("RC111", "stage", "stage: dpo"), ("RC110", "warmup_ratio", "warmup_ratio: 0.1")]),
     ("trl-sft-qwen2.5-lora.yaml", "rtx4090", set(), []),
     ("trl-sft-4bit-without-peft.yaml", "rtx4090", {"RC501"}, [("RC501", "load_in_4bit", "load_in_4bit: true")]),
     # TRL's dataset mixture (`datasets:`, `streaming`, `test_split_size`) is data: no RC102, no RC110
     ("trl-sft-datasets-mixture.yaml", "rtx4090", set(), []),
+    # the trainer, from its config class's keys: DPO traced as DPOTrainer's step, the others named and not traced
+    ("trl-dpo-qwen2.5-lora.yaml", "rtx4090", {"RC111"}, [("RC111", "max_prompt_length", "max_prompt_length: 512")]),
+    ("trl-grpo-qwen2.5-vllm.yaml", "rtx4090", {"RC111"}, [("RC111", "use_vllm", "use_vllm: true")]),
+    # no dtype: TRL computes the 4-bit matmuls in its default float32 while training in bf16 (RC405)
+    ("trl-kto-qwen2.5-qlora.yaml", "rtx4090", {"RC111", "RC405"},
+     [("RC111", "desirable_weight", "desirable_weight: 1.0")]),
+    ("trl-reward-qwen2.5-lora.yaml", "rtx4090", {"RC111"},
+     [("RC111", "center_rewards_coefficient", "center_rewards_coefficient: 0.01")]),
 ]
 
 

@@ -263,3 +263,36 @@ hardware: {{gpu: a10g}}
         found[name] = {f.rule_id for r in results for f in r.findings}
     assert "RC301" not in found["8bit"]
     assert "RC301" in found["4bit"]
+
+
+def test_a_failed_trace_is_blamed_only_on_errors_that_stop_the_step(tmp_path, monkeypatch):
+    """A policy error (RC301: a non-paged optimizer) changes nothing the trace builds: a failed trace is reported
+    as itself, never as 'fix the optimizer first'; an error that stops the step as written (RC201) may be why."""
+    from recipe_checks.engine import check_recipe
+    from recipe_checks.gpus import GpuCatalog
+    from recipe_checks.memory import estimate as engine
+    from recipe_checks.memory.errors import TraceError
+    from recipe_checks.options import Options
+    from tests.conftest import GOOD_RECIPE
+
+    def fails(*args, **kwargs):
+        raise TraceError("ValueError: lora.ParamWrapper does not work with lora_dropout != 0.")
+
+    monkeypatch.setattr(engine, "estimate", fails)
+    assert {r.id for r in all_rules() if r.stops_the_step} >= {"RC201", "RC302", "RC402", "RC501"}
+    assert not any(r.stops_the_step for r in all_rules() if r.id in ("RC301", "RC401", "RC406", "RC602"))
+
+    def vram(text: str):
+        path = tmp_path / "r.yaml"
+        path.write_text(text)
+        _, results = check_recipe(path, Options(), GpuCatalog.load(), traced=True)
+        return next(r for r in results if r.check == "vram")
+
+    policy = vram(GOOD_RECIPE.replace("paged_adamw_8bit", "adamw_torch"))
+    assert policy.skipped is None
+    assert [f.message for f in policy.findings] == [
+        "the training step cannot be traced: ValueError: lora.ParamWrapper does not work with lora_dropout != 0."]
+    stopping = vram(GOOD_RECIPE.replace("[q_proj, k_proj, v_proj, o_proj]", "[q_proj, query_key_value]"))
+    assert stopping.findings == [] and stopping.skipped.startswith("not judged: the training step cannot be traced")
+    assert stopping.skipped.endswith("fix the errors reported in r.yaml::target-modules first".replace(
+        "r.yaml", str(tmp_path / "r.yaml")))

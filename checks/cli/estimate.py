@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     from recipe_checks.gpus import GIB, GpuCatalog, GpuProfileError, UnknownGpuError
     from recipe_checks.memory.estimate import TraceError, estimate
     from recipe_checks.render import render_finding
-    from recipe_checks.rules import CHECKS, GPU_CHECKS, RUN_CHECKS, TRACED_CHECKS
+    from recipe_checks.rules import CHECKS, GPU_CHECKS, RUN_CHECKS, TRACED_CHECKS, all_rules
     from recipe_checks.throughput import recipe_ceiling
 
     def bad_input(message: str) -> int:
@@ -73,6 +73,11 @@ def run(args: argparse.Namespace) -> int:
         for finding in schema.errors:
             print(render_finding(finding, state.source_line(finding.location.line)), file=sys.stderr)
         return bad_input(f"{path} has schema errors; `recipe-checks check {path}` lists them")
+    from recipe_checks.formats import untraced_step
+
+    untraced = untraced_step(state, "vram")  # a trainer whose step the recipe model has not (TRL GRPO, KTO, ...)
+    if untraced is not None:
+        return bad_input(untraced)
     recipe = state.recipe
     names = list(options.gpus) or recipe.hardware.gpu
     if not names:
@@ -90,12 +95,21 @@ def run(args: argparse.Namespace) -> int:
                 result_cache.using(options.cache_dir):
             result = estimate(recipe, state.resolved_model(), gpu, with_fixes=not args.no_fixes)
     except TraceError as exc:
-        if static_errors:  # the recipe as written does not start: its findings say why, not the library's error
-            for finding in static_errors:
-                print(render_finding(finding, state.source_line(finding.location.line)) + "\n", file=sys.stderr)
-            return bad_input(f"the training step cannot be traced until the {len(static_errors)} error(s) above "
-                             f"are fixed ({exc})")
-        return bad_input(f"the training step cannot be traced: {exc}")
+        # The real cause first. A policy finding (a non-paged optimizer, fp16 on a GPU without it) changes nothing
+        # the trace builds, so it is never blamed; an error that says the step cannot be built as written
+        # (Rule.stops_the_step: a target that matches no module, a quantization setting) may be why, shown after.
+        stopping = {r.id for r in all_rules() if r.stops_the_step}
+        maybe_why = [f for f in static_errors if f.rule_id in stopping]
+        cause = f"the training step cannot be traced: {exc}"
+        if args.json or not maybe_why:
+            return bad_input(cause + (f" (the recipe's {', '.join(f.rule_id for f in maybe_why)} may be why)"
+                                      if maybe_why else ""))
+        print(f"recipe-checks: {cause}", file=sys.stderr)
+        print(f"the recipe's {len(maybe_why)} error(s) below stop the step as written and may be why:\n",
+              file=sys.stderr)
+        for finding in maybe_why:
+            print(render_finding(finding, state.source_line(finding.location.line)) + "\n", file=sys.stderr)
+        return EXIT_USAGE
     model = state.meta_model()
     speed = recipe_ceiling(recipe, model, gpu)
     hours = speed.hours_per_epoch(args.dataset_tokens) if args.dataset_tokens else None

@@ -43,12 +43,19 @@ class Translation:
     # native section -> an original key of it: where a finding about a key left to its default points
     sections: dict[KeyPath, KeyPath] = field(default_factory=dict)
     untranslated: list[KeyPath] = field(default_factory=list)  # original keys not understood
+    # the original top-level keys that have a value, as the tool reads them (RC110 looks for removed TrainingArguments)
+    written: dict[str, Any] = field(default_factory=dict)
     not_checked: list[tuple[KeyPath, str]] = field(default_factory=list)  # original key, what is not checked
     resolved: list[tuple[KeyPath, str]] = field(default_factory=list)  # original key, the value it resolved to
     bf16_auto: KeyPath | None = None  # the original `bf16: auto`, resolved against each target GPU
     fp16_written: bool = False  # the config sets fp16 itself: auto's fallback does not override it
     fp16_written_value: bool = False
     precision_follows: tuple[KeyPath, ...] = ()  # native keys that follow the training precision
+    trainer: str = "sft"  # the tool's trainer the config is for (TRL's dpo, grpo, ...; LLaMA-Factory's stage)
+    # why the training step is not traced nor run (None: it is): a trainer the recipe model has no step for (GRPO,
+    # KTO, a reward model, PPO). The traced and run checks say "not checked" with it, never judging a supervised
+    # step in its place; RC111 names the trainer at its key.
+    untraced: str | None = None
 
     @property
     def label(self) -> str:
@@ -165,6 +172,19 @@ def translation_of(state: Any) -> Translation | None:
     return state.loaded.translation if state.loaded is not None else None
 
 
+# The checks that trace or run the training step (and the throughput ceiling, a step's FLOPs): what a config whose
+# trainer has no step in the recipe model cannot be checked by
+STEP_CHECKS = frozenset({"throughput", "vram", "cpu-step", "cpu-train", "gpu-step", "gpu-train"})
+
+
+def untraced_step(state: Any, check: str) -> str | None:
+    """Why `check` does not run on a RecipeState's file: its trainer's step is not modelled (None: it runs)."""
+    translation = translation_of(state)
+    if check not in STEP_CHECKS or translation is None or translation.untraced is None:
+        return None
+    return f"not checked: {state.path} {translation.untraced}, and one supervised step would be no verdict on it"
+
+
 def _dotted(path: Iterable[Any]) -> str:
     out = ""
     for part in path:
@@ -215,7 +235,8 @@ def translate(loaded: LoadedRecipe, fmt: str) -> LoadedRecipe:
 
     module = {"axolotl": axolotl, "llamafactory": llamafactory, "trl": trl}[fmt]
     loaded = as_the_tool_reads(loaded, module)
-    translation = Translation(format=fmt, source=module.SOURCE)
+    translation = Translation(format=fmt, source=module.SOURCE,
+                              written={k: v for k, v in loaded.data.items() if isinstance(k, str) and v is not None})
     builder = Builder(loaded.data, translation)
     native = NativeRecipe(translation)
     module.translate(builder, native)

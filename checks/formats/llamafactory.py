@@ -74,10 +74,7 @@ def translate(b: Builder, out: NativeRecipe) -> None:
     attention = b.take("flash_attn")
     if isinstance(attention, str) and attention in _ATTENTION:
         out.set(("model", "attn_implementation"), _ATTENTION[attention], "flash_attn")
-    stage = b.take("stage") or "sft"
-    if stage not in ("sft", "pt"):
-        b.translation.not_checked.append((("stage",), f"stage '{stage}' (reward model, PPO or preference training) "
-                                          "runs more than one supervised step: one supervised step is traced"))
+    _stage(b)
     method = b.take("finetuning_type") or "lora"
     if method in ("freeze", "oft") or method not in ("lora", "full"):
         b.translation.not_checked.append((("finetuning_type",), f"'{method}' tuning is not modelled (LLaMA-Factory "
@@ -89,6 +86,37 @@ def translate(b: Builder, out: NativeRecipe) -> None:
     _deepspeed(b, out)
     for key, why in NOT_CHECKED.items():
         b.not_checked(key, why)
+
+
+# The stages whose step is not one supervised step, and what their trainer runs (src/llamafactory/train/<stage>/
+# trainer.py). DPO is LLaMA-Factory's own CustomDPOTrainer (dpo/trainer.py, after TRL 0.8's): the chosen and rejected
+# rows' full logits cast to float32 (concatenated_forward), not TRL 1.16's fused head that the recipe's `dpo`
+# section traces, so it is not read as one; ORPO and SimPO (pref_loss) run it without the reference pass.
+STAGES_NOT_MODELLED = {
+    "dpo": "LLaMA-Factory's CustomDPOTrainer runs the chosen and rejected rows with their full float32 logits and a "
+           "reference pass (none for pref_loss orpo or simpo)",
+    "kto": "LLaMA-Factory's CustomKTOTrainer runs each completion and a mismatched KL completion through the policy "
+           "and a reference model",
+    "rm": "LLaMA-Factory's PairwiseTrainer trains a value head on chosen and rejected completions",
+    "ppo": "LLaMA-Factory's CustomPPOTrainer generates completions, scores them with a reward model and trains the "
+           "policy and a value head against a reference",
+}
+
+
+def _stage(b: Builder) -> None:
+    """`stage` (FinetuningArguments, default sft): pt and sft train one supervised (causal-LM) step, as traced; any
+    other stage gets one RC111 naming its trainer, and its step is not traced (Translation.untraced)."""
+    stage = b.take("stage")
+    if stage is None or stage in ("sft", "pt"):
+        return
+    label = str(stage).upper() if stage in ("dpo", "kto", "ppo") else "reward-model" if stage == "rm" else f"'{stage}'"
+    what = STAGES_NOT_MODELLED.get(stage, "LLaMA-Factory has the stages pt, sft, rm, ppo, dpo and kto") \
+        if isinstance(stage, str) else "LLaMA-Factory has the stages pt, sft, rm, ppo, dpo and kto"
+    b.translation.trainer = str(stage)
+    b.translation.untraced = f"is a LLaMA-Factory {label} config (stage: {stage}): {what}; that step is not modelled"
+    why = (f"a LLaMA-Factory {label} stage: {what}; that step is not modelled, so the vram, throughput and "
+           "training-step checks do not run rather than judge a supervised step in its place")
+    b.translation.not_checked.append((("stage",), why))
 
 
 def _compute_dtype(b: Builder) -> str:

@@ -28,6 +28,11 @@ class Rule:
     # The recipe sections the rule reads: it runs while those validate, whatever else is wrong in the
     # recipe (a typo in `lora` does not stop the precision rules). Empty: it reads the raw file only.
     reads: ClassVar[frozenset[str]] = frozenset()
+    # Whether an error of this rule means the step cannot be built or started as written (a library raises: peft on
+    # a target, TrainingArguments on an optimizer name, BitsAndBytesConfig on a setting), so that it may be why a
+    # trace or a real step failed. A policy rule (a non-paged optimizer, bf16 on a target GPU without it) is not:
+    # it changes nothing the step builds, and a failed step is never blamed on it.
+    stops_the_step: ClassVar[bool] = False
 
     def run(self, ctx: RecipeContext) -> Iterable[Finding]:
         raise NotImplementedError

@@ -36,6 +36,7 @@ class TargetMatchesNothing(Rule):
     reads = frozenset({"model", "lora"})
     needs = frozenset({"model"})
     why = "a target that matches nothing trains fewer adapters than the recipe says, or none at all"
+    stops_the_step = True
 
     def run(self, ctx):
         result = analysis(ctx)

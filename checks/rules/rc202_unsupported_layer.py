@@ -32,6 +32,7 @@ class UnsupportedLayer(Rule):
     reads = frozenset({"model", "lora"})
     needs = frozenset({"model"})
     why = "peft raises when a target is a module type LoRA cannot wrap"
+    stops_the_step = True
 
     def run(self, ctx):
         result = analysis(ctx)

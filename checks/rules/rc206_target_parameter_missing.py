@@ -30,6 +30,7 @@ class TargetParameterMissing(Rule):
     reads = frozenset({"model", "lora"})
     needs = frozenset({"model"})
     why = "a target parameter that matches nothing leaves those weights untrained"
+    stops_the_step = True
 
     def run(self, ctx):
         lora = ctx.recipe.lora

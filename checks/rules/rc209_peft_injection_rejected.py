@@ -45,6 +45,7 @@ class PeftInjectionRejected(Rule):
     reads = frozenset({"model", "lora"})
     needs = frozenset({"model"})
     why = "peft raises this error when the training script wraps the model (get_peft_model)"
+    stops_the_step = True
 
     def run(self, ctx):
         result = analysis(ctx)

@@ -34,6 +34,7 @@ class UnknownOptimizer(Rule):
     check = "optimizer"
     reads = frozenset({"training"})
     why = "TrainingArguments raises on an unknown optimizer when the job starts"
+    stops_the_step = True
 
     def run(self, ctx):
         optim = ctx.recipe.training.optim

@@ -25,6 +25,7 @@ class Bf16AndFp16(Rule):
     check = "precision"
     reads = frozenset({"training"})
     why = "TrainingArguments raises when both are set"
+    stops_the_step = True
 
     def run(self, ctx):
         training = ctx.recipe.training

@@ -29,6 +29,7 @@ class QuantizedFullFinetune(Rule):
     check = "quantization"
     reads = frozenset({"quantization", "lora"})
     why = "quantized weights cannot be trained; the Trainer refuses a purely quantized model"
+    stops_the_step = True
 
     def run(self, ctx):
         recipe = ctx.recipe

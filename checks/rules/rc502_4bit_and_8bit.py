@@ -25,6 +25,7 @@ class FourAndEightBit(Rule):
     check = "quantization"
     reads = frozenset({"quantization"})
     why = "BitsAndBytesConfig raises when both are set"
+    stops_the_step = True
 
     def run(self, ctx):
         q = ctx.recipe.quantization

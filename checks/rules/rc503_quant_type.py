@@ -31,6 +31,7 @@ class QuantType(Rule):
     check = "quantization"
     reads = frozenset({"quantization"})
     why = "bitsandbytes has only nf4 and fp4; anything else fails when the weights are quantized"
+    stops_the_step = True
 
     def run(self, ctx):
         q = ctx.recipe.quantization

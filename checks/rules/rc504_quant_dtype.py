@@ -31,6 +31,7 @@ class QuantDtype(Rule):
     check = "quantization"
     reads = frozenset({"quantization"})
     why = "transformers resolves these with getattr(torch, name); a wrong name fails at model load"
+    stops_the_step = True
 
     def run(self, ctx):
         q = ctx.recipe.quantization

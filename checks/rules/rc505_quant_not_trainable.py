@@ -28,6 +28,7 @@ class QuantNotTrainable(Rule):
     check = "quantization"
     reads = frozenset({"quantization"})
     why = "transformers marks fp8-quantized models as not trainable; the Trainer refuses them"
+    stops_the_step = True
 
     def run(self, ctx):
         q = ctx.recipe.quantization

@@ -38,6 +38,7 @@ class QuantizedSharding(Rule):
     check = "quantization"
     reads = frozenset({"distributed", "quantization", "model", "training"})
     why = "FSDP and ZeRO-3 shard float tensors of one dtype: bitsandbytes' packed weights must be stored in it"
+    stops_the_step = True
 
     def run(self, ctx):
         recipe = ctx.recipe
