@@ -449,6 +449,21 @@ def test_llm_int8_cannot_be_sharded_rc804(files):
     assert "RC804" not in ids(check(root / "r.yaml")[1])
 
 
+def test_llm_int8_under_fsdp2_is_not_checked_rather_than_refused_rc804(files):
+    """FSDP2 shards parameter by parameter and Axolotl runs 8-bit LoRA so (glm47-flash/lora_fsdp.yaml): the sharding
+    is a warning that it is not checked, and the vram check, whose trace does not shard quantized layers, is not
+    run with that reason: neither is an error of the recipe."""
+    from recipe_checks.engine import check_recipe as run
+
+    root = files(**{"r.yaml": recipe("strategy: fsdp\nworld_size: 2\n", extra="quantization: {load_in_8bit: true}\n")})
+    [finding] = only(check(root / "r.yaml")[1], "RC804")
+    assert finding.severity.value == "warning" and "not checked" in finding.message
+    _, results = run(root / "r.yaml", Options(gpus=("h100-sxm",)), CATALOG, traced=True)
+    vram = next(r for r in results if r.check == "vram")
+    assert vram.findings == [] and vram.error is None
+    assert vram.skipped.startswith("not checked: the training step is not modelled: bitsandbytes' quantized layers")
+
+
 @pytest.mark.parametrize(("host", "severity"), [(1, "error"), (3, "warning"), (8, None)])
 def test_zero_offload_past_the_host_memory_rc805(files, host, severity):
     # full fine-tune of 135M parameters: 16 B x 135M = 2.0 GiB of optimizer states, 0.25 GiB of bf16 parameters

@@ -423,3 +423,19 @@ def test_a_trl_config_with_a_20000_character_chat_template_is_checked(tmp_path):
     state, findings = _check(path, "rtx4090")
     assert "RC101" not in {f.rule_id for f in findings}, findings
     assert state.recipe is not None and state.loaded.translation.format == "trl"
+
+
+def test_llamafactory_oft_is_adapters_not_a_quantized_full_fine_tune(tmp_path):
+    """LLaMA-Factory's QOFT example (examples/extras/qoft) trains OFT adapters on a 4-bit base: it was read as a full
+    fine-tune and failed RC501; OFT is not modelled, so its step is not checked, and nothing is blamed on it."""
+    path = tmp_path / "qoft.yaml"
+    path.write_text("model_name_or_path: meta-llama/Meta-Llama-3-8B-Instruct\nquantization_bit: 4\n"
+                    "quantization_method: bnb\nstage: sft\ndo_train: true\nfinetuning_type: oft\noft_block_size: 32\n"
+                    "oft_target: all\ndataset: identity\ntemplate: llama3\ncutoff_len: 2048\n"
+                    "per_device_train_batch_size: 1\nlearning_rate: 1.0e-4\nbf16: true\n")
+    state, results = check_recipe(path, Options(gpus=("h100",)), GpuCatalog.load(), traced=True)
+    findings = [f for r in results for f in r.findings]
+    assert not [f for f in findings if f.is_error], findings
+    assert any(f.rule_id == "RC111" and "OFT adapters are not modelled" in f.message for f in findings)
+    vram = next(r for r in results if r.check == "vram")
+    assert vram.skipped is not None and "trains OFT adapters" in vram.skipped

@@ -56,6 +56,9 @@ class Translation:
     # KTO, a reward model, PPO). The traced and run checks say "not checked" with it, never judging a supervised
     # step in its place; RC111 names the trainer at its key.
     untraced: str | None = None
+    # an adapter method the recipe model has not (LLaMA-Factory's OFT): the config trains adapters, so the rules that
+    # read a recipe without a `lora` section as a full fine-tune (RC501) do not judge it
+    other_adapter: str | None = None
 
     @property
     def label(self) -> str:

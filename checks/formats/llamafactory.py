@@ -76,7 +76,13 @@ def translate(b: Builder, out: NativeRecipe) -> None:
         out.set(("model", "attn_implementation"), _ATTENTION[attention], "flash_attn")
     _stage(b)
     method = b.take("finetuning_type") or "lora"
-    if method in ("freeze", "oft") or method not in ("lora", "full"):
+    if method == "oft":  # orthogonal adapters (peft's OFTConfig): adapters, not a full fine-tune, and not modelled
+        b.translation.other_adapter = "OFT"
+        b.translation.untraced = ("trains OFT adapters (finetuning_type: oft, peft's OFTConfig), which the recipe "
+                                  "model does not have")
+        b.translation.not_checked.append((("finetuning_type",), "OFT adapters are not modelled: the model, "
+                                          "quantization and precision are checked, the step is not"))
+    elif method not in ("lora", "full"):
         b.translation.not_checked.append((("finetuning_type",), f"'{method}' tuning is not modelled (LLaMA-Factory "
                                           "has lora, full, freeze and oft): checked as a full fine-tune"))
     _quantization(b, out)

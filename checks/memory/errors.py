@@ -8,3 +8,8 @@ from __future__ import annotations
 
 class TraceError(RuntimeError):
     """The step cannot be traced for this recipe (an unsupported optimizer, model, setting or library)."""
+
+
+class NotModelled(TraceError):
+    """The step is one the libraries run, as far as recipe-checks knows, but the trace does not model it (bitsandbytes'
+    quantized layers sharded by FSDP2): the vram check is not run, with this reason, never an error of the recipe."""

@@ -157,11 +157,11 @@ def shard_step_model(step, plan: ShardPlan):
 
     if not plan.shards:
         return step
-    from recipe_checks.memory.errors import TraceError
+    from recipe_checks.memory.errors import NotModelled
 
     if step.quantized:
-        raise TraceError("bitsandbytes' quantized layers are not sharded by this trace: FSDP2's fully_shard turns "
-                         "their packed weights into plain DTensors and loses the quantization state")
+        raise NotModelled("bitsandbytes' quantized layers are not sharded by this trace: FSDP2's fully_shard turns "
+                          "their packed weights into plain DTensors and loses the quantization state")
     fully_shard, MixedPrecisionPolicy = compat.fully_shard()
     mesh = init_device_mesh("cpu", (plan.world_size,))
     dtype = (lambda name: getattr(torch, name) if name else None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from recipe_checks.recipe.schema import Method
+from recipe_checks.formats import translation_of
 from recipe_checks.rules.base import Rule
 
 
@@ -35,6 +36,9 @@ class QuantizedFullFinetune(Rule):
         recipe = ctx.recipe
         q = recipe.quantization
         if q is None or recipe.method is not Method.FULL or not (q.load_in_4bit or q.load_in_8bit):
+            return
+        translation = translation_of(ctx.state)
+        if translation is not None and translation.other_adapter:  # adapters of another kind (OFT): not a full FT
             return
         bits = "4" if q.load_in_4bit else "8"
         yield self.finding(

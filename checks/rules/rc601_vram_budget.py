@@ -45,6 +45,7 @@ class VramBudget(Rule):
 
     def run(self, ctx):
         from recipe_checks.memory.estimate import estimate
+        from recipe_checks.memory.errors import NotModelled
         from recipe_checks.memory.step import TraceError
         from recipe_checks.recipe.library import MissingExtra
 
@@ -53,6 +54,8 @@ class VramBudget(Rule):
             result = estimate(ctx.recipe, ctx.state.resolved_model(), gpu, catalog=ctx.state.catalog)
         except MissingExtra as exc:  # a DPO recipe without TRL: skipped, naming the extra
             raise NotRun(f"not run: {exc}") from None
+        except NotModelled as exc:  # a step the libraries run that the trace does not model: not checked, no error
+            raise NotRun(f"not checked: the training step is not modelled: {exc}") from None
         except TraceError as exc:
             # The engine reports this, unless the static checks' errors already say why (peft or
             # transformers refusing the recipe as written): then it points at those instead.
