@@ -121,7 +121,7 @@ def _draw_estimate(path: str | Path, result, *, recipe, recipe_name: str, gpu, c
     ax.set_ylabel("GiB at the peak of one training step (traced)")
     ax.grid(axis="y", alpha=0.3)
     ax.set_axisbelow(True)
-    ax.set_title(f"{recipe_name} on {gpu.key} ({recipe.method.label}): peak {peak:.2f} GiB, budget {budget:.2f} GiB: {verdict}",
+    ax.set_title(f"{recipe_name} on {gpu.key} ({recipe.method_label}): peak {peak:.2f} GiB, budget {budget:.2f} GiB: {verdict}",
                  fontsize=11)
     handles, labels = ax.get_legend_handles_labels()
     ax.legend(handles[::-1], labels[::-1], title=f"at the peak ({result.peak_phase})", loc="upper left",

@@ -140,3 +140,13 @@ def test_a_trl_config_with_only_a_dataset_mixture_is_recognised_as_trl(tmp_path)
     state, results = check_recipe(handbook, Options(gpus=("rtx4090",)), CATALOG, traced=False)
     assert state.loaded.translation.format == "trl" and state.loaded.translation.untranslated == []
     assert not {f.rule_id for r in results for f in r.findings} & {"RC102", "RC110", "RC112"}
+
+
+def test_a_llamafactory_v1_export_config_with_model_and_peft_config_only_is_v1():
+    """LLaMA-Factory's examples/v1/train_lora/export_lora.yaml: `model` and one v1 key, nothing else (was RC102)."""
+    from recipe_checks.formats.kinds import other_kind
+
+    text = ("model: Qwen/Qwen3-4B\npeft_config:\n  name: lora\n  adapter_name_or_path: ./outputs/test_lora\n"
+            "  export_dir: ./merge_lora_model\n")
+    assert other_kind(text) == "a LLaMA-Factory v1 config"
+    assert other_kind("model: Qwen/Qwen3-4B\npeft_config: {name: lora}\ntraining: {learning_rate: 1.0e-4}\n") is None

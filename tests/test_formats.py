@@ -439,3 +439,26 @@ def test_llamafactory_oft_is_adapters_not_a_quantized_full_fine_tune(tmp_path):
     assert any(f.rule_id == "RC111" and "OFT adapters are not modelled" in f.message for f in findings)
     vram = next(r for r in results if r.check == "vram")
     assert vram.skipped is not None and "trains OFT adapters" in vram.skipped
+
+
+@pytest.mark.parametrize(("config", "reentrant"), [
+    ("base_model: meta-llama/Meta-Llama-3-8B\nadapter: lora\nload_in_8bit: true\nlora_target_linear: true\n"
+     "micro_batch_size: 2\nsequence_len: 4096\ngradient_checkpointing: true\nlearning_rate: 0.0002\n", True),
+    ("base_model: meta-llama/Meta-Llama-3-8B\nadapter: lora\nload_in_8bit: true\nlora_target_linear: true\n"
+     "micro_batch_size: 2\nsequence_len: 4096\ngradient_checkpointing: true\nlearning_rate: 0.0002\nrl: dpo\n", None),
+    ("base_model: meta-llama/Meta-Llama-3-8B\nadapter: lora\nmicro_batch_size: 2\nsequence_len: 4096\n"
+     "gradient_checkpointing: true\ngradient_checkpointing_kwargs: {use_reentrant: false}\nlearning_rate: 0.0002\n", False),
+    ("model_name_or_path: meta-llama/Meta-Llama-3-8B\nstage: sft\nfinetuning_type: lora\nlora_target: all\n"
+     "quantization_bit: 8\ncutoff_len: 4096\nper_device_train_batch_size: 2\nlearning_rate: 1.0e-4\n", True),
+    ("model_name_or_path: meta-llama/Meta-Llama-3-8B\nstage: sft\nfinetuning_type: lora\nlora_target: all\n"
+     "use_reentrant_gc: false\ncutoff_len: 4096\nper_device_train_batch_size: 2\nlearning_rate: 1.0e-4\n", False),
+])
+def test_checkpointing_is_reentrant_where_axolotl_and_llamafactory_make_it_so(tmp_path, config, reentrant):
+    """Axolotl's normalize_config and LLaMA-Factory's use_reentrant_gc make checkpointing reentrant by default; under
+    LLM.int8() that decides 24 GiB on Llama 3 8B (its layers keep their inputs outside autograd's saved tensors)."""
+    path = tmp_path / "c.yaml"
+    path.write_text(config)
+    native, finding = read_as_native(load_recipe_file(path))
+    assert finding is None
+    kwargs = native.data["training"].get("gradient_checkpointing_kwargs")
+    assert (kwargs or {}).get("use_reentrant") is reentrant

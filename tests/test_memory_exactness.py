@@ -27,6 +27,7 @@ LORA = (("lora_alpha", 16), ("lora_dropout", 0.05), ("r", 8),
         ("task_type", "CAUSAL_LM"))
 DORA = tuple(sorted(dict(LORA, use_dora=True).items()))
 NF4 = (("compute_dtype", "bfloat16"), ("double_quant", True), ("quant_storage", "uint8"), ("quant_type", "nf4"), ("skip", ()))
+INT8 = (("skip", ()), ("threshold", 6.0))
 
 
 def settings(**changes) -> StepSettings:
@@ -47,8 +48,13 @@ CASES = {
     "qwen2-qlora-sdpa-paged": ("tiny-org/tiny-qwen2", settings(lora=LORA, quant_4bit=NF4, optim="paged_adamw_8bit")),
     "qwen2-full-checkpointing-accumulation": ("tiny-org/tiny-qwen2", settings(gradient_checkpointing=True,
                                                                              gradient_accumulation=2)),
-    "llama-lora-int8": ("tiny-org/tiny-llama", settings(lora=LORA, weights_dtype="float16",
-                                                       quant_8bit=(("skip", ()), ("threshold", 6.0)))),
+    "llama-lora-int8": ("tiny-org/tiny-llama", settings(lora=LORA, weights_dtype="float16", quant_8bit=INT8)),
+    # transformers 5's default checkpointing (non-reentrant), and Axolotl's and LLaMA-Factory's (reentrant)
+    "llama-lora-int8-checkpointing": ("tiny-org/tiny-llama", settings(lora=LORA, weights_dtype="float16", quant_8bit=INT8,
+                                                                     gradient_checkpointing=True)),
+    "llama-lora-int8-reentrant-checkpointing": ("tiny-org/tiny-llama", settings(
+        lora=LORA, weights_dtype="float16", quant_8bit=INT8, gradient_checkpointing=True,
+        gradient_checkpointing_kwargs=(("use_reentrant", True),))),
     "llama-lora-chunked-loss": ("tiny-org/tiny-llama", settings(lora=LORA, chunked_loss=True)),
     "qwen2-qlora-chunked-loss-checkpointing": ("tiny-org/tiny-qwen2", settings(lora=LORA, quant_4bit=NF4, chunked_loss=True,
                                                                               optim="paged_adamw_8bit",
@@ -81,6 +87,25 @@ def test_fake_trace_matches_a_real_execution_within_one_percent(hub_cache, case)
 
 def _run(resolved, step, real):
     return run_step(build_step_model(resolved, step, real=real), step)
+
+
+def test_int8_layers_keep_their_inputs_through_non_reentrant_checkpointing_only(hub_cache):
+    """bitsandbytes' MatMul8bitLt keeps its input A in ctx.tensors (autograd/_functions.py:187 in 0.50.2), an
+    attribute, not through save_for_backward: non-reentrant checkpointing (transformers 5's default) discards only
+    what goes through saved_tensors_hooks, so every 8-bit layer's input stays alive from its forward to its
+    backward, in every block at once. Reentrant checkpointing runs the blocks' forward without autograd and keeps
+    none. Measured on real executions: the difference is exactly those inputs, per block q/k/v's and gate/up's
+    (the RMSNorm outputs, fp32 after prepare_model_for_kbit_training), o_proj's (the attention output, bf16) and
+    down_proj's (act(gate) * up, fp32); on Llama 3 8B at 2 x 4096 tokens 768 MiB a block, 24 GiB in all."""
+    repo_id, non_reentrant = CASES["llama-lora-int8-checkpointing"]
+    _, reentrant = CASES["llama-lora-int8-reentrant-checkpointing"]
+    config = TINY[repo_id]
+    resolved = resolve_model_config(repo_id)
+    kept = _run(resolved, non_reentrant, real=True).timeline.breakdown["activations"]
+    recomputed = _run(resolved, reentrant, real=True).timeline.breakdown["activations"]
+    tokens, hidden, intermediate = 2 * 64, config["hidden_size"], config["intermediate_size"]
+    per_block = tokens * (hidden * 4 + hidden * 2 + hidden * 4 + intermediate * 4)
+    assert kept - recomputed == config["num_hidden_layers"] * per_block
 
 
 @pytest.mark.parametrize(("case", "kernels"), [

@@ -130,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
                                               if result.fits_with_paging else "does NOT fit")
         where = gpu.key if result.plan is None else f"{result.world_size} x {gpu.key}, {result.plan.label}"
         per = "" if result.plan is None else " per rank"
-        print(f"{path} on {where} ({recipe.method.label}): peak {result.peak_bytes / GIB:.2f} GiB{per}, "
+        print(f"{path} on {where} ({recipe.method_label}): peak {result.peak_bytes / GIB:.2f} GiB{per}, "
               f"budget {result.budget_bytes / GIB:.2f} GiB ({result.budget_source}): {verdict}")
         print(f"breakdown at the peak ({result.peak_phase})" + (", rank 0" if result.plan is not None else "") + ":")
         sharded = result.plan.sharded if result.plan is not None else frozenset()

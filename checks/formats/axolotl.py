@@ -229,6 +229,15 @@ def _training(b: Builder, out: NativeRecipe) -> None:
     if checkpointing is not None:
         out.set(("training", "gradient_checkpointing"), True if checkpointing in ("unsloth", "offload", "offload_disk") else checkpointing,
                 "gradient_checkpointing")
+    # Axolotl checkpoints reentrant unless told otherwise: normalize_config (utils/config/__init__.py:377-383 at
+    # 067b021) sets gradient_checkpointing_kwargs {use_reentrant: true} when checkpointing is on and neither the
+    # kwargs, unfrozen_parameters nor rl are set. It decides memory: LLM.int8() keeps each 8-bit layer's input outside
+    # autograd's saved tensors, which non-reentrant checkpointing (transformers' default) cannot free (24 GiB on Llama
+    # 3 8B, micro-batch 2 x 4096). Gemma 4, which Axolotl switches back to non-reentrant, is not told apart here.
+    if (checkpointing and "gradient_checkpointing_kwargs" not in out.data.get("training", {})
+            and b.get("unfrozen_parameters") is None and b.get("rl") is None):
+        out.set(("training", "gradient_checkpointing_kwargs"), {"use_reentrant": True}, "gradient_checkpointing")
+        b.resolved("gradient_checkpointing", "gradient_checkpointing_kwargs {use_reentrant: true}, Axolotl's default")
     _training_precision(b, out)
 
 

@@ -117,7 +117,9 @@ def _llamafactory_v1(data: Mapping[str, Any]) -> tuple[str, ...]:
     if not isinstance(data.get("model"), str) or set(data) & _NATIVE_SECTIONS:
         return ()
     shared = [k for k in data if isinstance(k, str) and k in _LLAMAFACTORY_V1]
-    return ("model", *shared) if len(shared) >= 2 else ()
+    # two of v1's own keys, or one beside `model` and nothing else (examples/v1/train_lora/export_lora.yaml: model and
+    # peft_config only): a native recipe has neither
+    return ("model", *shared) if len(shared) >= 2 or (shared and set(data) <= {"model", *shared}) else ()
 
 
 def _mentions(*words: str) -> Callable[[str], bool]:

@@ -193,6 +193,12 @@ def _training(b: Builder, out: NativeRecipe) -> None:
     disabled = b.take("disable_gradient_checkpointing")
     out.set(("training", "gradient_checkpointing"), not disabled,
             "disable_gradient_checkpointing" if disabled is not None else None)
+    # ...reentrant unless use_reentrant_gc: false (hparams/model_args.py:149, model_utils/checkpointing.py:46 at
+    # ff6d4d1; FSDP2 turns it off, and LLaMA-Factory's fsdp is not translated): 8-bit layers' inputs (see axolotl.py)
+    reentrant = b.take("use_reentrant_gc")
+    if not disabled and "gradient_checkpointing_kwargs" not in out.data.get("training", {}):
+        out.set(("training", "gradient_checkpointing_kwargs"), {"use_reentrant": reentrant is not False},
+                "use_reentrant_gc" if reentrant is not None else None)
 
 
 def _deepspeed(b: Builder, out: NativeRecipe) -> None:

@@ -561,6 +561,13 @@ class Recipe(_Section):
         return Method.DORA if self.lora.use_dora else Method.LORA
 
     @property
+    def method_label(self) -> str:
+        """The method as a report names it: LoRA on an 8-bit (LLM.int8) base is not QLoRA, which is 4-bit."""
+        if self.method in (Method.QLORA, Method.QDORA) and not self.is_4bit:
+            return f"{'DoRA' if self.method is Method.QDORA else 'LoRA'} on an 8-bit base"
+        return self.method.label
+
+    @property
     def is_4bit(self) -> bool:
         return self.quantization is not None and self.quantization.load_in_4bit
 

@@ -56,7 +56,7 @@ class ShardedAdaptersOnly(Rule):
             saved = (f": it saves {per_gpu / 2**20:,.0f} MiB a GPU of the {result.adapter_params / 1e6:.1f}M adapter "
                      f"parameters' states, while each GPU holds all {result.total_params / 1e9:.2f}B base parameters")
         yield self.finding(
-            ctx, f"{distributed.strategy} on a {recipe.method.label} recipe shards only the adapters' states{saved}",
+            ctx, f"{distributed.strategy} on a {recipe.method_label} recipe shards only the adapters' states{saved}",
             ("distributed", "strategy") if "strategy" in (ctx.loaded.data.get("distributed") or {}) else ("distributed",),
             help="use strategy zero3 or fsdp to shard the frozen base too (with QLoRA: bnb_4bit_quant_storage), or "
                  "ddp where the base fits on each GPU",

@@ -51,7 +51,7 @@ def run_flux_step(recipe, resolved, fixture, *, seed: int = 0) -> StepReport:
     inputs = small_inputs(thaw(full.diffusion))
     settings = dataclasses.replace(full, micro_batch=scale.micro_batch, gradient_accumulation=scale.gradient_accumulation,
                                    diffusion=freeze(inputs))
-    report = StepReport(method=recipe.method.label, checkpointing_asked=settings.gradient_checkpointing,
+    report = StepReport(method=recipe.method_label, checkpointing_asked=settings.gradient_checkpointing,
                         weights_dtype=settings.weights_dtype)
     changed = [f"{name} {mine} (recipe: {theirs})" for name, mine, theirs in (
         ("per_device_train_batch_size", settings.micro_batch, full.micro_batch),

@@ -183,7 +183,7 @@ def run_real_step(setup: TrainingSetup, recipe, *, vocab_size: int, seed: int = 
     import torch
 
     model, optimizer, scheduler = setup.model, setup.optimizer, setup.scheduler
-    report = StepReport(method=recipe.method.label, checkpointing_asked=setup.checkpointing, notes=list(setup.notes),
+    report = StepReport(method=recipe.method_label, checkpointing_asked=setup.checkpointing, notes=list(setup.notes),
                         weights_dtype=setup.weights_dtype)
     scale_note = setup.scale.describe(recipe)
     if scale_note:
