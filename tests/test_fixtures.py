@@ -92,6 +92,7 @@ def test_every_bundled_config_gives_a_tiny_model_of_the_same_class_and_module_na
 _SHRUNK = {"num_hidden_layers", "n_layer", "hidden_size", "n_embd", "num_attention_heads", "n_head",
            "num_key_value_heads", "head_dim", "intermediate_size", "vocab_size", "num_local_experts",
            "num_experts", "num_experts_per_tok", "moe_intermediate_size",  # Qwen MoE's expert sizes
+           "shared_expert_intermediate_size",  # Qwen1.5-MoE's shared expert
            "layer_types", "max_window_layers", "query_pre_attn_scalar", "rope_scaling", "image_size",
            "mm_tokens_per_image", "short_factor", "long_factor",
            # a diffusers FluxTransformer2DModel's sizes

@@ -1,7 +1,8 @@
 """Find a recipe's model config.json without downloading weights.
 
 Order: the recipe's `model.config` path, the id as a local path, the huggingface_hub cache, the
-configs bundled with this package, and the hub itself only when the user allows network.
+configs bundled with this package, and the hub itself only when the user allows network. An adapter
+repository named as the model (an adapter_config.json, local or cached) resolves to its base model.
 """
 
 from __future__ import annotations
@@ -38,9 +39,13 @@ class ResolvedModel:
 
 
 class ModelResolutionError(LookupError):
-    def __init__(self, message: str, help: str) -> None:
+    """`missing`: the config is simply not here offline (the model is not checked, RC106 warns); otherwise
+    what was found or written is unusable (a bad path, a URL, a config past the limits: RC106 is an error)."""
+
+    def __init__(self, message: str, help: str, *, missing: bool = False) -> None:
         super().__init__(message)
         self.help = help
+        self.missing = missing
 
 
 @dataclass(frozen=True)
@@ -196,9 +201,11 @@ def resolve_model_config(
     base_dir: Path = Path("."),
     allow_network: bool = False,
     component: str | None = None,
+    follow_adapter: bool = True,
 ) -> ResolvedModel:
     """`component`: the subfolder of a diffusers pipeline repository whose config.json is the model
-    trained (FLUX.1-dev's `transformer`)."""
+    trained (FLUX.1-dev's `transformer`). `follow_adapter`: an id that is a PEFT adapter (an
+    adapter_config.json and no config.json) resolves to the base model it names, one step only."""
     name = model_id or config_path or "?"
     if config_path:
         path = Path(config_path)
@@ -216,6 +223,18 @@ def resolve_model_config(
     entry = bundled_index().get(model_id.lower())
     if entry is not None and component in (None, entry.component):  # a pipeline's bundled component
         return _read_config(BUNDLED_DIR / entry.file, name, f"bundled config of {entry.hub_id} ({entry.source})")
+    base = _adapter_base(model_id, revision, base_dir) if component is None and follow_adapter else None
+    if base is not None:
+        adapter, base_id = base
+        try:  # an adapter of an adapter is not followed: one step, no loops
+            found = resolve_model_config(base_id, base_dir=adapter.parent, allow_network=allow_network,
+                                         follow_adapter=False)
+        except ModelResolutionError as exc:
+            raise ModelResolutionError(
+                f"model '{shorten(model_id)}' is an adapter ({shorten(adapter)}) of '{shorten(base_id)}': {exc}",
+                exc.help, missing=exc.missing) from None
+        return ResolvedModel(name=name, config=found.config,
+                             source=f"base model {base_id} of the adapter {shorten(adapter)}: {found.source}")
     if allow_network:
         try:
             from huggingface_hub import hf_hub_download
@@ -224,7 +243,7 @@ def resolve_model_config(
         except Exception as exc:  # network, auth, missing repo: all become one clear finding
             raise ModelResolutionError(
                 f"model '{model_id}': downloading its config.json failed: {exc}",
-                "check the hub id and your access (gated models need `huggingface-cli login`)",
+                "check the hub id and your access (gated models need `hf auth login`)",
             ) from None
         return _read_config(Path(downloaded), name, "downloaded from the hub")
     shown = shorten(model_id)
@@ -237,12 +256,49 @@ def resolve_model_config(
     near = nearest(model_id, bundled_ids(), n=3, cutoff=0.5) if len(model_id) <= 200 else []
     hint = f" Did you mean {' or '.join(repr(n) for n in near)}?" if near else ""
     raise ModelResolutionError(
-        f"model '{shown}' has no config.json here: not a local path, not in the huggingface_hub cache, "
-        "and not bundled with recipe-checks",
-        "set model.config to a config.json (relative to the recipe), or run "
-        f"`huggingface-cli download {shown} config.json` to cache it, or allow the hub with "
-        f"--recipes-allow-network.{hint}",
+        f"model '{shown}' has no config.json here: not checked (needs the model's config: not a local path, "
+        "not in the huggingface_hub cache, not bundled with recipe-checks)",
+        f"run `{download_command(model_id, revision, component)}` (huggingface_hub's command line) to cache it, "
+        "or rerun with --recipes-allow-network, or set model.config to a config.json (relative to the recipe)."
+        f"{hint}",
+        missing=True,
     )
+
+
+def download_command(model_id: str, revision: str | None = None, component: str | None = None) -> str:
+    """The huggingface_hub command (its `hf` CLI, huggingface_hub >= 1.0) that caches the config.json
+    resolve_model_config reads: `hf download REPO_ID [FILENAMES]... [--revision REV]`."""
+    filename = f"{component}/config.json" if component else "config.json"
+    command = f"hf download {shorten(model_id)} {filename}"
+    return f"{command} --revision {shorten(revision, 60)}" if revision else command
+
+
+def _adapter_base(model_id: str, revision: str | None, base_dir: Path) -> tuple[Path, str] | None:
+    """A PEFT adapter named as the model: its adapter_config.json (a local folder, or the huggingface_hub
+    cache; never the network) and the `base_model_name_or_path` it was trained on."""
+    found: Path | None = None
+    for candidate in local_candidates(model_id, base_dir):
+        if _is_file(candidate / "adapter_config.json"):
+            found = candidate / "adapter_config.json"
+            break
+    if found is None:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(repo_id=model_id, filename="adapter_config.json", revision=revision)
+        except Exception:  # not a valid repo id: not cached
+            cached = None
+        found = Path(cached) if isinstance(cached, str) else None
+    if found is None:
+        return None
+    try:
+        adapter = json.loads(decode_text(read_bounded(found, MAX_CONFIG_BYTES, "adapter config"), "adapter config"))
+    except (InputRefused, ValueError, RecursionError):
+        return None
+    base = adapter.get("base_model_name_or_path") if isinstance(adapter, dict) else None
+    if not isinstance(base, str) or not base or "\0" in base or base == model_id:
+        return None
+    return found, base
 
 
 _HUB_URL = re.compile(r"^[a-z][a-z0-9+.-]*://(?:[^/]*/)?(?P<id>[^/?#]+/[^/?#]+)?", re.IGNORECASE)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from recipe_checks.findings import Severity
 from recipe_checks.models.resolve import ModelResolutionError
 from recipe_checks.models.skeleton import ModelBuildError
 from recipe_checks.rules.base import Rule
@@ -13,6 +14,12 @@ class ModelUnresolved(Rule):
     The model resolves to a config.json without downloading weights (the recipe's `model.config`,
     a local directory, the huggingface_hub cache, the configs bundled with recipe-checks, or the hub
     with --recipes-allow-network), and transformers builds its architecture on the meta device.
+
+    A model whose config.json is simply not here offline is a warning: the recipe is not wrong, its
+    model-dependent checks are not run, and the help gives the command that caches the config
+    (`hf download ID config.json`) or --recipes-allow-network; --recipes-strict fails it. A config that is
+    there but unusable (a missing `model.config` file, a URL as the id, a config past the limits) is an
+    error.
 
     ## Why it matters
     The target-module and memory checks read the real module tree; without it they cannot run.
@@ -41,4 +48,8 @@ class ModelUnresolved(Rule):
             key = ("model", "config") if recipe.model.config else ("model",)
             if ("model", "id") in ctx.loaded.value_spans and not recipe.model.config:
                 key = ("model", "id")
-            yield self.finding(ctx, str(model), key, help=model.help)
+            not_here = isinstance(model, ModelResolutionError) and model.missing
+            yield self.finding(ctx, str(model), key, help=model.help,
+                               severity=Severity.WARNING if not_here else None,
+                               why="the target-module and memory checks need the model's architecture; they are "
+                                   "not run until its config.json is available" if not_here else None)
