@@ -38,7 +38,7 @@ from recipe_checks.rules import all_rules  # noqa: E402
 
 all_rules()
 
-collect_ignore = ["corpus", "hostile", "formats"]
+collect_ignore = ["corpus", "hostile", "formats", "public_configs"]
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPES = REPO / "recipes"
@@ -73,6 +73,8 @@ SLOW_TESTS = {
     "tests/test_plugin.py::test_main_job_with_gpu_rtx4090_is_green_and_deselects_the_others": "traces 4 recipes",
     "tests/test_plugin.py::test_xdist_keeps_the_deselection_count_and_the_other_gpus_summary": "starts xdist workers",
     "tests/test_estimate.py::test_a_recipe_that_does_not_fit_exits_1_with_traced_fixes_ranked": "traces six fixes",
+    "tests/test_public_configs.py::test_every_error_on_a_public_config_is_recorded_as_true_with_its_reason_and_none_is_internal":
+        "checks the 285 public example configs",
 }
 
 # The tests that check the shipped recipes, each asserting its own things of the same traces and real steps
