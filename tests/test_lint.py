@@ -126,7 +126,7 @@ def test_with_vram_adds_the_traced_budget(write, capsys):
     code, report = _json(capsys, str(path), "--with-vram", "-v")
     vram = [c for c in report["checks"] if c["check"] == "vram"]
     assert code == EXIT_OK and vram == [{"path": str(path), "check": "vram", "name": "vram", "gpu": "rtx4090",
-                                         "outcome": "passed", "skipped": None}]
+                                         "outcome": "passed", "skipped": None, "waiting": []}]
     assert "RC601" in _rules(report)  # the traced peak, as information (shown with -v)
     _, selected = _json(capsys, str(path), "--with-vram", "--select", "RC3")
     assert "vram" not in [c["check"] for c in selected["checks"]]  # no selected rule reads the trace
@@ -517,3 +517,17 @@ def test_empty_and_binary_yaml_files_a_search_finds_are_said_to_be_skipped(tmp_p
     (tmp_path / "r.yaml").unlink()
     assert main(["check", str(tmp_path)]) == EXIT_USAGE  # nothing to check: said with what was found
     assert f"({tmp_path / 'binary.yaml'}: cannot be read" in capsys.readouterr().err
+
+
+def test_a_check_whose_model_rules_waited_is_partly_run_not_simply_passed(write, capsys):
+    """A model whose config is not here (RC106, a warning) leaves the target-module rules waiting while another rule
+    of the check ran: the check did not fail, but it did not wholly pass either; every format says which waited."""
+    path = write("r.yaml", GOOD_RECIPE.replace("meta-llama/Llama-3.1-8B", "someorg/unknown-model-7b"))
+    assert main(["check", str(path)]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert f"partly run: {path}::target-modules: RC201, RC202" in out
+    assert "checks partly run" in out.splitlines()[-1]
+    code, report = _json(capsys, str(path))
+    waiting = {c["check"]: c["waiting"] for c in report["checks"]}
+    assert waiting["target-modules"] and "the model could not be built" in waiting["target-modules"][0]
+    assert report["checks_partly_run"] >= 1

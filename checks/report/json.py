@@ -20,7 +20,8 @@ def render(report: RunReport) -> str:
         "internal_errors": [{"path": r.path, "check": c.check if c else None, "error": e}
                             for r, c, e in report.internal_errors()],
         "checks": [{"path": r.path, "check": c.check, "name": c.name, "gpu": c.gpu, "outcome": c.outcome,
-                    "skipped": c.skipped} for r in report.recipes for c in r.checks],
+                    "skipped": c.skipped, "waiting": c.waiting} for r in report.recipes for c in r.checks],
+        "checks_partly_run": len(report.partly_run()),  # passed, with rules that could not run ("waiting")
         "summary": report.counts(),
         "checks_not_run": len(report.not_run()),  # each in "checks" with outcome "skipped" and its reason
         "not_recipes": [{"path": path, "reason": why} for path, why in report.not_recipes],  # YAML files left out

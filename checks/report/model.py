@@ -99,6 +99,12 @@ class RunReport:
         recipe, none of its rules selected), each with its reason in `skipped`."""
         return [(r, c) for r in self.checked for c in r.checks if c.skipped and c.error is None]
 
+    def partly_run(self) -> list[tuple[RecipeReport, CheckReport]]:
+        """Every check of a checked recipe that ran but left rules waiting (the model could not be built, a section
+        did not validate): not failed, and not wholly passed either; `waiting` says which rules and why."""
+        return [(r, c) for r in self.checked for c in r.checks
+                if c.waiting and not c.skipped and c.error is None and not c.failed]
+
     def not_run_groups(self) -> list[tuple[str, list[str], list[str]]]:
         """The checks that did not run, one group per reason (the recipe's own path left out of it, so that one
         reason of many recipes is one group): (the reason as the first recipe's report says it, the check names,

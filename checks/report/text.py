@@ -20,7 +20,9 @@ def render(report: RunReport) -> str:
         others = other_gpus_lines([(r.path, r.other_gpus or []) for r in report.not_checked], report.target_gpus)
         changed = (changed_line(report.changed_since, report.every_recipe_because, len(report.unchanged))
                    if report.changed_since is not None else "")
-        not_run = "\n".join(not_run_lines(report)) if not report.verbose else ""  # --verbose lists each above
+        not_run = "\n".join(not_run_lines(report) + [  # --verbose lists each above
+            f"partly run: {recipe.path}::{check.name}: {'; '.join(check.waiting)}"
+            for recipe, check in report.partly_run()]) if not report.verbose else ""
         files = "\n".join(f"{path}: skipped: {why}" for path, why in report.not_recipes[:10])
         files += f"\n... and {len(report.not_recipes) - 10} more" if len(report.not_recipes) > 10 else ""
         blocks.extend(filter(None, ["\n".join(others), changed, not_run, files, summary_line(report)]))
@@ -46,6 +48,8 @@ def summary_line(report: RunReport) -> str:
     traced = "" if report.with_vram else "; static checks only, --with-vram adds the traced VRAM budget"
     not_run = len(report.not_run())
     not_run = f"; {not_run} check{'s' if not_run != 1 else ''} not run" if not_run else ""
+    partly = len(report.partly_run())
+    not_run += f"; {partly} check{'s' if partly != 1 else ''} partly run" if partly else ""
     verdict = "FAILED" if report.failed else "ok"
     files = len(report.not_recipes)
     files = f"; {files} YAML file{'s' if files != 1 else ''} skipped, not recipes" if files else ""
