@@ -17,7 +17,7 @@ from recipe_checks.formats import untraced_step
 from recipe_checks.gpus import GpuCatalog, GpuFamily, NeedsExactCard, UnknownGpuError
 from recipe_checks.options import Options
 from recipe_checks.rules import (CHECKS, CUDA_CHECKS, GPU_CHECKS, IGNORES_CHECK, PREREQUISITES, RUN_CHECKS, TRACED_CHECKS,
-                                  all_rules, rules_for)
+                                  rules_for, stopping_rule_ids)
 from recipe_checks.rules.base import CannotJudge, NotRun, Rule
 
 
@@ -112,7 +112,7 @@ def _static_errors(state: RecipeState, gpu: str | None, besides: str) -> list[st
     """The static checks (not traced) whose errors say the step cannot be built or started as written
     (`Rule.stops_the_step`): the explanation a failed trace or real step points at. A policy error (RC301's
     non-paged optimizer) changes nothing the step builds and is never pointed at."""
-    stopping = {r.id for r in all_rules() if r.stops_the_step}
+    stopping = stopping_rule_ids()
     return [
         f"{state.path}::{c}" for c in CHECKS
         if c != besides and c not in TRACED_CHECKS | RUN_CHECKS

@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     from recipe_checks.gpus import GIB, GpuCatalog, GpuProfileError, UnknownGpuError
     from recipe_checks.memory.estimate import TraceError, estimate
     from recipe_checks.render import render_finding
-    from recipe_checks.rules import CHECKS, GPU_CHECKS, RUN_CHECKS, TRACED_CHECKS, all_rules
+    from recipe_checks.rules import CHECKS, GPU_CHECKS, RUN_CHECKS, TRACED_CHECKS, stopping_rule_ids
     from recipe_checks.throughput import recipe_ceiling
 
     def bad_input(message: str) -> int:
@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
         # The real cause first. A policy finding (a non-paged optimizer, fp16 on a GPU without it) changes nothing
         # the trace builds, so it is never blamed; an error that says the step cannot be built as written
         # (Rule.stops_the_step: a target that matches no module, a quantization setting) may be why, shown after.
-        stopping = {r.id for r in all_rules() if r.stops_the_step}
+        stopping = stopping_rule_ids()
         maybe_why = [f for f in static_errors if f.rule_id in stopping]
         cause = f"the training step cannot be traced: {exc}"
         if args.json or not maybe_why:

@@ -39,6 +39,12 @@ def all_rules() -> tuple[type[Rule], ...]:
     return tuple(sorted(rules, key=lambda r: r.id))
 
 
+def stopping_rule_ids() -> frozenset[str]:
+    """The rules whose errors say the step cannot be built or started as written (`Rule.stops_the_step`): the only
+    ones a failed trace or real step may be blamed on."""
+    return frozenset(r.id for r in all_rules() if r.stops_the_step)
+
+
 def rules_for(check: str) -> tuple[type[Rule], ...]:
     return tuple(r for r in all_rules() if r.check == check)
 
